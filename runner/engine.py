@@ -1,0 +1,364 @@
+"""The one seam to the Pulumi engine.
+
+Every call into ``pulumi.automation`` and every environment variable given to
+the engine goes through this module. Callers get typed results
+(:class:`OperationResult`) and typed errors (:class:`LockedError`,
+:class:`StackNotFound`, :class:`OperationFailed` with the resource URN and the
+component that raised it); nothing above this module reads CLI text.
+
+It runs inside one worker process per target (``runner.worker``), whose
+environment the orchestrator built with :func:`worker_environment`: only that
+target's settings, credentials and passphrase.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets as _secrets
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT = "runner"
+SECRET_MASK = "[secret]"
+
+# Offline by default (DESIGN.md, "The engine").
+OFFLINE_ENV = {
+    "PULUMI_SKIP_UPDATE_CHECK": "true",
+    "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+    "PULUMI_DISABLE_REGISTRY_RESOLVE": "true",
+    "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
+}
+# Variables a worker inherits from the runner's own environment, no others.
+INHERITED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME")
+
+
+class EngineError(Exception):
+    """An operation did not succeed; ``kind`` is locked, not-found or failed."""
+
+    kind = "failed"
+
+    def __init__(self, message: str, *, urn: str | None = None, component: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.urn = urn
+        self.component = component
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "urn": self.urn, "component": self.component}
+
+
+class LockedError(EngineError):
+    kind = "locked"
+
+
+class StackNotFound(EngineError):
+    kind = "not-found"
+
+
+class OperationFailed(EngineError):
+    kind = "failed"
+
+
+ERROR_KINDS = {cls.kind: cls for cls in (LockedError, StackNotFound, OperationFailed)}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One resource step the engine reported (planned or applied)."""
+
+    urn: str
+    op: str
+    keys: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.urn.rsplit("::", 1)[-1]
+
+    @property
+    def component(self) -> str | None:
+        return component_of(self.urn)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"urn": self.urn, "name": self.name, "component": self.component, "op": self.op, "keys": list(self.keys)}
+
+
+@dataclass
+class OperationResult:
+    changes: dict[str, int] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    # drift only: steps of the refresh preview (reality vs state) and of the preview (program vs state)
+    drift: list[Step] = field(default_factory=list)
+    pending: list[Step] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Where the engine, the project and the state are; passed to every worker."""
+
+    bin_dir: Path
+    project_dir: Path
+    backend_url: str
+    work_root: Path  # per-target work areas live below it
+
+    def work_area(self, stack: str) -> Path:
+        return self.work_root / stack
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def master_passphrase(state_dir: Path) -> str:
+    """RUNNER_PASSPHRASE, RUNNER_PASSPHRASE_FILE, or a generated file under .runner/ (0600)."""
+    if value := os.environ.get("RUNNER_PASSPHRASE"):
+        return value
+    path = Path(os.environ.get("RUNNER_PASSPHRASE_FILE") or state_dir / "passphrase")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(_secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def stack_passphrase(master: str, stack: str) -> str:
+    """Each stack's secrets are encrypted with its own key derived from the master passphrase."""
+    return hmac.new(master.encode(), f"runner-stack:{stack}".encode(), hashlib.sha256).hexdigest()
+
+
+def worker_environment(settings: EngineSettings, stack: str, passphrase: str,
+                       credentials: Mapping[str, str] = ()) -> dict[str, str]:
+    """The complete environment of one target's worker and its engine processes."""
+    venv_bin = Path(sys.executable).parent
+    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    env.update(OFFLINE_ENV)
+    env.update({
+        "PATH": os.pathsep.join([str(settings.bin_dir), str(venv_bin), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "PULUMI_HOME": str(settings.work_area(stack) / "home"),
+        "PULUMI_BACKEND_URL": settings.backend_url,
+        "PULUMI_CONFIG_PASSPHRASE": passphrase,
+        "PULUMI_PYTHON_CMD": sys.executable,
+        "PYTHONUNBUFFERED": "1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    env.update(credentials)
+    return env
+
+
+def backend_url_for(value: str | None, state_dir: Path) -> str:
+    """`--backend` as given, default a file:// backend under .runner/state."""
+    if not value:
+        path = state_dir / "state"
+        path.mkdir(parents=True, exist_ok=True)
+        return path.resolve().as_uri()
+    if value.startswith("file://"):
+        Path(value.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    return value
+
+
+# --------------------------------------------------------------------------- classification
+
+
+_LOCKED = re.compile(r"the stack is currently locked|currently locked by \d+ lock", re.I)
+_NOT_FOUND = re.compile(r"no stack named '[^']*' found|stack '[^']*' not found", re.I)
+
+
+def component_of(urn: str | None) -> str | None:
+    """The innermost ``runner:*:Class`` component in a URN's type chain."""
+    if not urn:
+        return None
+    parts = urn.split("::")
+    types = parts[2].split("$") if len(parts) >= 4 else []
+    components = [t for t in types if t.startswith(f"{PROJECT}:")]
+    return components[-1] if components else None
+
+
+class _Collector:
+    """Turns engine events into steps, change counts and an attributed error."""
+
+    def __init__(self, on_progress: Callable[[dict], None] | None):
+        self.on_progress = on_progress
+        self.steps: list[Step] = []
+        self.changes: dict[str, int] | None = None
+        self.errors: list[tuple[str | None, str]] = []
+        self.failed_urn: str | None = None
+
+    def __call__(self, event) -> None:
+        if event.diagnostic_event and event.diagnostic_event.severity == "error":
+            diag = event.diagnostic_event
+            self.errors.append((diag.urn, _clean(diag.message)))
+        elif event.res_op_failed_event:
+            self.failed_urn = self.failed_urn or event.res_op_failed_event.metadata.urn
+        elif event.resource_pre_event:
+            meta = event.resource_pre_event.metadata
+            op = getattr(meta.op, "value", str(meta.op))
+            if op not in ("same", "read"):
+                self._progress({"urn": meta.urn, "op": op, "phase": "start"})
+        elif event.res_outputs_event:
+            meta = event.res_outputs_event.metadata
+            op = getattr(meta.op, "value", str(meta.op))
+            keys = tuple(meta.diffs or meta.keys or ())
+            self.steps.append(Step(meta.urn, op, keys))
+            if op not in ("same", "read"):
+                self._progress({"urn": meta.urn, "op": op, "phase": "done"})
+        elif event.summary_event:
+            self.changes = {
+                getattr(k, "value", str(k)): v for k, v in (event.summary_event.resource_changes or {}).items()
+            }
+
+    def _progress(self, data: dict) -> None:
+        if self.on_progress:
+            self.on_progress(data)
+
+    def error(self, fallback: str) -> EngineError:
+        # Prefer the diagnostic attached to a resource; the stack-level one repeats it.
+        for urn, message in self.errors:
+            if urn and component_of(urn):
+                return OperationFailed(message, urn=urn, component=component_of(urn))
+        urn = self.failed_urn
+        for diag_urn, message in self.errors:
+            if message and "update failed" not in message:
+                return OperationFailed(message, urn=diag_urn or urn, component=component_of(diag_urn or urn))
+        return OperationFailed(fallback, urn=urn, component=component_of(urn))
+
+
+def _clean(message: str) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m|<\{%[a-z]+%\}>", "", message or "").strip()
+    # Keep the first meaningful line of a provider traceback: the exception text.
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception)\b", line):
+            return line
+    return lines[-1] if lines else text
+
+
+def classify(exc: Exception, collector: _Collector | None = None) -> EngineError:
+    """The single place where a CLI failure becomes a typed error (pulumi/pulumi#11108)."""
+    from pulumi.automation import errors as auto_errors
+
+    if isinstance(exc, EngineError):
+        return exc
+    text = f"{getattr(exc, 'stderr', '')}\n{getattr(exc, 'stdout', '')}\n{exc}"
+    if isinstance(exc, auto_errors.ConcurrentUpdateError) or _LOCKED.search(text):
+        return LockedError("the stack is locked by another operation")
+    if isinstance(exc, auto_errors.StackNotFoundError) or _NOT_FOUND.search(text):
+        return StackNotFound("the stack does not exist (never deployed)")
+    if collector is not None and (collector.errors or collector.failed_urn):
+        return collector.error(_clean(str(getattr(exc, "stderr", "")) or str(exc)))
+    stderr = str(getattr(exc, "stderr", "") or exc)
+    lines = [l for l in (line.strip() for line in stderr.splitlines()) if l.startswith("error:")]
+    return OperationFailed(lines[-1].removeprefix("error:").strip() if lines else _clean(stderr))
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def _command(bin_dir: Path):
+    """A PulumiCommand that skips the `pulumi version` process the SDK starts per
+    workspace: the bootstrap already proved the version equals the pinned SDK."""
+    from pulumi.automation._cmd import PulumiCommand
+    from semver import VersionInfo
+
+    from runner.bootstrap import PULUMI_VERSION
+
+    command = PulumiCommand.__new__(PulumiCommand)
+    command.command = str(bin_dir / "pulumi")
+    command.version = VersionInfo.parse(PULUMI_VERSION)
+    return command
+
+
+def _workspace(settings: EngineSettings, stack: str):
+    from pulumi import automation as auto
+
+    (settings.work_area(stack) / "home").mkdir(parents=True, exist_ok=True)
+    return auto.LocalWorkspace(
+        work_dir=str(settings.project_dir),
+        pulumi_home=str(settings.work_area(stack) / "home"),
+        pulumi_command=_command(settings.bin_dir),
+    )
+
+
+def stack_config_path(settings: EngineSettings, stack: str) -> Path:
+    return settings.project_dir / f"Pulumi.{stack}.yaml"
+
+
+def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any],
+                  secret_values: Mapping[str, str]) -> None:
+    """Replace the stack's config with exactly the registry's: plain values are
+    written to the stack file directly (no CLI call); secrets go through
+    `pulumi config set --secret` with the value on stdin, never on a command line."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    path = stack_config_path(settings, stack.name)
+    current = yaml.load(path) if path.exists() else None
+    kept = {k: v for k, v in (current or {}).items() if k in ("encryptionsalt", "secretsprovider", "encryptedkey")}
+    kept["config"] = {f"{PROJECT}:{k}": v for k, v in sorted(config.items())}
+    with open(path, "w") as handle:
+        yaml.dump(kept, handle)
+    for key, value in secret_values.items():
+        proc = subprocess.run(
+            [str(settings.bin_dir / "pulumi"), "config", "set", "--secret", f"{PROJECT}:{key}",
+             "--stack", stack.name, "--non-interactive"],
+            input=value, text=True, capture_output=True, cwd=settings.project_dir,
+            env={**os.environ, "PULUMI_HOME": stack.workspace.pulumi_home},
+        )
+        if proc.returncode != 0:
+            raise OperationFailed(f"could not set secret config {key!r}: {_clean(proc.stderr)}")
+
+
+def _masked_outputs(outputs) -> dict[str, Any]:
+    return {k: (SECRET_MASK if v.secret else v.value) for k, v in outputs.items()}
+
+
+def run_operation(settings: EngineSettings, *, stack: str, operation: str,
+                  config: Mapping[str, Any] | None = None, secret_values: Mapping[str, str] | None = None,
+                  on_progress: Callable[[dict], None] | None = None,
+                  remove_stack: bool = False) -> OperationResult:
+    """Run one operation on one stack. Raises an :class:`EngineError`."""
+    from pulumi import automation as auto
+
+    workspace = _workspace(settings, stack)
+    collector = _Collector(on_progress)
+    try:
+        if operation in ("up", "preview"):
+            handle = auto.Stack.create_or_select(stack, workspace)
+        else:
+            handle = auto.Stack.select(stack, workspace)
+        if config is not None and operation in ("up", "preview", "refresh", "drift"):
+            _write_config(settings, handle, config, secret_values or {})
+        result = OperationResult()
+        common = {"on_event": collector, "color": "never"}
+        if operation == "up":
+            up = handle.up(show_secrets=False, **common)
+            result.outputs = _masked_outputs(up.outputs)
+        elif operation == "preview":
+            handle.preview(**common)
+        elif operation == "refresh":
+            handle.refresh(show_secrets=False, **common)
+        elif operation == "destroy":
+            handle.destroy(show_secrets=False, **common)
+            if remove_stack:
+                workspace.remove_stack(stack)
+        elif operation == "drift":
+            handle.preview_refresh(show_secrets=False, **common)
+            result.drift = [s for s in collector.steps if s.op not in ("same", "read")]
+            collector.steps = []
+            handle.preview(**common)
+            result.pending = [s for s in collector.steps if s.op not in ("same", "read")]
+        elif operation == "outputs":
+            result.outputs = _masked_outputs(handle.outputs())
+        else:
+            raise OperationFailed(f"unknown operation {operation!r}")
+    except Exception as exc:  # every engine failure becomes a typed error here, and only here
+        raise classify(exc, collector) from None
+    result.changes = collector.changes or {}
+    result.steps = collector.steps
+    return result

@@ -1,0 +1,87 @@
+"""The foundation: the real engine through our one seam, on a throwaway project."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+
+from runner import engine
+from runner.bootstrap import PULUMI_VERSION, cli_version
+
+pytestmark = pytest.mark.e2e
+
+PROGRAM = textwrap.dedent(
+    """
+    import os
+    import pulumi
+    from pulumi.dynamic import CreateResult, Resource, ResourceProvider
+
+    class FileProvider(ResourceProvider):
+        def create(self, props):
+            with open(props["path"], "w") as handle:
+                handle.write(props["text"])
+            return CreateResult(id_=props["path"], outs=props)
+
+        def delete(self, id, props):
+            os.remove(id)
+
+    class File(Resource):
+        def __init__(self, name, path, text):
+            super().__init__(FileProvider(), name, {"path": path, "text": text})
+
+    config = pulumi.Config()
+    f = File("greeting", config.require("path"), config.require("text"))
+    pulumi.export("path", f.id)
+    pulumi.export("token", config.require_secret("token"))
+    """
+)
+
+
+@pytest.fixture
+def project(tmp_path, engine_bin, monkeypatch):
+    (tmp_path / "prog").mkdir()
+    (tmp_path / "prog" / "__main__.py").write_text(PROGRAM)
+    (tmp_path / "prog" / "Pulumi.yaml").write_text("name: runner\nruntime: python\n")
+    settings = engine.EngineSettings(
+        bin_dir=engine_bin, project_dir=tmp_path / "prog",
+        backend_url=engine.backend_url_for(None, tmp_path), work_root=tmp_path / "work",
+    )
+    env = engine.worker_environment(settings, "dev", "test-passphrase")
+    monkeypatch.setattr(os, "environ", env)
+    return settings
+
+
+def test_bootstrapped_cli_reports_the_pinned_version(engine_bin):
+    assert cli_version(engine_bin / "pulumi") == PULUMI_VERSION
+
+
+def test_up_preview_destroy_through_the_seam(project, tmp_path):
+    target = tmp_path / "greeting.txt"
+    config = {"path": str(target), "text": "hello"}
+    secret = "s3cr3t-sentinel-value"
+    up = engine.run_operation(project, stack="dev", operation="up", config=config, secret_values={"token": secret})
+    assert target.read_text() == "hello"
+    assert up.changes.get("create") == 2  # the stack and the file
+    assert up.outputs == {"path": str(target), "token": engine.SECRET_MASK}
+    assert secret not in engine.stack_config_path(project, "dev").read_text()
+
+    again = engine.run_operation(project, stack="dev", operation="preview", config=config, secret_values={"token": secret})
+    assert set(again.changes) == {"same"}
+
+    engine.run_operation(project, stack="dev", operation="destroy")
+    assert not target.exists()
+
+
+def test_missing_stack_is_a_typed_error(project):
+    with pytest.raises(engine.StackNotFound):
+        engine.run_operation(project, stack="nope", operation="refresh")
+
+
+def test_program_failure_is_attributed(project, tmp_path):
+    config = {"path": str(tmp_path / "missing-dir" / "x.txt"), "text": "x"}
+    with pytest.raises(engine.OperationFailed) as info:
+        engine.run_operation(project, stack="dev", operation="up", config=config, secret_values={"token": "t"})
+    assert "No such file or directory" in info.value.message
+    assert info.value.urn and info.value.urn.endswith("::greeting")
