@@ -104,12 +104,45 @@ class EngineSettings:
     """Where the engine, the project and the state are; passed to every worker."""
 
     bin_dir: Path
-    project_dir: Path
+    project_dir: Path  # holds Pulumi.yaml and the program (stacks/)
     backend_url: str
     work_root: Path  # per-target work areas live below it
 
     def work_area(self, stack: str) -> Path:
         return self.work_root / stack
+
+    @property
+    def program_dir(self) -> Path:
+        """The engine's work dir: a generated Pulumi.yaml that points at the
+        project's program, with the stack config files beside it (stacks/)."""
+        return self.work_root.parent / "program"
+
+
+def prepare_program_dir(settings: EngineSettings) -> Path:
+    """Write the generated Pulumi.yaml (absolute program and virtualenv paths,
+    `stackConfigDir: stacks`). With the default state dir this is
+    .runner/program, the project Pulumi.yaml's own stackConfigDir, so the plain
+    `pulumi` CLI in the project directory sees the same stack config."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    project = yaml.load(settings.project_dir / "Pulumi.yaml")
+    project["main"] = str((settings.project_dir / project.get("main", ".")).resolve())
+    runtime = project.get("runtime")
+    if isinstance(runtime, dict) and "virtualenv" in (runtime.get("options") or {}):
+        runtime["options"]["virtualenv"] = str(Path(sys.executable).parent.parent)
+    project["stackConfigDir"] = "stacks"
+    target = settings.program_dir / "Pulumi.yaml"
+    (settings.program_dir / "stacks").mkdir(parents=True, exist_ok=True)
+    from io import StringIO
+
+    buffer = StringIO()
+    yaml.dump(project, buffer)
+    if not target.exists() or target.read_text() != buffer.getvalue():
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(buffer.getvalue())
+        tmp.replace(target)
+    return settings.program_dir
 
 
 # --------------------------------------------------------------------------- environment
@@ -279,14 +312,14 @@ def _workspace(settings: EngineSettings, stack: str):
 
     (settings.work_area(stack) / "home").mkdir(parents=True, exist_ok=True)
     return auto.LocalWorkspace(
-        work_dir=str(settings.project_dir),
+        work_dir=str(settings.program_dir),
         pulumi_home=str(settings.work_area(stack) / "home"),
         pulumi_command=_command(settings.bin_dir),
     )
 
 
 def stack_config_path(settings: EngineSettings, stack: str) -> Path:
-    return settings.project_dir / f"Pulumi.{stack}.yaml"
+    return settings.program_dir / "stacks" / f"Pulumi.{stack}.yaml"
 
 
 def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any],
@@ -307,7 +340,7 @@ def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any],
         proc = subprocess.run(
             [str(settings.bin_dir / "pulumi"), "config", "set", "--secret", f"{PROJECT}:{key}",
              "--stack", stack.name, "--non-interactive"],
-            input=value, text=True, capture_output=True, cwd=settings.project_dir,
+            input=value, text=True, capture_output=True, cwd=settings.program_dir,
             env={**os.environ, "PULUMI_HOME": stack.workspace.pulumi_home},
         )
         if proc.returncode != 0:

@@ -42,12 +42,14 @@ PROGRAM = textwrap.dedent(
 @pytest.fixture
 def project(tmp_path, engine_bin, monkeypatch):
     (tmp_path / "prog").mkdir()
+    (tmp_path / "state").mkdir()
     (tmp_path / "prog" / "__main__.py").write_text(PROGRAM)
     (tmp_path / "prog" / "Pulumi.yaml").write_text("name: runner\nruntime: python\n")
     settings = engine.EngineSettings(
         bin_dir=engine_bin, project_dir=tmp_path / "prog",
-        backend_url=engine.backend_url_for(None, tmp_path), work_root=tmp_path / "work",
+        backend_url=engine.backend_url_for(None, tmp_path), work_root=tmp_path / "state" / "work",
     )
+    engine.prepare_program_dir(settings)
     env = engine.worker_environment(settings, "dev", "test-passphrase")
     monkeypatch.setattr(os, "environ", env)
     return settings

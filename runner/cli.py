@@ -1,0 +1,281 @@
+"""The `runner` command line. Thin: each command parses options and calls one
+function of runner.ops; exit codes come from runner.report."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from runner import report as rpt
+
+EXIT_TABLE = "\n".join(f"  {code:<4} {meaning}" for code, meaning in rpt.EXIT_CODES.items())
+
+
+class RunnerGroup(click.Group):
+    def format_epilog(self, ctx, formatter):
+        with formatter.section("Exit codes"):
+            formatter.write_dl([(str(code), meaning) for code, meaning in rpt.EXIT_CODES.items()])
+
+
+class UsageFailure(click.ClickException):
+    """Bad input: printed as one message per problem, exit code 2, no traceback."""
+
+    exit_code = rpt.EXIT_USAGE
+
+    def show(self, file=None):
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class CommandFailure(click.ClickException):
+    exit_code = rpt.EXIT_FAILED
+
+    def show(self, file=None):
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _context(kw) -> "ops.Context":
+    from runner import ops
+
+    return ops.Context(registry=kw.pop("registry", None), backend=kw.pop("backend", None),
+                       ledger=kw.pop("ledger", None))
+
+
+def common_options(f):
+    """--registry, --backend, --ledger (shared by every command that reads the fleet)."""
+    f = click.option("--registry", metavar="PATH|URL", help="Tenant registry (default stacks/tenants.yaml; env RUNNER_REGISTRY).")(f)
+    f = click.option("--backend", metavar="URL", help="Pulumi state backend: file://, postgres://, s3:// (env RUNNER_BACKEND; default .runner/state).")(f)
+    f = click.option("--ledger", metavar="URL", help="Ledger database: sqlite:///PATH or postgresql://... (env RUNNER_LEDGER).")(f)
+    return f
+
+
+def selector_options(f):
+    f = click.option("--tenant", "tenants", multiple=True, metavar="T", help="Select a tenant (repeatable).")(f)
+    f = click.option("--all-tenants", is_flag=True, help="Select every enabled tenant.")(f)
+    f = click.option("--env", "envs", multiple=True, metavar="E", help="Restrict to an environment (repeatable).")(f)
+    f = click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only tenants with this tag (repeatable, all must match).")(f)
+    f = click.option("--exclude-tenant", "exclude", multiple=True, metavar="T", help="Leave a tenant out (repeatable).")(f)
+    f = click.option("--untenanted", is_flag=True, help="An untenanted deployment to --env (refused where the environment requires a tenant).")(f)
+    f = click.option("--shard", metavar="I/N", help="Run only shard I of N (0-based; default JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT when set).")(f)
+    return f
+
+
+def output_options(f):
+    f = click.option("--json", "as_json", is_flag=True, help="Write exactly one JSON document on stdout; human text goes to stderr.")(f)
+    f = click.option("--report-json", type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")(f)
+    f = click.option("--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML report (one testcase per target).")(f)
+    f = click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Progress lines as text or JSON (machine logs).")(f)
+    f = click.option("--run-id", help="Run id shared by the shards of one pipeline (default: the CI system's run id, else a fresh one).")(f)
+    return f
+
+
+def fleet_options(f):
+    f = click.option("--concurrency", type=click.IntRange(min=1), default=os.cpu_count() or 2, show_default=True, help="Targets run at once, never exceeded.")(f)
+    f = click.option("--lock-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True, help="Seconds to wait for a stack locked by a live operation.")(f)
+    return f
+
+
+def handle_problems(f):
+    """Our own exceptions become exit codes here, in one list."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from runner import ops
+
+        try:
+            return f(*args, **kwargs)
+        except ops.UsageProblem as exc:
+            raise UsageFailure(str(exc)) from None
+        except ops.CommandProblem as exc:
+            raise CommandFailure(str(exc)) from None
+
+    return wrapper
+
+
+def emit_report(report: rpt.Report, *, as_json: bool, report_json: str | None, junit: str | None) -> None:
+    from runner.progress import print_summary
+
+    print_summary(report)
+    if report_json:
+        report.write_json(report_json)
+    if junit:
+        report.write_junit(junit)
+    report.write_step_summary()
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    sys.exit(report.exit_code)
+
+
+def make_progress_factory(log_format: str):
+    from runner.progress import LineProgress, LiveProgress
+
+    def make(run_id: str, total: int):
+        if log_format == "text" and sys.stderr.isatty():
+            return LiveProgress(run_id, total)
+        return LineProgress(run_id, log_format)
+
+    return make
+
+
+def run_fleet_command(operation: str, kw: dict, **settings) -> None:
+    from runner import ops
+
+    ctx = _context(kw)
+    sel = ops.Selectors(tenants=kw["tenants"], all_tenants=kw["all_tenants"], envs=kw["envs"], tags=kw["tags"],
+                        exclude=kw["exclude"], untenanted=kw["untenanted"], shard=kw["shard"])
+    run = ops.RunSettings(operation=operation, concurrency=kw["concurrency"], lock_timeout=kw["lock_timeout"],
+                          run_id=kw["run_id"], argv=sys.argv[1:], **settings)
+    make = make_progress_factory(kw["log_format"])
+    holder = {}
+
+    def factory(run_id, total):
+        holder["p"] = make(run_id, total)
+        if hasattr(holder["p"], "__enter__"):
+            holder["p"].__enter__()
+        return holder["p"]
+
+    try:
+        report = ops.fleet_run(ctx, sel, run, make_progress=factory)
+    finally:
+        if hasattr(holder.get("p"), "__exit__"):
+            holder["p"].__exit__(None, None, None)
+    emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"])
+
+
+@click.group(cls=RunnerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="runner")
+def main():
+    """Deploy one Pulumi stack per tenant and environment, across the whole fleet.
+
+    Targets are `<tenant>.<environment>` stacks from the tenant registry
+    (stacks/tenants.yaml). Human text goes to stderr; with --json, stdout holds
+    exactly one JSON document.
+    """
+
+
+@main.command()
+@common_options
+@selector_options
+@fleet_options
+@output_options
+@click.option("--release", help="Release label (default: the project's git commit, with -dirty).")
+@click.option("--on-failure", type=click.Choice(["continue", "stop"]), default="continue", show_default=True,
+              help="continue: isolate failures; stop: start nothing new after the first failure.")
+@click.option("--max-failures", type=click.IntRange(min=1), help="Start nothing new after N failures.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_problems
+def up(release, on_failure, max_failures, yes, **kw):
+    """Deploy the selected targets (the shared stack first)."""
+    run_fleet_command("up", kw, release=release, on_failure=on_failure, max_failures=max_failures)
+
+
+@main.command()
+@common_options
+@selector_options
+@fleet_options
+@output_options
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 3 when any target has changes.")
+@handle_problems
+def preview(detailed_exitcode, **kw):
+    """Show what `up` would change, per target."""
+    run_fleet_command("preview", kw, detailed_exitcode=detailed_exitcode)
+
+
+@main.command()
+@common_options
+@selector_options
+@fleet_options
+@output_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_problems
+def refresh(yes, **kw):
+    """Accept reality into the state of the selected targets."""
+    run_fleet_command("refresh", kw)
+
+
+@main.command()
+@common_options
+@selector_options
+@fleet_options
+@output_options
+@click.option("--remove", "remove_stacks", is_flag=True, help="Also remove the stacks after destroying them.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_problems
+def destroy(remove_stacks, yes, **kw):
+    """Destroy the selected targets' resources (the tenant database is kept)."""
+    if not (kw["tenants"] or kw["all_tenants"] or kw["untenanted"]) or not (kw["tenants"] or kw["envs"]):
+        raise UsageFailure("destroy needs explicit selectors: --tenant T (or --all-tenants with --env E)")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageFailure("destroy asks for confirmation: pass --yes when not on a terminal")
+        click.confirm("Destroy the selected targets?", abort=True, err=True)
+    run_fleet_command("destroy", kw, remove_stacks=remove_stacks)
+
+
+@main.command()
+@common_options
+@selector_options
+@fleet_options
+@output_options
+@handle_problems
+def drift(**kw):
+    """Compare reality, state and code for each target, without writing state (exit 3 on drift)."""
+    run_fleet_command("drift", kw)
+
+
+@main.command()
+@common_options
+@click.option("--tenant", required=True, help="The tenant.")
+@click.option("--env", required=True, help="The environment.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outputs as one JSON document.")
+@handle_problems
+def outputs(tenant, env, as_json, **kw):
+    """Print one target's stack outputs (secrets masked)."""
+    from runner import ops
+
+    values = ops.outputs(_context(kw), tenant, env)
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+    else:
+        for key, value in sorted(values.items()):
+            click.echo(f"{key}: {json.dumps(value) if not isinstance(value, str) else value}")
+
+
+@main.group()
+def tenants():
+    """Inspect and validate the tenant registry."""
+
+
+@tenants.command("list")
+@click.option("--registry", metavar="PATH|URL", help="Tenant registry (default stacks/tenants.yaml).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@handle_problems
+def tenants_list(registry, as_json):
+    """List tenants: id, name, environments, tags, enabled."""
+    from rich.table import Table
+
+    from runner import ops, registry as reg
+    from runner.progress import console
+
+    rows = reg.tenants_table(ops.load(ops.Context(registry=registry)))
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    table = Table("id", "name", "environments", "tags", "enabled")
+    for row in rows:
+        table.add_row(row["id"], row["name"], ", ".join(row["environments"]),
+                      ", ".join(f"{k}={v}" for k, v in row["tags"].items()), "yes" if row["enabled"] else "no")
+    console().print(table)
+
+
+@tenants.command("validate")
+@click.option("--registry", metavar="PATH|URL", help="Tenant registry (default stacks/tenants.yaml).")
+@handle_problems
+def tenants_validate(registry):
+    """Validate the registry: every problem with file:line, exit 2; or a one-line OK."""
+    from runner import ops, registry as reg
+
+    click.echo(reg.registry_summary(ops.load(ops.Context(registry=registry))), err=True)

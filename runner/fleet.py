@@ -1,0 +1,344 @@
+"""Fleet operations: fan the selected targets out to worker processes.
+
+The core takes plain arguments and returns a :class:`~runner.report.Report`;
+it never imports click, so other Python programs and CI tools can embed it::
+
+    from runner.fleet import Fleet, FleetOptions
+    from runner.registry import load_registry, select_targets
+
+    registry = load_registry("stacks/tenants.yaml")
+    selection = select_targets(registry, all_tenants=True)
+    report = Fleet.open(".").run(selection, FleetOptions(operation="up"))
+    print(report.counts, report.exit_code)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential_jitter
+
+from runner import engine
+from runner import report as rpt
+from runner.bootstrap import ensure_engine
+from runner.worker import descendants
+
+SHARED_STACK = "shared"
+OPERATIONS = ("up", "preview", "refresh", "destroy", "drift", "outputs")
+
+
+class FleetError(Exception):
+    """Bad input discovered before anything ran (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    operation: str
+    concurrency: int = os.cpu_count() or 2
+    on_failure: str = "continue"  # continue | stop | rollback
+    max_failures: int | None = None
+    lock_timeout: float = 120.0
+    release: str | None = None
+    run_id: str | None = None
+    with_shared: bool | None = None  # default: only `up` deploys the shared stack first
+    remove_stacks: bool = False  # destroy: also remove the stacks (offboarding)
+    extra_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker runs: a target's stack, operation, config and secrets."""
+
+    tenant: str | None
+    environment: str
+    stack: str
+    operation: str
+    config: Mapping[str, Any]
+    secret_values: Mapping[str, str]
+    credentials: Mapping[str, str] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def new_run_id() -> str:
+    """The CI system's run id when there is one (so shards share it), else a fresh one."""
+    for var in ("RUNNER_RUN_ID", "GITHUB_RUN_ID", "CI_PIPELINE_ID", "BUILDKITE_BUILD_ID", "CIRCLE_WORKFLOW_ID"):
+        if value := os.environ.get(var):
+            attempt = os.environ.get("GITHUB_RUN_ATTEMPT") if var == "GITHUB_RUN_ID" else None
+            return f"{value}.{attempt}" if attempt else value
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+class Progress:
+    """Receives what happens; the CLI plugs in a live view or plain lines."""
+
+    def started(self, job: Job) -> None: ...
+    def event(self, job: Job, data: dict) -> None: ...
+    def finished(self, result: rpt.TargetResult) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class Fleet:
+    def __init__(self, project_dir: Path, *, state_dir: Path | None = None, backend: str | None = None,
+                 ledger=None, progress: Progress | None = None, bin_dir: Path | None = None):
+        self.project_dir = project_dir.resolve()
+        self.state_dir = (state_dir or self.project_dir / ".runner").resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = engine.EngineSettings(
+            bin_dir=bin_dir or ensure_engine(),
+            project_dir=self.project_dir,
+            backend_url=engine.backend_url_for(backend, self.state_dir),
+            work_root=self.state_dir / "work",
+        )
+        engine.prepare_program_dir(self.settings)
+        self.master = engine.master_passphrase(self.state_dir)
+        self.ledger = ledger
+        self.progress = progress or Progress()
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    @classmethod
+    def open(cls, project_dir: str | Path = ".", **kwargs) -> "Fleet":
+        return cls(Path(project_dir), **kwargs)
+
+    # ------------------------------------------------------------------ one target
+
+    def run_job(self, job: Job, run_id: str, log_dir: Path, *, release: str | None = None) -> rpt.TargetResult:
+        """Run one job in a worker process; returns its result (never raises for engine errors)."""
+        started = rpt.now()
+        op_id = self._ledger_start(run_id, job, release)
+        self.progress.started(job)
+        payload = json.dumps({
+            "bin_dir": str(self.settings.bin_dir), "project_dir": str(self.settings.project_dir),
+            "backend_url": self.settings.backend_url, "work_root": str(self.settings.work_root),
+            "stack": job.stack, "operation": job.operation, "config": dict(job.config),
+            "secret_values": dict(job.secret_values), "remove_stack": job.details.get("remove_stack", False),
+        })
+        env = engine.worker_environment(
+            self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        outcome: dict[str, Any] = {}
+        with open(log_dir / f"{job.stack}.{job.operation}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=log, env=env, cwd=self.project_dir, text=True,
+            )
+            with self._lock:
+                self._procs[proc.pid] = proc
+            try:
+                proc.stdin.write(payload)
+                proc.stdin.close()
+                for line in proc.stdout:
+                    message = json.loads(line)
+                    if message.pop("type") == "progress":
+                        self.progress.event(job, message)
+                    else:
+                        outcome = message
+                proc.wait()
+            finally:
+                with self._lock:
+                    self._procs.pop(proc.pid, None)
+        result = self._result(job, outcome, proc.returncode, started)
+        self._ledger_end(op_id, result)
+        self.progress.finished(result)
+        return result
+
+    def _result(self, job: Job, outcome: dict, returncode: int, started) -> rpt.TargetResult:
+        result = rpt.TargetResult(
+            tenant=job.tenant, environment=job.environment, stack=job.stack, operation=job.operation,
+            status=rpt.SUCCEEDED, started=started, ended=rpt.now(), details=dict(job.details),
+        )
+        if not outcome:
+            result.status = rpt.FAILED
+            result.error = f"worker exited with code {returncode} without a result (see the target's log)"
+            return result
+        if not outcome["ok"]:
+            error = outcome["error"]
+            result.status = rpt.LOCKED if error["kind"] == "locked" else rpt.FAILED
+            result.error, result.error_resource, result.error_component = (
+                error["message"], error["urn"], error["component"])
+            return result
+        result.changes = outcome.get("changes") or {}
+        result.outputs = outcome.get("outputs") or {}
+        if job.operation == "drift":
+            drift, pending = outcome.get("drift") or [], outcome.get("pending") or []
+            result.status = {(False, False): rpt.IN_SYNC, (True, False): rpt.DRIFTED,
+                             (False, True): rpt.PENDING, (True, True): rpt.DRIFTED_PENDING}[(bool(drift), bool(pending))]
+            result.details.update(drift=drift, pending=pending)
+        elif outcome.get("steps"):
+            result.details["steps"] = outcome["steps"]
+        return result
+
+    def _run_with_lock_wait(self, job: Job, run_id: str, log_dir: Path, options: FleetOptions) -> rpt.TargetResult:
+        """A stack locked by a live holder is waited for with backoff, up to --lock-timeout.
+        Never `pulumi cancel`: it would delete a live holder's lock too."""
+        retrying = Retrying(
+            retry=retry_if_result(lambda r: r.status == rpt.LOCKED and not self._stopping.is_set()),
+            wait=wait_exponential_jitter(initial=1, max=10), stop=stop_after_delay(options.lock_timeout),
+        )
+        try:
+            return retrying(self.run_job, job, run_id, log_dir, release=options.release)
+        except RetryError as exc:
+            result = exc.last_attempt.result()
+            result.error = f"still locked by another operation after {options.lock_timeout:.0f}s"
+            return result
+
+    # ------------------------------------------------------------------ the fleet
+
+    def jobs_for(self, targets: Iterable, operation: str, options: FleetOptions,
+                 resolve_secrets: Callable[[Any], Mapping[str, str]]) -> list[Job]:
+        """Build every job before anything runs: a missing secret stops the run (exit 2)."""
+        jobs, problems = [], []
+        for target in targets:
+            try:
+                secret_values = resolve_secrets(target) if operation != "outputs" else {}
+            except Exception as exc:  # the registry's SecretError: names tenant and reference, never a value
+                problems.append(str(exc))
+                continue
+            config = {**target.config, **options.extra_config}
+            if options.release:
+                config["release"] = options.release
+            jobs.append(Job(target.tenant, target.environment, target.stack, operation, config, secret_values))
+        if problems:
+            raise FleetError("\n".join(problems))
+        return jobs
+
+    def shared_job(self, defaults: Mapping[str, Any], options: FleetOptions) -> Job:
+        config = {k: v for k, v in defaults.items()}
+        if options.release:
+            config["release"] = options.release
+        return Job(None, SHARED_STACK, SHARED_STACK, "up", config, {})
+
+    def run(self, jobs: list[Job], options: FleetOptions, *, report: rpt.Report | None = None,
+            shared: Job | None = None) -> rpt.Report:
+        """Run the jobs, at most `concurrency` at once, honouring the failure policy."""
+        run_id = options.run_id or new_run_id()
+        report = report or rpt.Report(run_id=run_id, command=options.operation, release=options.release)
+        log_dir = self.state_dir / "logs" / run_id
+        previous = self._install_signal_handlers(report)
+        try:
+            if shared is not None:
+                result = self._run_with_lock_wait(shared, run_id, log_dir, options)
+                if result.status != rpt.SUCCEEDED:
+                    report.add(result)
+                    for job in jobs:
+                        report.add(self._not_started(job, "the shared stack failed"))
+                    return report
+            self.run_batch(jobs, options, report, log_dir)
+        finally:
+            self._restore_signal_handlers(previous)
+            report.ended = rpt.now()
+        return report
+
+    def run_batch(self, jobs: list[Job], options: FleetOptions, report: rpt.Report, log_dir: Path) -> list[rpt.TargetResult]:
+        failures = 0
+        results: list[rpt.TargetResult] = []
+        gate = threading.Lock()
+
+        def should_start() -> str | None:
+            if self._stopping.is_set():
+                return "the run was interrupted"
+            if options.on_failure == "stop" and failures:
+                return "stopped after a failure (--on-failure stop)"
+            if options.max_failures is not None and failures >= options.max_failures:
+                return f"stopped after {failures} failure(s) (--max-failures {options.max_failures})"
+            return None
+
+        def one(job: Job) -> rpt.TargetResult:
+            nonlocal failures
+            with gate:
+                reason = should_start()
+            if reason:
+                result = self._not_started(job, reason)
+                self._ledger_record(report.run_id, result, options.release)
+            else:
+                result = self._run_with_lock_wait(job, report.run_id, log_dir, options)
+            with gate:
+                if result.status in (rpt.FAILED, rpt.ERROR):
+                    failures += 1
+                report.add(result)
+                results.append(result)
+            return result
+
+        with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
+            list(pool.map(one, jobs))
+        # Keep the report in selection order, whatever order the targets finished in.
+        order = {(j.stack, j.operation): i for i, j in enumerate(jobs)}
+        report.targets.sort(key=lambda t: order.get((t.stack, t.operation), -1))
+        return results
+
+    def _not_started(self, job: Job, reason: str) -> rpt.TargetResult:
+        return rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.NOT_STARTED,
+                                error=reason, details={**job.details, "reason": reason})
+
+    # ------------------------------------------------------------------ interrupts
+
+    def _install_signal_handlers(self, report: rpt.Report):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        hits = {"n": 0}
+
+        def handler(signum, frame):
+            hits["n"] += 1
+            report.interrupted = True
+            self._stopping.set()
+            if hits["n"] == 1:
+                self.progress.note("interrupted: starting no new targets; stopping running engines (again to kill)")
+                self._signal_workers(signal.SIGTERM)
+            else:
+                self._signal_workers(signal.SIGKILL, tree=True)
+
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for sig, old in (previous or {}).items():
+            signal.signal(sig, old)
+
+    def _signal_workers(self, sig: int, tree: bool = False) -> None:
+        with self._lock:
+            pids = list(self._procs)
+        for pid in pids:
+            for target in (descendants(pid) if tree else []) + [pid]:
+                try:
+                    os.kill(target, sig)
+                except ProcessLookupError:
+                    pass
+
+    # ------------------------------------------------------------------ ledger
+
+    def _ledger_start(self, run_id: str, job: Job, release: str | None):
+        if self.ledger is None:
+            return None
+        return self.ledger.record_start(
+            run_id, tenant=job.tenant, environment=job.environment, stack=job.stack, operation=job.operation,
+            release=release or job.config.get("release"), program_commit=job.details.get("program_commit"),
+            config_fingerprint=job.details.get("config_fingerprint"), config_snapshot=dict(job.config),
+        )
+
+    def _ledger_end(self, op_id, result: rpt.TargetResult) -> None:
+        if self.ledger is None or op_id is None:
+            return
+        details = {k: v for k, v in result.details.items() if k not in ("program_commit", "config_fingerprint")}
+        self.ledger.record_end(op_id, result.status, changes=result.changes, error=result.error,
+                               error_resource=result.error_resource, error_component=result.error_component,
+                               details=details)
+
+    def _ledger_record(self, run_id: str, result: rpt.TargetResult, release: str | None) -> None:
+        if self.ledger is None:
+            return
+        self.ledger.record(run_id, tenant=result.tenant, environment=result.environment, stack=result.stack,
+                           operation=result.operation, status=result.status, release=release,
+                           error=result.error, details=result.details)

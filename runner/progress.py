@@ -1,0 +1,127 @@
+"""Progress display: a live view on a TTY, one line per event that matters in CI.
+
+Every line carries the run id, tenant and environment (correlation ids);
+``json`` log format writes one JSON object per line. All of it goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from runner import report as rpt
+from runner.fleet import Job, Progress
+
+STATUS_STYLE = {
+    rpt.SUCCEEDED: "green", rpt.IN_SYNC: "green", rpt.SKIPPED: "dim", rpt.NOT_STARTED: "yellow",
+    rpt.BLOCKED: "yellow", rpt.LOCKED: "magenta", rpt.FAILED: "red", rpt.ERROR: "red",
+    rpt.DRIFTED: "yellow", rpt.PENDING: "cyan", rpt.DRIFTED_PENDING: "yellow",
+}
+
+
+def console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=False)
+
+
+class LineProgress(Progress):
+    """Plain lines (CI) or JSON lines (`--log-format json`)."""
+
+    def __init__(self, run_id: str, fmt: str = "text", verbose: bool = False):
+        self.run_id, self.fmt, self.verbose = run_id, fmt, verbose
+        self._lock = threading.Lock()
+
+    def _line(self, job: Job | None, message: str, **extra) -> None:
+        with self._lock:
+            if self.fmt == "json":
+                record = {"run_id": self.run_id, "tenant": job.tenant if job else None,
+                          "environment": job.environment if job else None,
+                          "stack": job.stack if job else None, "message": message, **extra}
+                sys.stderr.write(json.dumps(record) + "\n")
+            else:
+                where = f"{job.stack} {job.operation}: " if job else ""
+                sys.stderr.write(f"[{self.run_id}] {where}{message}\n")
+            sys.stderr.flush()
+
+    def started(self, job: Job) -> None:
+        self._line(job, "started")
+
+    def event(self, job: Job, data: dict) -> None:
+        if self.verbose or data.get("phase") == "done":
+            name = data["urn"].rsplit("::", 1)[-1]
+            self._line(job, f"{data['op']} {name} {data.get('phase')}", op=data["op"], urn=data["urn"])
+
+    def finished(self, result: rpt.TargetResult) -> None:
+        tail = f" ({rpt.format_changes(result.changes)})" if result.changes else ""
+        error = f": {result.error_line}" if result.error else ""
+        job = Job(result.tenant, result.environment, result.stack, result.operation, {}, {})
+        self._line(job, f"{result.status}{tail}{error}", status=result.status)
+
+    def note(self, message: str) -> None:
+        self._line(None, message)
+
+
+class LiveProgress(LineProgress):
+    """A rich live view: one line per running target with its current step, and an overall bar."""
+
+    def __init__(self, run_id: str, total: int):
+        super().__init__(run_id)
+        self.view = RichProgress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console(), transient=True,
+        )
+        self.overall = self.view.add_task(f"run {run_id}", total=total)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.view.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.view.stop()
+
+    def started(self, job: Job) -> None:
+        with self._lock:
+            self.tasks[job.stack] = self.view.add_task(f"{job.stack} {job.operation}: starting", total=None)
+
+    def event(self, job: Job, data: dict) -> None:
+        with self._lock:
+            if task := self.tasks.get(job.stack):
+                name = data["urn"].rsplit("::", 1)[-1]
+                self.view.update(task, description=f"{job.stack} {job.operation}: {data['op']} {name}")
+
+    def finished(self, result: rpt.TargetResult) -> None:
+        with self._lock:
+            if (task := self.tasks.pop(result.stack, None)) is not None:
+                self.view.remove_task(task)
+            self.view.advance(self.overall)
+            style = STATUS_STYLE.get(result.status, "")
+            error = f": {result.error_line}" if result.error else ""
+            self.view.console.print(f"[{style}]{result.stack} {result.operation} {result.status}[/]{error}", markup=True)
+
+    def note(self, message: str) -> None:
+        self.view.console.print(message, markup=False)
+
+
+def summary_table(report: rpt.Report) -> Table:
+    table = Table(title=f"runner {report.command} (run {report.run_id})", title_justify="left")
+    for column in ("target", "operation", "status", "changes", "duration", "error"):
+        table.add_column(column, overflow="fold")
+    for t in report.targets:
+        duration = f"{t.duration:.1f}s" if t.duration is not None else ""
+        table.add_row(t.stack, t.operation, f"[{STATUS_STYLE.get(t.status, '')}]{t.status}[/]",
+                      rpt.format_changes(t.changes), duration, t.error_line)
+    return table
+
+
+def print_summary(report: rpt.Report) -> None:
+    out = console()
+    out.print(summary_table(report))
+    counts = ", ".join(f"{v} {k}" for k, v in report.counts.items() if k != "total")
+    out.print(f"{report.counts['total']} target(s): {counts or 'none'}; exit code {report.exit_code}", markup=False)
+    for note in report.notes:
+        out.print(note, markup=False)

@@ -1,0 +1,203 @@
+"""Per-target results, the fleet report, and the one place exit codes are decided."""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+# Exit codes (DESIGN.md, "CLI contract"); `runner --help` lists them from here.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CHANGES = 3
+EXIT_LOCKED = 4
+EXIT_INTERRUPTED = 130
+EXIT_CODES = {
+    EXIT_OK: "every selected target succeeded (or is in sync)",
+    EXIT_FAILED: "at least one target failed (or was blocked or not started)",
+    EXIT_USAGE: "usage error or invalid registry: nothing was run",
+    EXIT_CHANGES: "changes or drift detected (drift, preview --detailed-exitcode)",
+    EXIT_LOCKED: "a target stayed locked by another live operation",
+    EXIT_INTERRUPTED: "interrupted",
+}
+
+SUCCEEDED, FAILED, SKIPPED, NOT_STARTED, LOCKED, BLOCKED = (
+    "succeeded", "failed", "skipped", "not-started", "locked", "blocked")
+IN_SYNC, DRIFTED, PENDING, DRIFTED_PENDING, ERROR = "in-sync", "drifted", "pending", "drifted+pending", "error"
+FAILURES = {FAILED, ERROR, BLOCKED, NOT_STARTED}
+CHANGED = {DRIFTED, PENDING, DRIFTED_PENDING}
+STATUSES = (SUCCEEDED, FAILED, SKIPPED, NOT_STARTED, LOCKED, BLOCKED, IN_SYNC, DRIFTED, PENDING, DRIFTED_PENDING, ERROR)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="milliseconds") if value else None
+
+
+@dataclass
+class TargetResult:
+    tenant: str | None
+    environment: str
+    stack: str
+    operation: str
+    status: str
+    changes: dict[str, int] = field(default_factory=dict)
+    started: datetime | None = None
+    ended: datetime | None = None
+    error: str | None = None
+    error_resource: str | None = None
+    error_component: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started and self.ended:
+            return (self.ended - self.started).total_seconds()
+        return None
+
+    @property
+    def error_line(self) -> str:
+        """One line, attributed: `Backend (customer-1-backend-db): migration ... failed`."""
+        if not self.error:
+            return ""
+        where = ""
+        if self.error_component:
+            where = self.error_component.rsplit(":", 1)[-1]
+            if self.error_resource:
+                where += f" ({self.error_resource.rsplit('::', 1)[-1]})"
+            where += ": "
+        return where + " ".join(self.error.split())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started"], data["ended"] = _iso(self.started), _iso(self.ended)
+        data["duration_s"] = round(self.duration, 3) if self.duration is not None else None
+        data["error"] = self.error_line or None
+        data["error_message"] = self.error
+        return data
+
+
+@dataclass
+class Report:
+    """Collects the outcome of every selected target; decides the exit code once."""
+
+    run_id: str
+    command: str
+    release: str | None = None
+    started: datetime = field(default_factory=now)
+    ended: datetime | None = None
+    targets: list[TargetResult] = field(default_factory=list)
+    interrupted: bool = False
+    detailed_exitcode: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, result: TargetResult) -> TargetResult:
+        self.targets.append(result)
+        return result
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = Counter(t.status for t in self.targets)
+        return {"total": len(self.targets), **{s: counts[s] for s in STATUSES if counts[s]}}
+
+    @property
+    def exit_code(self) -> int:
+        statuses = {t.status for t in self.targets}
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if statuses & FAILURES:
+            return EXIT_FAILED
+        if LOCKED in statuses:
+            return EXIT_LOCKED
+        if statuses & CHANGED:
+            return EXIT_CHANGES
+        if self.detailed_exitcode and any(_has_changes(t.changes) for t in self.targets):
+            return EXIT_CHANGES
+        return EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "command": self.command,
+            "release": self.release,
+            "started": _iso(self.started),
+            "ended": _iso(self.ended),
+            "exit_code": self.exit_code,
+            "counts": self.counts,
+            "notes": self.notes,
+            "targets": [t.to_dict() for t in self.targets],
+        }
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def write_junit(self, path: str | Path) -> None:
+        Path(path).write_bytes(junit_xml(self))
+
+    def markdown(self) -> str:
+        counts = ", ".join(f"{v} {k}" for k, v in self.counts.items() if k != "total")
+        lines = [
+            f"### runner {self.command}: {counts or 'nothing selected'}",
+            "",
+            f"Run `{self.run_id}`" + (f", release `{self.release}`" if self.release else ""),
+            "",
+            "| target | status | changes | duration | error |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for t in self.targets:
+            duration = f"{t.duration:.1f}s" if t.duration is not None else ""
+            error = t.error_line.replace("|", "\\|")
+            lines.append(f"| {t.stack} | {t.status} | {format_changes(t.changes)} | {duration} | {error} |")
+        return "\n".join(lines) + "\n"
+
+    def write_step_summary(self) -> None:
+        """Append the Markdown summary to $GITHUB_STEP_SUMMARY when set."""
+        if path := os.environ.get("GITHUB_STEP_SUMMARY"):
+            with open(path, "a") as handle:
+                handle.write(self.markdown())
+
+
+def _has_changes(changes: dict[str, int]) -> bool:
+    return any(v for k, v in changes.items() if k != "same")
+
+
+def format_changes(changes: dict[str, int]) -> str:
+    order = ("create", "update", "replace", "delete", "same")
+    parts = [f"{changes[k]} {k}" for k in order if changes.get(k)]
+    parts += [f"{v} {k}" for k, v in changes.items() if k not in order and v]
+    return ", ".join(parts)
+
+
+def junit_xml(report: Report) -> bytes:
+    """One testcase per target; failures carry the attributed error."""
+    failures = sum(t.status in FAILURES | CHANGED | {LOCKED} for t in report.targets)
+    skipped = sum(t.status == SKIPPED for t in report.targets)
+    total_time = sum(t.duration or 0 for t in report.targets)
+    suite = ET.Element("testsuite", {
+        "name": f"runner {report.command}", "tests": str(len(report.targets)),
+        "failures": str(failures), "errors": "0", "skipped": str(skipped),
+        "time": f"{total_time:.3f}", "timestamp": _iso(report.started) or "",
+    })
+    props = ET.SubElement(suite, "properties")
+    ET.SubElement(props, "property", {"name": "run_id", "value": report.run_id})
+    for t in report.targets:
+        case = ET.SubElement(suite, "testcase", {
+            "classname": f"{report.command}.{t.tenant or 'untenanted'}",
+            "name": t.stack, "time": f"{t.duration or 0:.3f}",
+        })
+        if t.status == SKIPPED:
+            ET.SubElement(case, "skipped", {"message": t.error_line or "skipped"})
+        elif t.status in FAILURES | CHANGED | {LOCKED}:
+            failure = ET.SubElement(case, "failure", {"type": t.status, "message": t.error_line or t.status})
+            failure.text = json.dumps({k: v for k, v in t.details.items() if k in ("drift", "pending", "reason")}, indent=1)
+    return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)
