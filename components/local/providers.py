@@ -1,0 +1,464 @@
+"""Dynamic providers of the local platform.
+
+Each provider is a stateless class at module level: Pulumi pickles the
+provider instance with dill and runs it in a separate process
+(``pulumi-resource-pulumi-python``), where dill imports this module by
+reference. So: no attributes, no closures, no captured Outputs.
+
+Every provider implements create, read, diff, update and delete. ``read``
+reports the artifact as it really is on disk and keeps the resource id even
+when the artifact is gone (``exists: False`` / a ``<missing>`` hash): a
+refresh then shows an *update* of exactly that resource instead of silently
+dropping it from the state, and the next ``up`` repairs it.
+
+Outputs always include the inputs, so ``diff`` and ``delete`` see them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import string
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pulumi.dynamic import (
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
+
+from components.local import _fs
+
+_SKIP = {"__provider"}
+
+
+def _inputs(props: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in props.items() if k not in _SKIP}
+
+
+class _Provider(ResourceProvider):
+    # Nothing secret is captured: keep the serialized provider in plain text.
+    serialize_as_secret_always = False
+
+    # Subclasses: which inputs force a replacement, which are compared.
+    replace_keys: tuple[str, ...] = ()
+
+    def observe(self, props: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
+        """The computed outputs as they are on disk now."""
+        raise NotImplementedError
+
+    def expect(self, props: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
+        """The computed outputs a correct deployment of ``props`` has."""
+        raise NotImplementedError
+
+    def apply(self, props: dict[str, Any], olds: dict[str, Any] | None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def resource_id(self, props: dict[str, Any]) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- CRUD -------------------------------------------------------------
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        props = _inputs(props)
+        self.apply(props, None)
+        return CreateResult(self.resource_id(props), {**props, **self.observe(props)})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        props = _inputs(props)
+        return ReadResult(id_, {**props, **self.observe(props)})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        olds, news = _inputs(olds), _inputs(news)
+        replaces = [k for k in self.replace_keys if olds.get(k) != news.get(k)]
+        changed = any(olds.get(k) != v for k, v in news.items())
+        # The computed outputs: after a refresh they hold what is really on
+        # disk, so drift makes the next up repair the artifact.
+        expected = self.expect(news)
+        changed = changed or any(olds.get(k) != v for k, v in expected.items())
+        return DiffResult(
+            changes=changed or bool(replaces),
+            replaces=replaces,
+            delete_before_replace=bool(replaces),
+        )
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        news = _inputs(news)
+        self.apply(news, _inputs(olds))
+        return UpdateResult({**news, **self.observe(news)})
+
+
+# ---------------------------------------------------------------------------
+# Git
+# ---------------------------------------------------------------------------
+
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "runner",
+    "GIT_AUTHOR_EMAIL": "runner@localhost",
+    "GIT_COMMITTER_NAME": "runner",
+    "GIT_COMMITTER_EMAIL": "runner@localhost",
+    "GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2000-01-01T00:00:00Z",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+}
+
+
+def _git(path: str, *args: str, stdin: str | None = None) -> str:
+    env = {**os.environ, **_GIT_ENV}
+    proc = subprocess.run(
+        ["git", f"--git-dir={path}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} in {path} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+class BareRepoProvider(_Provider):
+    """A bare Git repository with an initial commit (README) on ``main``.
+
+    Inputs: path, service, readme.  Outputs: url, exists, head.
+    """
+
+    replace_keys = ("path",)
+
+    def resource_id(self, props):
+        return props["path"]
+
+    def observe(self, props):
+        path = Path(props["path"])
+        head = _fs.MISSING
+        if (path / "HEAD").is_file():
+            try:
+                head = _git(str(path), "rev-parse", "--verify", "refs/heads/main")
+            except RuntimeError:
+                head = _fs.MISSING
+        return {"url": path.as_uri(), "exists": path.is_dir(), "head": head}
+
+    def expect(self, props):
+        return {"url": Path(props["path"]).as_uri(), "exists": True}
+
+    def _write_commit(self, repo: str, readme: str) -> str:
+        blob = _git(repo, "hash-object", "-w", "--stdin", stdin=readme)
+        tree = _git(repo, "mktree", stdin=f"100644 blob {blob}\tREADME.md\n")
+        commit = _git(repo, "commit-tree", tree, "-m", "Initial commit")
+        _git(repo, "update-ref", "refs/heads/main", commit)
+        _git(repo, "symbolic-ref", "HEAD", "refs/heads/main")
+        return commit
+
+    def apply(self, props, olds):
+        path = Path(props["path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not (path / "HEAD").is_file():
+            subprocess.run(
+                ["git", "init", "-q", "--bare", "--initial-branch=main", str(path)],
+                check=True,
+                capture_output=True,
+                env={**os.environ, **_GIT_ENV},
+            )
+        try:
+            _git(str(path), "rev-parse", "--verify", "refs/heads/main")
+        except RuntimeError:
+            # Only an empty repository gets the initial commit: never rewrite history.
+            self._write_commit(str(path), props["readme"])
+
+    def diff(self, _id, olds, news):
+        olds_i, news_i = _inputs(olds), _inputs(news)
+        replaces = [k for k in self.replace_keys if olds_i.get(k) != news_i.get(k)]
+        # A repository with pushed history is in sync as long as it exists and
+        # has a main branch; only a vanished repository (or main) is drift.
+        changed = (
+            olds_i.get("service") != news_i.get("service")
+            or not olds_i.get("exists", False)
+            or olds_i.get("head") in (None, _fs.MISSING)
+        )
+        return DiffResult(changes=changed or bool(replaces), replaces=replaces, delete_before_replace=bool(replaces))
+
+    def delete(self, _id, props):
+        shutil.rmtree(props["path"], ignore_errors=True)
+        _fs.prune_empty_dirs(Path(props["path"]).parent, Path(props["path"]).parent.parent)
+
+
+# ---------------------------------------------------------------------------
+# Account
+# ---------------------------------------------------------------------------
+
+
+class AccountDirProvider(_Provider):
+    """A tenant's account directory (mode 0700) with ``account.json``.
+
+    Inputs: path, tenant_id, account_id.  Outputs: exists, mode, recorded_account_id.
+    """
+
+    replace_keys = ("path",)
+
+    def resource_id(self, props):
+        return props["account_id"]
+
+    def _document(self, props) -> dict:
+        return {"account_id": props["account_id"], "tenant": props["tenant_id"]}
+
+    def observe(self, props):
+        path = Path(props["path"])
+        recorded = _fs.MISSING
+        try:
+            recorded = json.loads((path / "account.json").read_text())["account_id"]
+        except (OSError, ValueError, KeyError):
+            pass
+        mode = oct(path.stat().st_mode & 0o777) if path.is_dir() else _fs.MISSING
+        return {"exists": path.is_dir(), "mode": mode, "recorded_account_id": recorded}
+
+    def expect(self, props):
+        return {"exists": True, "mode": "0o700", "recorded_account_id": props["account_id"]}
+
+    def apply(self, props, olds):
+        path = Path(props["path"])
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+        (path / "account.json").write_text(json.dumps(self._document(props), indent=2) + "\n")
+
+    def delete(self, _id, props):
+        path = Path(props["path"])
+        if not path.is_dir():
+            return
+        for sub in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if sub.is_dir() and not sub.is_symlink():
+                try:
+                    sub.rmdir()
+                except OSError:
+                    pass
+        leftovers = [p for p in path.iterdir() if p.name != "account.json"]
+        if leftovers:
+            # Retained data (a database kept on destroy) still lives here:
+            # keep the account (and its account.json) around it.
+            return
+        shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------------------
+# Backend database (SQLite + migrations)
+# ---------------------------------------------------------------------------
+
+
+class MigrationError(Exception):
+    pass
+
+
+def _applied_versions(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+    return [r[0] for r in rows]
+
+
+def apply_migrations(path: Path, migrations: list[dict[str, str]]) -> list[str]:
+    """Apply ``migrations`` ({version, file, checksum, sql}) in order, each once,
+    each in its own transaction. Returns the versions applied now."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    applied_now: list[str] = []
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations("
+            "version TEXT PRIMARY KEY, checksum TEXT, applied_at TEXT)"
+        )
+        done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+        for mig in sorted(migrations, key=lambda m: m["file"]):
+            version = mig["version"]
+            if version in done:
+                if done[version] != mig["checksum"]:
+                    raise MigrationError(
+                        f"migration {mig['file']} was changed after it was applied "
+                        f"(checksum {done[version][:12]} in the database, {mig['checksum'][:12]} now)"
+                    )
+                continue
+            try:
+                # executescript runs the file's statements; the explicit BEGIN
+                # keeps them and the bookkeeping row in one transaction.
+                conn.executescript("BEGIN;\n" + mig["sql"])
+                conn.execute(
+                    "INSERT INTO schema_migrations(version, checksum, applied_at) VALUES (?, ?, ?)",
+                    (version, mig["checksum"], datetime.now(timezone.utc).isoformat()),
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise MigrationError(f"migration {mig['file']} failed: {exc}") from None
+            applied_now.append(version)
+    finally:
+        conn.close()
+    return applied_now
+
+
+class DatabaseProvider(_Provider):
+    """A SQLite database with the backend's migrations applied.
+
+    Inputs: path, migrations [{version, file, checksum, sql}], purge_data.
+    Outputs: exists, applied (list of versions), schema_version.
+
+    ``delete`` keeps the database file unless ``purge_data`` was true at the
+    last up (the value in the state is what counts).
+    """
+
+    replace_keys = ("path",)
+
+    def resource_id(self, props):
+        return props["path"]
+
+    def observe(self, props):
+        path = Path(props["path"])
+        applied = _applied_versions(path)
+        return {
+            "exists": path.is_file(),
+            "applied": applied,
+            "schema_version": applied[-1] if applied else "",
+        }
+
+    def expect(self, props):
+        versions = sorted(m["version"] for m in props["migrations"])
+        return {"exists": True, "applied": versions, "schema_version": versions[-1] if versions else ""}
+
+    def apply(self, props, olds):
+        apply_migrations(Path(props["path"]), props["migrations"])
+
+    def delete(self, _id, props):
+        if not props.get("purge_data"):
+            return
+        path = Path(props["path"])
+        for p in (path, path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal")):
+            if p.exists():
+                p.unlink()
+        _fs.prune_empty_dirs(path.parent, path.parent.parent.parent)
+
+
+# ---------------------------------------------------------------------------
+# Versioned releases with a `current` link (backend app, frontend site)
+# ---------------------------------------------------------------------------
+
+
+def render_files(templates: dict[str, str], values: dict[str, str]) -> dict[str, str]:
+    return {name: string.Template(text).safe_substitute(values) for name, text in templates.items()}
+
+
+class ReleaseProvider(_Provider):
+    """``<base>/releases/<app_version>/`` holding rendered files, and
+    ``<base>/current`` pointing at it. Old release directories are kept
+    (they are what a rollback switches back to).
+
+    Inputs: base, app_version, templates {name: text}, values {key: str}.
+    Outputs: release_dir, current, content_hash.
+    """
+
+    replace_keys = ("base",)
+
+    def resource_id(self, props):
+        return props["base"]
+
+    def _files(self, props) -> dict[str, str]:
+        return render_files(props["templates"], props["values"])
+
+    def observe(self, props):
+        base = Path(props["base"])
+        release_dir = base / "releases" / props["app_version"]
+        return {
+            "release_dir": str(release_dir),
+            "current": _fs.current_target(base),
+            "content_hash": _fs.hash_dir(release_dir),
+        }
+
+    def expect(self, props):
+        base = Path(props["base"])
+        return {
+            "release_dir": str(base / "releases" / props["app_version"]),
+            "current": f"releases/{props['app_version']}",
+            "content_hash": _fs.hash_files(self._files(props)),
+        }
+
+    def apply(self, props, olds):
+        base = Path(props["base"])
+        release_rel = f"releases/{props['app_version']}"
+        _fs.write_files(base / release_rel, self._files(props))
+        _fs.point_current(base, release_rel)
+
+    def delete(self, _id, props):
+        base = Path(props["base"])
+        shutil.rmtree(base / "releases", ignore_errors=True)
+        link = base / "current"
+        if link.is_symlink():
+            link.unlink()
+        _fs.prune_empty_dirs(base, base.parent.parent)
+
+
+class CachePurgeProvider(_Provider):
+    """Records a CDN cache purge: appends ``<timestamp> release=... `` to a log
+    each time the site it follows changes (``trigger``). The log is
+    append-only history, so ``read`` reports the state as recorded.
+
+    Inputs: log_path, release, app_version, trigger.  Outputs: purged_at.
+    """
+
+    replace_keys = ("log_path",)
+
+    def resource_id(self, props):
+        return props["log_path"]
+
+    def observe(self, props):
+        return {}
+
+    def expect(self, props):
+        return {}
+
+    def read(self, id_, props):
+        return ReadResult(id_, _inputs(props))
+
+    def _purge(self, props) -> str:
+        now = datetime.now(timezone.utc).isoformat()
+        log = Path(props["log_path"])
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(
+                f"{now} release={props['release']} app_version={props['app_version']} "
+                f"content={props['trigger'][:12]}\n"
+            )
+        return now
+
+    def apply(self, props, olds):  # pragma: no cover - create/update below
+        self._purge(props)
+
+    def create(self, props):
+        props = _inputs(props)
+        return CreateResult(props["log_path"], {**props, "purged_at": self._purge(props)})
+
+    def update(self, _id, olds, news):
+        news = _inputs(news)
+        return UpdateResult({**news, "purged_at": self._purge(news)})
+
+    def diff(self, _id, olds, news):
+        olds, news = _inputs(olds), _inputs(news)
+        replaces = [k for k in self.replace_keys if olds.get(k) != news.get(k)]
+        changed = any(olds.get(k) != news.get(k) for k in ("release", "app_version", "trigger"))
+        return DiffResult(changes=changed or bool(replaces), replaces=replaces, delete_before_replace=bool(replaces))
+
+    def delete(self, _id, props):
+        log = Path(props["log_path"])
+        if log.exists():
+            log.unlink()
+        _fs.prune_empty_dirs(log.parent, log.parent.parent.parent)

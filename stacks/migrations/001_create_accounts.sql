@@ -1,0 +1,5 @@
+CREATE TABLE accounts (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);

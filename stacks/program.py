@@ -1,0 +1,251 @@
+"""The Pulumi program: the ``shared`` stack and the tenant stacks.
+
+``__main__.py`` calls :func:`main` with the stack name; unit tests call it
+under ``pulumi.runtime.set_mocks``. The stack name decides what is built:
+
+* ``shared``: one Git repository per service (identity = service), exports
+  ``git_urls``.
+* ``<tenant>.<environment>``: one CloudAccount used by the Backend and the
+  Frontend (the frontend is deployed after the backend and its migrations),
+  ``git_urls`` read from ``shared`` through a StackReference.
+* ``<environment>`` (no dot): an untenanted deployment (tenant id
+  ``untenanted``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional
+
+import pulumi
+
+from components.common import account_id_for, load_files, load_migrations, standard_tags
+
+SHARED_STACK = "shared"
+SERVICES = ("backend", "frontend")
+UNTENANTED = "untenanted"
+NAME_PART = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
+PLATFORMS = ("local", "aws")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The directory holding Pulumi.yaml: relative config paths resolve here, never against cwd."""
+
+
+class StackNameError(ValueError):
+    pass
+
+
+class ForbiddenStackReference(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    stack: str
+    tenant_id: str
+    environment: str
+    tenanted: bool
+
+    @property
+    def is_shared(self) -> bool:
+        return self.stack == SHARED_STACK
+
+
+def parse_stack(stack: str) -> Target:
+    """Validate the stack name (each dot-separated part against NAME_PART)."""
+    parts = stack.split(".")
+    if len(parts) > 2 or not all(NAME_PART.match(p) for p in parts):
+        raise StackNameError(
+            f"invalid stack name {stack!r}: expected 'shared', '<tenant>.<environment>' or "
+            f"'<environment>', each part matching {NAME_PART.pattern}"
+        )
+    if stack == SHARED_STACK:
+        return Target(stack, "", "", False)
+    if len(parts) == 1:
+        return Target(stack, UNTENANTED, parts[0], False)
+    return Target(stack, parts[0], parts[1], True)
+
+
+def stack_reference(target_stack: str, name: str = "shared") -> pulumi.StackReference:
+    """The one way the program reads another stack: only ``shared`` is allowed,
+    so a tenant stack can never read another tenant's outputs."""
+    if target_stack != SHARED_STACK:
+        raise ForbiddenStackReference(
+            f"stack reference to {target_stack!r} refused: a stack may only reference {SHARED_STACK!r}"
+        )
+    # DIY backends name stacks organization/<project>/<stack>.
+    org = pulumi.get_organization() or "organization"
+    return pulumi.StackReference(name, stack_name=f"{org}/{pulumi.get_project()}/{target_stack}")
+
+
+def resolve(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (PROJECT_ROOT / p)
+
+
+@dataclass(frozen=True)
+class Settings:
+    platform: str = "local"
+    app_version: str = "1.0.0"
+    region: str = "us-east-1"
+    domain: str = ""
+    platform_root: str = ".runner/platform"
+    migrations_dir: str = "stacks/migrations"
+    release: str = "unreleased"
+    tenant_name: str = ""
+    purge_data: bool = False
+    account_email_domain: str = "example.com"
+
+    @classmethod
+    def from_config(cls, config: pulumi.Config) -> "Settings":
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for key in ("platform", "app_version", "region", "domain", "platform_root", "migrations_dir",
+                    "release", "tenant_name", "account_email_domain"):
+            value = config.get(key)
+            values[key] = value if value else getattr(defaults, key)
+        values["purge_data"] = bool(config.get_bool("purge_data") or False)
+        settings = cls(**values)
+        if settings.platform not in PLATFORMS:
+            raise ValueError(f"config platform={settings.platform!r}: expected one of {', '.join(PLATFORMS)}")
+        return settings
+
+
+@dataclass
+class Deployment:
+    """What :func:`main` built (the tests inspect it)."""
+
+    target: Target
+    components: dict[str, pulumi.ComponentResource] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def platform_module(platform: str) -> ModuleType:
+    # Imported lazily: the local platform never imports pulumi_aws.
+    if platform == "aws":
+        import components.aws as module
+    else:
+        import components.local as module
+    return module
+
+
+def main(stack: Optional[str] = None, config: Optional[pulumi.Config] = None) -> Deployment:
+    target = parse_stack(stack or pulumi.get_stack())
+    settings = Settings.from_config(config or pulumi.Config())
+    platform = platform_module(settings.platform)
+    deployment = Deployment(target)
+    if target.is_shared:
+        _shared(deployment, settings, platform)
+    else:
+        _tenant(deployment, settings, platform)
+    for key, value in deployment.outputs.items():
+        pulumi.export(key, value)
+    return deployment
+
+
+def _shared(deployment: Deployment, settings: Settings, platform: ModuleType) -> None:
+    urls = {}
+    for service in SERVICES:
+        if settings.platform == "aws":
+            args = platform.GitRepositoryArgs(
+                service=service, tags={"service": service, "managed-by": "runner", "release": settings.release}
+            )
+        else:
+            args = platform.GitRepositoryArgs(root=str(resolve(settings.platform_root)), service=service)
+        repo = platform.GitRepository(f"repo-{service}", args)
+        deployment.components[f"repo-{service}"] = repo
+        urls[service] = repo.url
+    deployment.outputs.update({"git_urls": urls, "release": settings.release})
+
+
+def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) -> None:
+    t = deployment.target
+    tenant_name = settings.tenant_name or ("Untenanted" if not t.tenanted else t.tenant_id)
+    domain = settings.domain or f"{t.tenant_id}.example.com"
+    migrations = load_migrations(resolve(settings.migrations_dir))
+    app_files = load_files(PROJECT_ROOT / "stacks" / "app" / "backend")
+    template = (PROJECT_ROOT / "stacks" / "app" / "frontend" / "index.html").read_text(encoding="utf-8")
+    shared = stack_reference(SHARED_STACK)
+    common = dict(tenant_id=t.tenant_id, environment=t.environment, release=settings.release,
+                  app_version=settings.app_version)
+
+    if settings.platform == "aws":
+        tags = standard_tags(t.tenant_id, t.environment, settings.release)
+        account = platform.CloudAccount(
+            "account",
+            platform.CloudAccountArgs(
+                tenant_id=t.tenant_id,
+                email=f"aws+{t.tenant_id}@{settings.account_email_domain}",
+                region=settings.region,
+                tags=tags,
+            ),
+        )
+        backend = platform.Backend(
+            "backend",
+            platform.BackendArgs(provider=account.provider, tags=tags, migrations=migrations,
+                                 app_files=app_files, purge_data=settings.purge_data, **common),
+        )
+        frontend = platform.Frontend(
+            "frontend",
+            platform.FrontendArgs(provider=account.provider, tags=tags, tenant_name=tenant_name, domain=domain,
+                                  backend_url=backend.backend_url, schema_version=backend.schema_version,
+                                  template=template, **common),
+            pulumi.ResourceOptions(depends_on=[backend]),
+        )
+        health_checks: Any = pulumi.Output.all(backend.backend_url, frontend.frontend_url).apply(
+            lambda u: [
+                {"name": "backend", "kind": "http", "url": u[0], "expect_status": 200},
+                {"name": "frontend", "kind": "http", "url": u[1], "expect_status": 200, "text": settings.release},
+            ]
+        )
+    else:
+        root = str(resolve(settings.platform_root))
+        account = platform.CloudAccount("account", platform.CloudAccountArgs(root=root, tenant_id=t.tenant_id))
+        backend = platform.Backend(
+            "backend",
+            platform.BackendArgs(account_dir=account.account_dir, migrations=migrations, app_files=app_files,
+                                 purge_data=settings.purge_data, **common),
+        )
+        frontend = platform.Frontend(
+            "frontend",
+            platform.FrontendArgs(account_dir=account.account_dir, tenant_name=tenant_name, domain=domain,
+                                  backend_url=backend.backend_url, schema_version=backend.schema_version,
+                                  template=template, **common),
+            pulumi.ResourceOptions(depends_on=[backend]),
+        )
+        n_migrations = str(len(migrations))
+        health_checks = pulumi.Output.all(frontend.site_dir, backend.database_path, backend.backend_url).apply(
+            lambda v: [
+                {"name": "site", "kind": "file_contains", "path": f"{v[0]}/index.html", "text": settings.release},
+                {"name": "database", "kind": "sqlite_query", "path": v[1],
+                 "query": "SELECT COUNT(*) FROM schema_migrations", "expect": n_migrations},
+                {"name": "backend", "kind": "file_contains",
+                 "path": f"{v[2].removeprefix('file://')}/app.json", "text": settings.release},
+            ]
+        )
+
+    deployment.components.update({"account": account, "backend": backend, "frontend": frontend})
+    deployment.outputs.update(
+        {
+            "tenant": t.tenant_id,
+            "environment": t.environment,
+            "platform": settings.platform,
+            "app_version": settings.app_version,
+            "release": settings.release,
+            "account_id": account.account_id,
+            "account_dir": account.account_dir,
+            "git_urls": shared.get_output("git_urls"),
+            "backend_url": backend.backend_url,
+            "database_path": backend.database_path,
+            "schema_version": backend.schema_version,
+            "site_dir": frontend.site_dir,
+            "frontend_url": frontend.frontend_url,
+            "health_checks": health_checks,
+        }
+    )
+
+
+__all__ = ["main", "parse_stack", "stack_reference", "account_id_for", "Settings", "Target"]
