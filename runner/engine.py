@@ -128,9 +128,6 @@ def prepare_program_dir(settings: EngineSettings) -> Path:
     yaml = YAML()
     project = yaml.load(settings.project_dir / "Pulumi.yaml")
     project["main"] = str((settings.project_dir / project.get("main", ".")).resolve())
-    runtime = project.get("runtime")
-    if isinstance(runtime, dict) and "virtualenv" in (runtime.get("options") or {}):
-        runtime["options"]["virtualenv"] = str(Path(sys.executable).parent.parent)
     project["stackConfigDir"] = "stacks"
     target = settings.program_dir / "Pulumi.yaml"
     (settings.program_dir / "stacks").mkdir(parents=True, exist_ok=True)

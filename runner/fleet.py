@@ -30,7 +30,7 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential_jitter
 
-from runner import engine
+from runner import engine, health
 from runner import report as rpt
 from runner.bootstrap import ensure_engine
 from runner.worker import descendants
@@ -179,7 +179,19 @@ class Fleet:
             result.details.update(drift=drift, pending=pending)
         elif outcome.get("steps"):
             result.details["steps"] = outcome["steps"]
+        if job.operation == "up" and job.stack != SHARED_STACK:
+            self._check_health(result)
         return result
+
+    @staticmethod
+    def _check_health(result: rpt.TargetResult) -> None:
+        """An unhealthy target counts as failed, with the failing check named."""
+        checks = health.run_checks(result.outputs.get("health_checks"))
+        result.details["health"] = checks
+        if failed := health.first_failure(checks):
+            result.status = rpt.FAILED
+            result.error = f"health check {failed['name']!r} failed: {failed['message']}"
+            result.error_component = "health"
 
     def _run_with_lock_wait(self, job: Job, run_id: str, log_dir: Path, options: FleetOptions) -> rpt.TargetResult:
         """A stack locked by a live holder is waited for with backoff, up to --lock-timeout.
