@@ -11,3 +11,4 @@ from runner.bootstrap import ensure_engine
 def engine_bin():
     """The bin directory of the real Pulumi CLI at the pinned version; never a fake."""
     return ensure_engine()
+from tests.pg import postgres_server  # noqa: F401
