@@ -246,7 +246,11 @@ class Fleet:
                 if result.status != rpt.SUCCEEDED:
                     report.add(result)
                     for job in jobs:
-                        report.add(self._not_started(job, "the shared stack failed"))
+                        skipped = self._not_started(job, f"the shared stack {result.status}: {result.error_line}")
+                        if result.status == rpt.LOCKED:  # waiting on a lock, not broken: exit 4
+                            skipped.status = rpt.LOCKED
+                        report.add(skipped)
+                        self._ledger_record(run_id, skipped, options.release)
                     return report
             self.run_batch(jobs, options, report, log_dir)
         finally:

@@ -61,7 +61,10 @@ class Context:
 
     @property
     def runner_dir(self) -> Path:
-        return (self.state_dir or self.project_dir / ".runner").resolve()
+        """Work areas, logs, generated stack config, default state and ledger
+        (RUNNER_STATE_DIR; default .runner in the project)."""
+        configured = self.state_dir or os.environ.get("RUNNER_STATE_DIR")
+        return Path(configured or self.project_dir / ".runner").resolve()
 
     @property
     def ledger_url(self) -> str:
@@ -123,6 +126,12 @@ def config_fingerprint(config: dict[str, Any], secret_values: dict[str, str], ke
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def deployed_release(ledger, stack: str, fallback: str | None) -> str:
+    """The release a target runs now: its newest successful up or rollback."""
+    row = ledger.last_good_release(stack)
+    return (row.release if row and row.release else None) or fallback or "unversioned"
+
+
 def open_ledger(ctx: Context):
     from runner.ledger import Ledger
 
@@ -152,11 +161,12 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
     selection = select(registry, sel)
     run_id = settings.run_id or new_run_id()
     commit = program_commit(ctx.project_dir)
-    release = settings.release or (commit if settings.operation == "up" else None) or "unversioned"
+    # `up` deploys --release (default: the commit); the other operations compare
+    # against what each target has deployed, unless --release names another one.
+    release = settings.release or (commit or "unversioned" if settings.operation == "up" else None)
     options = FleetOptions(
         operation=settings.operation, concurrency=settings.concurrency, on_failure=settings.on_failure,
-        max_failures=settings.max_failures, lock_timeout=settings.lock_timeout,
-        release=release if settings.operation in ("up", "preview", "drift", "refresh") else None,
+        max_failures=settings.max_failures, lock_timeout=settings.lock_timeout, release=release,
         run_id=run_id, remove_stacks=settings.remove_stacks, extra_config=settings.extra_config,
     )
     with open_ledger(ctx) as ledger:
@@ -172,6 +182,8 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
             jobs = fleet.jobs_for(selection.targets, settings.operation, options, resolve)
         except FleetError as exc:
             raise UsageProblem(str(exc)) from None
+        if release is None and settings.operation in ("preview", "drift", "refresh"):
+            jobs = [replace(j, config={**j.config, "release": deployed_release(ledger, j.stack, commit)}) for j in jobs]
         jobs = [replace(j, details={
             "program_commit": commit,
             "config_fingerprint": config_fingerprint(dict(j.config), dict(j.secret_values), fleet.master),
