@@ -220,10 +220,17 @@ def destroy(remove_stacks, yes, **kw):
 @selector_options
 @fleet_options
 @output_options
+@click.option("--remediate", type=click.Choice(["up", "refresh"]),
+              help="Then fix: `up` re-applies the code to drifted/pending targets, `refresh` accepts reality into the state.")
 @handle_problems
-def drift(**kw):
-    """Compare reality, state and code for each target, without writing state (exit 3 on drift)."""
-    run_fleet_command("drift", kw)
+def drift(remediate, **kw):
+    """Compare reality, state and code for each target, without writing state (exit 3 on drift).
+
+    in-sync: reality, state and code agree. drifted: resources changed out of
+    band (refresh preview). pending: code or config ahead of the deployment
+    (preview). drifted+pending: both.
+    """
+    run_fleet_command("drift", kw, remediate=remediate)
 
 
 @main.command()

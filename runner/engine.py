@@ -351,7 +351,7 @@ def _masked_outputs(outputs) -> dict[str, Any]:
 def run_operation(settings: EngineSettings, *, stack: str, operation: str,
                   config: Mapping[str, Any] | None = None, secret_values: Mapping[str, str] | None = None,
                   on_progress: Callable[[dict], None] | None = None,
-                  remove_stack: bool = False) -> OperationResult:
+                  remove_stack: bool = False, refresh: bool = False) -> OperationResult:
     """Run one operation on one stack. Raises an :class:`EngineError`."""
     from pulumi import automation as auto
 
@@ -367,7 +367,8 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
         result = OperationResult()
         common = {"on_event": collector, "color": "never"}
         if operation == "up":
-            up = handle.up(show_secrets=False, **common)
+            # refresh=True: read reality first, so the update repairs out-of-band changes
+            up = handle.up(show_secrets=False, refresh=refresh or None, **common)
             result.outputs = _masked_outputs(up.outputs)
         elif operation == "preview":
             handle.preview(**common)

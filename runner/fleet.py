@@ -124,7 +124,7 @@ class Fleet:
             "bin_dir": str(self.settings.bin_dir), "project_dir": str(self.settings.project_dir),
             "backend_url": self.settings.backend_url, "work_root": str(self.settings.work_root),
             "stack": job.stack, "operation": job.operation, "config": dict(job.config),
-            "secret_values": dict(job.secret_values), "remove_stack": job.details.get("remove_stack", False),
+            "secret_values": dict(job.secret_values), "remove_stack": job.details.get("remove_stack", False), "refresh": job.details.get("refresh", False),
         })
         env = engine.worker_environment(
             self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials)
@@ -166,7 +166,8 @@ class Fleet:
             return result
         if not outcome["ok"]:
             error = outcome["error"]
-            result.status = rpt.LOCKED if error["kind"] == "locked" else rpt.FAILED
+            result.status = (rpt.LOCKED if error["kind"] == "locked"
+                             else rpt.ERROR if job.operation == "drift" else rpt.FAILED)
             result.error, result.error_resource, result.error_component = (
                 error["message"], error["urn"], error["component"])
             return result
@@ -260,7 +261,6 @@ class Fleet:
 
     def run_batch(self, jobs: list[Job], options: FleetOptions, report: rpt.Report, log_dir: Path) -> list[rpt.TargetResult]:
         failures = 0
-        results: list[rpt.TargetResult] = []
         gate = threading.Lock()
 
         def should_start() -> str | None:
@@ -284,15 +284,11 @@ class Fleet:
             with gate:
                 if result.status in (rpt.FAILED, rpt.ERROR):
                     failures += 1
-                report.add(result)
-                results.append(result)
             return result
 
         with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
-            list(pool.map(one, jobs))
-        # Keep the report in selection order, whatever order the targets finished in.
-        order = {(j.stack, j.operation): i for i, j in enumerate(jobs)}
-        report.targets.sort(key=lambda t: order.get((t.stack, t.operation), -1))
+            results = list(pool.map(one, jobs))  # in job order, whatever order they finished in
+        report.targets.extend(results)
         return results
 
     def _not_started(self, job: Job, reason: str) -> rpt.TargetResult:

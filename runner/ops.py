@@ -150,6 +150,7 @@ class RunSettings:
     run_id: str | None = None
     detailed_exitcode: bool = False
     remove_stacks: bool = False
+    remediate: str | None = None  # drift: "up" enforces the code, "refresh" accepts reality
     argv: Sequence[str] = ()
     extra_config: dict[str, Any] = field(default_factory=dict)
 
@@ -204,8 +205,29 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         if settings.operation == "up" and jobs:
             shared = fleet.shared_job(registry.defaults, options)
         fleet.run(jobs, options, report=report, shared=shared)
+        if settings.operation == "drift" and settings.remediate:
+            remediate(fleet, jobs, report, settings.remediate, options)
         ledger.finish_run(run_id, "interrupted" if report.interrupted else "finished", report.counts)
     return report
+
+
+def remediate(fleet: Fleet, jobs: list[Job], report: rpt.Report, how: str, options: FleetOptions) -> None:
+    """Fix what the drift check found, then check again: the report shows the
+    drift before, the remediation, and the drift after, for each fixed target."""
+    wanted = {rpt.DRIFTED, rpt.DRIFTED_PENDING} | ({rpt.PENDING} if how == "up" else set())
+    before = {t.stack: t for t in report.targets if t.operation == "drift" and t.status in wanted}
+    todo = [j for j in jobs if j.stack in before]
+    if not todo:
+        return
+    log_dir = fleet.state_dir / "logs" / report.run_id
+    fix = replace(options, operation=how)
+    fleet.run_batch([replace(j, operation=how, details={**j.details, "refresh": True}) for j in todo],
+                    fix, report, log_dir)
+    fixed = {t.stack for t in report.targets if t.operation == how and t.status == rpt.SUCCEEDED}
+    for stack in fixed:
+        before[stack].details["superseded"] = True
+    fleet.run_batch([replace(j, details={**j.details, "after": how}) for j in todo if j.stack in fixed],
+                    options, report, log_dir)
 
 
 def outputs(ctx: Context, tenant: str, env: str) -> dict[str, Any]:

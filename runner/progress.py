@@ -114,7 +114,7 @@ def summary_table(report: rpt.Report) -> Table:
     for t in report.targets:
         duration = f"{t.duration:.1f}s" if t.duration is not None else ""
         table.add_row(t.stack, t.operation, f"[{STATUS_STYLE.get(t.status, '')}]{t.status}[/]",
-                      rpt.format_changes(t.changes), duration, t.error_line)
+                      rpt.format_changes(t.changes), duration, t.summary_line)
     return table
 
 

@@ -78,12 +78,28 @@ class TargetResult:
             where += ": "
         return where + " ".join(self.error.split())
 
+    @property
+    def summary_line(self) -> str:
+        """The error, or for drift which resources drifted and what is pending."""
+        if self.error:
+            return self.error_line
+        parts = []
+        for key, label in (("drift", "drifted"), ("pending", "pending")):
+            steps = self.details.get(key) or []
+            if steps:
+                names = ", ".join(
+                    f"{s['name']}" + (f" [{', '.join(s['keys'])}]" if s.get("keys") else "") + ("" if key == "drift" else f" ({s['op']})")
+                    for s in steps)
+                parts.append(f"{label}: {names}")
+        return "; ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["started"], data["ended"] = _iso(self.started), _iso(self.ended)
         data["duration_s"] = round(self.duration, 3) if self.duration is not None else None
         data["error"] = self.error_line or None
         data["error_message"] = self.error
+        data["summary"] = self.summary_line or None
         return data
 
 
@@ -112,7 +128,9 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        statuses = {t.status for t in self.targets}
+        # A row superseded by a later check of the same target (drift before
+        # remediation) no longer decides the outcome.
+        statuses = {t.status for t in self.targets if not t.details.get("superseded")}
         if self.interrupted:
             return EXIT_INTERRUPTED
         if statuses & FAILURES:
@@ -156,7 +174,7 @@ class Report:
         ]
         for t in self.targets:
             duration = f"{t.duration:.1f}s" if t.duration is not None else ""
-            error = t.error_line.replace("|", "\\|")
+            error = t.summary_line.replace("|", "\\|")
             lines.append(f"| {t.stack} | {t.status} | {format_changes(t.changes)} | {duration} | {error} |")
         return "\n".join(lines) + "\n"
 
@@ -180,7 +198,8 @@ def format_changes(changes: dict[str, int]) -> str:
 
 def junit_xml(report: Report) -> bytes:
     """One testcase per target; failures carry the attributed error."""
-    failures = sum(t.status in FAILURES | CHANGED | {LOCKED} for t in report.targets)
+    failures = sum(t.status in FAILURES | CHANGED | {LOCKED} and not t.details.get("superseded")
+                   for t in report.targets)
     skipped = sum(t.status == SKIPPED for t in report.targets)
     total_time = sum(t.duration or 0 for t in report.targets)
     suite = ET.Element("testsuite", {
@@ -197,7 +216,7 @@ def junit_xml(report: Report) -> bytes:
         })
         if t.status == SKIPPED:
             ET.SubElement(case, "skipped", {"message": t.error_line or "skipped"})
-        elif t.status in FAILURES | CHANGED | {LOCKED}:
-            failure = ET.SubElement(case, "failure", {"type": t.status, "message": t.error_line or t.status})
+        elif t.status in FAILURES | CHANGED | {LOCKED} and not t.details.get("superseded"):
+            failure = ET.SubElement(case, "failure", {"type": t.status, "message": t.summary_line or t.status})
             failure.text = json.dumps({k: v for k, v in t.details.items() if k in ("drift", "pending", "reason")}, indent=1)
     return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)

@@ -16,34 +16,19 @@ import yaml
 pytestmark = pytest.mark.e2e
 
 PROJECT = Path(__file__).resolve().parents[2]
-CACHE_BIN = Path.home() / ".cache" / "runner" / "pulumi-3.259.0" / "bin"
-
-
-def _engine_bin() -> Path:
-    try:
-        from runner import bootstrap
-    except ImportError:
-        bootstrap = None
-    for name in ("pulumi_bin_dir", "ensure_engine"):
-        fn = getattr(bootstrap, name, None)
-        if fn is not None:
-            return Path(fn())
-    if (CACHE_BIN / "pulumi").exists():
-        return CACHE_BIN
-    pytest.skip("no Pulumi engine available")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, engine_bin):
     from pulumi import automation as auto
 
     tmp = tmp_path_factory.mktemp("local-platform")
-    bin_dir = _engine_bin()
+    bin_dir = engine_bin
     work = tmp / "work"
     work.mkdir()
     project = yaml.safe_load((PROJECT / "Pulumi.yaml").read_text())
     project["main"] = str(PROJECT / "stacks")
-    project["runtime"]["options"]["virtualenv"] = str(PROJECT / ".venv")
+    project.pop("stackConfigDir", None)  # stack config beside this copy, not in the project
     (work / "Pulumi.yaml").write_text(yaml.safe_dump(project, sort_keys=False))
     root = tmp / "platform"
     env_vars = {
