@@ -69,6 +69,7 @@ def output_options(f):
     f = click.option("--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML report (one testcase per target).")(f)
     f = click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Progress lines as text or JSON (machine logs).")(f)
     f = click.option("--run-id", help="Run id shared by the shards of one pipeline (default: the CI system's run id, else a fresh one).")(f)
+    f = click.option("--notify", multiple=True, metavar="slack:URL|webhook:URL", help="Send one message at the end of the run (repeatable; env RUNNER_NOTIFY, space-separated).")(f)
     return f
 
 
@@ -95,10 +96,17 @@ def handle_problems(f):
     return wrapper
 
 
-def emit_report(report: rpt.Report, *, as_json: bool, report_json: str | None, junit: str | None) -> None:
+def emit_report(report: rpt.Report, *, as_json: bool, report_json: str | None, junit: str | None,
+                notify_targets=()) -> None:
     from runner.progress import print_summary
 
     print_summary(report)
+    if notify_targets:
+        from runner.notify import notify
+
+        for outcome in notify(report, notify_targets):
+            if not outcome.ok:  # reported, never fails the run
+                click.echo(f"notification failed: {outcome}", err=True)
     if report_json:
         report.write_json(report_json)
     if junit:
@@ -120,9 +128,20 @@ def make_progress_factory(log_format: str):
     return make
 
 
+def notify_targets(specs) -> list:
+    from runner.notify import NotifyError, parse_targets
+
+    specs = list(specs) or os.environ.get("RUNNER_NOTIFY", "").split()
+    try:
+        return parse_targets(specs) if specs else []
+    except NotifyError as exc:
+        raise UsageFailure(f"--notify: {exc}") from None
+
+
 def run_fleet_command(operation: str, kw: dict, **settings) -> None:
     from runner import ops
 
+    targets = notify_targets(kw.pop("notify", ()))
     ctx = _context(kw)
     sel = ops.Selectors(tenants=kw["tenants"], all_tenants=kw["all_tenants"], envs=kw["envs"], tags=kw["tags"],
                         exclude=kw["exclude"], untenanted=kw["untenanted"], shard=kw["shard"])
@@ -142,7 +161,8 @@ def run_fleet_command(operation: str, kw: dict, **settings) -> None:
     finally:
         if hasattr(holder.get("p"), "__exit__"):
             holder["p"].__exit__(None, None, None)
-    emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"])
+    emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"],
+                notify_targets=targets)
 
 
 @click.group(cls=RunnerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,14 +182,97 @@ def main():
 @fleet_options
 @output_options
 @click.option("--release", help="Release label (default: the project's git commit, with -dirty).")
-@click.option("--on-failure", type=click.Choice(["continue", "stop"]), default="continue", show_default=True,
-              help="continue: isolate failures; stop: start nothing new after the first failure.")
+@click.option("--on-failure", type=click.Choice(["continue", "stop", "rollback"]), default="continue", show_default=True,
+              help="continue: isolate failures; stop: start nothing new after the first failure; "
+                   "rollback: return a failed target to its last good release.")
 @click.option("--max-failures", type=click.IntRange(min=1), help="Start nothing new after N failures.")
+@click.option("--rerun-failed", metavar="RUN_ID", is_flag=False, flag_value="last",
+              help="Only the targets that failed or were not started in that run (default: the last run).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_problems
-def up(release, on_failure, max_failures, yes, **kw):
+def up(release, on_failure, max_failures, rerun_failed, yes, **kw):
     """Deploy the selected targets (the shared stack first)."""
-    run_fleet_command("up", kw, release=release, on_failure=on_failure, max_failures=max_failures)
+    run_fleet_command("up", kw, release=release, on_failure=on_failure, max_failures=max_failures,
+                      rerun_failed=rerun_failed)
+
+
+@main.command()
+@common_options
+@selector_options
+@fleet_options
+@output_options
+@click.option("--to", "rollback_to", metavar="RELEASE", help="Go back to this release instead of the last good one.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_problems
+def rollback(rollback_to, yes, **kw):
+    """Redeploy each target's last good release (or --to RELEASE) with its recorded config and program."""
+    run_fleet_command("rollback", kw, rollback_to=rollback_to)
+
+
+@main.command()
+@common_options
+@click.option("--tenant", required=True, help="The tenant.")
+@click.option("--env", required=True, help="The environment.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@handle_problems
+def history(tenant, env, limit, as_json, **kw):
+    """A target's operations, newest first: release, status, changes, error."""
+    from rich.table import Table
+
+    from runner import ops
+    from runner.progress import console
+
+    rows = ops.history(_context(kw), tenant, env, limit)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows]))
+        return
+    table = Table("when", "operation", "release", "status", "changes", "run", "error", title=f"{tenant}.{env}")
+    for r in rows:
+        table.add_row(r.started.strftime("%Y-%m-%d %H:%M:%S"), r.operation, r.release or "", r.status,
+                      rpt.format_changes(r.changes or {}), r.run_id, (r.error or "").splitlines()[0] if r.error else "")
+    console().print(table)
+
+
+@main.command("report")
+@common_options
+@click.option("--run-id", help="The run (default: the last one). Shards of one run are merged.")
+@output_options
+@handle_problems
+def report_cmd(**kw):
+    """Merge a run's results from the (shared) ledger into one summary, JSON and JUnit."""
+    from runner import ops
+
+    kw.pop("notify", None)
+    kw.pop("log_format", None)
+    report = ops.merged_report(_context(kw), kw["run_id"])
+    emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"])
+
+
+@main.command()
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML dashboard.")
+@handle_problems
+def status(as_json, html_path, **kw):
+    """Tenants x environments: release, status, age, last drift (from the ledger; no engine call)."""
+    from runner import ops, status as st
+    from runner.progress import console
+
+    ctx = _context(kw)
+    registry = ops.load(ctx)
+    with ops.open_ledger(ctx) as ledger:
+        fleet = st.fleet_status(ledger, registry)
+    if html_path:
+        st.write_html(fleet, html_path)
+        click.echo(f"wrote {html_path}", err=True)
+    if as_json:
+        click.echo(fleet.to_json())
+        return
+    out = console()
+    out.print(st.render_table(fleet))
+    if (orphans := st.render_orphans_table(fleet)) is not None:
+        out.print(orphans)
 
 
 @main.command()

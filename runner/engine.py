@@ -107,6 +107,7 @@ class EngineSettings:
     project_dir: Path  # holds Pulumi.yaml and the program (stacks/)
     backend_url: str
     work_root: Path  # per-target work areas live below it
+    program_name: str = "program"  # another name for an older commit's program (rollback)
 
     def work_area(self, stack: str) -> Path:
         return self.work_root / stack
@@ -115,7 +116,7 @@ class EngineSettings:
     def program_dir(self) -> Path:
         """The engine's work dir: a generated Pulumi.yaml that points at the
         project's program, with the stack config files beside it (stacks/)."""
-        return self.work_root.parent / "program"
+        return self.work_root.parent / self.program_name
 
 
 def prepare_program_dir(settings: EngineSettings) -> Path:
@@ -130,7 +131,11 @@ def prepare_program_dir(settings: EngineSettings) -> Path:
     project["main"] = str((settings.project_dir / project.get("main", ".")).resolve())
     project["stackConfigDir"] = "stacks"
     target = settings.program_dir / "Pulumi.yaml"
-    (settings.program_dir / "stacks").mkdir(parents=True, exist_ok=True)
+    config_dir = settings.work_root.parent / "program" / "stacks"  # one stack config for every program
+    config_dir.mkdir(parents=True, exist_ok=True)
+    if settings.program_name != "program" and not (settings.program_dir / "stacks").exists():
+        settings.program_dir.mkdir(parents=True, exist_ok=True)
+        (settings.program_dir / "stacks").symlink_to(config_dir)
     from io import StringIO
 
     buffer = StringIO()
@@ -164,7 +169,7 @@ def stack_passphrase(master: str, stack: str) -> str:
 
 
 def worker_environment(settings: EngineSettings, stack: str, passphrase: str,
-                       credentials: Mapping[str, str] = ()) -> dict[str, str]:
+                       credentials: Mapping[str, str] = (), pythonpath: str | None = None) -> dict[str, str]:
     """The complete environment of one target's worker and its engine processes."""
     venv_bin = Path(sys.executable).parent
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
@@ -178,6 +183,8 @@ def worker_environment(settings: EngineSettings, stack: str, passphrase: str,
         "PYTHONUNBUFFERED": "1",
         "AWS_EC2_METADATA_DISABLED": "true",
     })
+    if pythonpath:  # an older commit's program imports its own components first
+        env["PYTHONPATH"] = pythonpath
     env.update(credentials)
     return env
 

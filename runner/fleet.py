@@ -120,14 +120,22 @@ class Fleet:
         started = rpt.now()
         op_id = self._ledger_start(run_id, job, release)
         self.progress.started(job)
+        program = job.details.get("program")  # rollback to another commit: {"dir", "name"}
+        if program:
+            engine.prepare_program_dir(replace(self.settings, project_dir=Path(program["dir"]),
+                                               program_name=program["name"]))
         payload = json.dumps({
-            "bin_dir": str(self.settings.bin_dir), "project_dir": str(self.settings.project_dir),
+            "bin_dir": str(self.settings.bin_dir),
+            "project_dir": program["dir"] if program else str(self.settings.project_dir),
+            "program_name": program["name"] if program else "program",
             "backend_url": self.settings.backend_url, "work_root": str(self.settings.work_root),
-            "stack": job.stack, "operation": job.operation, "config": dict(job.config),
+            "stack": job.stack, "operation": "up" if job.operation == "rollback" else job.operation,
+            "config": dict(job.config),
             "secret_values": dict(job.secret_values), "remove_stack": job.details.get("remove_stack", False), "refresh": job.details.get("refresh", False),
         })
         env = engine.worker_environment(
-            self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials)
+            self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials,
+            pythonpath=program["dir"] if program else None)
         log_dir.mkdir(parents=True, exist_ok=True)
         outcome: dict[str, Any] = {}
         with open(log_dir / f"{job.stack}.{job.operation}.log", "ab") as log:
@@ -180,7 +188,7 @@ class Fleet:
             result.details.update(drift=drift, pending=pending)
         elif outcome.get("steps"):
             result.details["steps"] = outcome["steps"]
-        if job.operation == "up" and job.stack != SHARED_STACK:
+        if job.operation in ("up", "rollback") and job.stack != SHARED_STACK:
             self._check_health(result)
         return result
 
@@ -194,7 +202,8 @@ class Fleet:
             result.error = f"health check {failed['name']!r} failed: {failed['message']}"
             result.error_component = "health"
 
-    def _run_with_lock_wait(self, job: Job, run_id: str, log_dir: Path, options: FleetOptions) -> rpt.TargetResult:
+    def _run_with_lock_wait(self, job: Job, run_id: str, log_dir: Path, options: FleetOptions,
+                            attempt: Callable[..., rpt.TargetResult] | None = None) -> rpt.TargetResult:
         """A stack locked by a live holder is waited for with backoff, up to --lock-timeout.
         Never `pulumi cancel`: it would delete a live holder's lock too."""
         retrying = Retrying(
@@ -202,11 +211,26 @@ class Fleet:
             wait=wait_exponential_jitter(initial=1, max=10), stop=stop_after_delay(options.lock_timeout),
         )
         try:
-            return retrying(self.run_job, job, run_id, log_dir, release=options.release)
+            return retrying(attempt or self.run_job, job, run_id, log_dir, release=options.release)
         except RetryError as exc:
             result = exc.last_attempt.result()
             result.error = f"still locked by another operation after {options.lock_timeout:.0f}s"
             return result
+
+    def _run_shared(self, job: Job, run_id: str, log_dir: Path, options: FleetOptions) -> rpt.TargetResult:
+        """The shared stack is updated once per run: when shards start together,
+        one updates it and the others wait for its lock, then find it done."""
+
+        def once(*args, **kwargs) -> rpt.TargetResult:
+            if self.ledger is not None and any(
+                row.stack == SHARED_STACK and row.operation == "up" and row.status == rpt.SUCCEEDED
+                for row in self.ledger.run_operations(run_id)
+            ):
+                return rpt.TargetResult(None, SHARED_STACK, SHARED_STACK, "up", rpt.SUCCEEDED,
+                                        details={"reason": "updated by another shard of this run"})
+            return self.run_job(*args, **kwargs)
+
+        return self._run_with_lock_wait(job, run_id, log_dir, options, attempt=once)
 
     # ------------------------------------------------------------------ the fleet
 
@@ -235,7 +259,7 @@ class Fleet:
         return Job(None, SHARED_STACK, SHARED_STACK, "up", config, {})
 
     def run(self, jobs: list[Job], options: FleetOptions, *, report: rpt.Report | None = None,
-            shared: Job | None = None) -> rpt.Report:
+            shared: Job | None = None, after_failure=None) -> rpt.Report:
         """Run the jobs, at most `concurrency` at once, honouring the failure policy."""
         run_id = options.run_id or new_run_id()
         report = report or rpt.Report(run_id=run_id, command=options.operation, release=options.release)
@@ -243,7 +267,7 @@ class Fleet:
         previous = self._install_signal_handlers(report)
         try:
             if shared is not None:
-                result = self._run_with_lock_wait(shared, run_id, log_dir, options)
+                result = self._run_shared(shared, run_id, log_dir, options)
                 if result.status != rpt.SUCCEEDED:
                     report.add(result)
                     for job in jobs:
@@ -253,13 +277,15 @@ class Fleet:
                         report.add(skipped)
                         self._ledger_record(run_id, skipped, options.release)
                     return report
-            self.run_batch(jobs, options, report, log_dir)
+            self.run_batch(jobs, options, report, log_dir, after_failure)
         finally:
             self._restore_signal_handlers(previous)
             report.ended = rpt.now()
         return report
 
-    def run_batch(self, jobs: list[Job], options: FleetOptions, report: rpt.Report, log_dir: Path) -> list[rpt.TargetResult]:
+    def run_batch(self, jobs: list[Job], options: FleetOptions, report: rpt.Report, log_dir: Path,
+                  after_failure: Callable[[Job, rpt.TargetResult], list[rpt.TargetResult]] | None = None,
+                  ) -> list[rpt.TargetResult]:
         failures = 0
         gate = threading.Lock()
 
@@ -284,10 +310,14 @@ class Fleet:
             with gate:
                 if result.status in (rpt.FAILED, rpt.ERROR):
                     failures += 1
-            return result
+            extra = []
+            if after_failure and result.status == rpt.FAILED and not self._stopping.is_set():
+                extra = after_failure(job, result)
+            return [result, *extra]
 
         with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
-            results = list(pool.map(one, jobs))  # in job order, whatever order they finished in
+            # in job order, whatever order they finished in; a rollback row follows its failure
+            results = [r for rows in pool.map(one, jobs) for r in rows]
         report.targets.extend(results)
         return results
 
@@ -336,7 +366,7 @@ class Fleet:
             return None
         return self.ledger.record_start(
             run_id, tenant=job.tenant, environment=job.environment, stack=job.stack, operation=job.operation,
-            release=release or job.config.get("release"), program_commit=job.details.get("program_commit"),
+            release=job.config.get("release") or release, program_commit=job.details.get("program_commit"),
             config_fingerprint=job.details.get("config_fingerprint"), config_snapshot=dict(job.config),
         )
 

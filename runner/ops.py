@@ -151,28 +151,38 @@ class RunSettings:
     detailed_exitcode: bool = False
     remove_stacks: bool = False
     remediate: str | None = None  # drift: "up" enforces the code, "refresh" accepts reality
+    rerun_failed: str | None = None  # up: only the targets that failed in this run ("last": the newest)
+    rollback_to: str | None = None  # rollback: this release instead of the last good one
     argv: Sequence[str] = ()
     extra_config: dict[str, Any] = field(default_factory=dict)
 
 
 def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=None,
               make_progress=None) -> rpt.Report:
-    """up / preview / refresh / destroy / drift over the selected targets."""
+    """up / preview / refresh / destroy / drift / rollback over the selected targets."""
+    from runner import releases
+
     registry = load(ctx)
+    if settings.rerun_failed and not (sel.tenants or sel.all_tenants or sel.untenanted):
+        sel = replace(sel, all_tenants=True)
     selection = select(registry, sel)
     run_id = settings.run_id or new_run_id()
     commit = program_commit(ctx.project_dir)
+    operation = settings.operation
     # `up` deploys --release (default: the commit); the other operations compare
     # against what each target has deployed, unless --release names another one.
-    release = settings.release or (commit or "unversioned" if settings.operation == "up" else None)
+    release = settings.release or (commit or "unversioned" if operation == "up" else None)
     options = FleetOptions(
-        operation=settings.operation, concurrency=settings.concurrency, on_failure=settings.on_failure,
+        operation=operation, concurrency=settings.concurrency, on_failure=settings.on_failure,
         max_failures=settings.max_failures, lock_timeout=settings.lock_timeout, release=release,
         run_id=run_id, remove_stacks=settings.remove_stacks, extra_config=settings.extra_config,
     )
     with open_ledger(ctx) as ledger:
+        targets, skipped = selection.targets, list(selection.skipped)
+        if settings.rerun_failed:
+            targets = rerun_targets(ledger, targets, settings.rerun_failed)
         if progress is None and make_progress is not None:
-            progress = make_progress(run_id, len(selection.targets))
+            progress = make_progress(run_id, len(targets))
         fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url, ledger=ledger,
                       progress=progress)
 
@@ -180,35 +190,72 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
             return reg.resolve_secrets(target, registry.base_dir)
 
         try:
-            jobs = fleet.jobs_for(selection.targets, settings.operation, options, resolve)
+            jobs = fleet.jobs_for(targets, operation, options, resolve)
         except FleetError as exc:
             raise UsageProblem(str(exc)) from None
-        if release is None and settings.operation in ("preview", "drift", "refresh"):
+        if release is None and operation in ("preview", "drift", "refresh"):
             jobs = [replace(j, config={**j.config, "release": deployed_release(ledger, j.stack, commit)}) for j in jobs]
         jobs = [replace(j, details={
             "program_commit": commit,
             "config_fingerprint": config_fingerprint(dict(j.config), dict(j.secret_values), fleet.master),
             "remove_stack": settings.remove_stacks,
         }) for j in jobs]
-        ledger.start_run(run_id, settings.operation, argv=list(settings.argv), release=options.release,
+        ledger.start_run(run_id, operation, argv=list(settings.argv), release=options.release,
                          shard=sel.shard, options={"concurrency": settings.concurrency})
-        report = rpt.Report(run_id=run_id, command=settings.operation, release=options.release,
+        report = rpt.Report(run_id=run_id, command=operation, release=options.release,
                             detailed_exitcode=settings.detailed_exitcode)
-        for target, reason in selection.skipped:
+        if operation == "rollback":
+            jobs, impossible = plan_rollbacks(fleet, ledger, jobs, settings.rollback_to, commit)
+            skipped += impossible
+        for target, reason in skipped:
+            status = rpt.FAILED if operation == "rollback" else rpt.SKIPPED
             result = report.add(rpt.TargetResult(target.tenant, target.environment, target.stack,
-                                                 settings.operation, rpt.SKIPPED, error=reason,
-                                                 details={"reason": reason}))
-            ledger.record(run_id, tenant=result.tenant, environment=result.environment, stack=result.stack,
-                          operation=result.operation, status=result.status, release=options.release,
-                          error=reason, details=result.details)
-        shared = None
-        if settings.operation == "up" and jobs:
-            shared = fleet.shared_job(registry.defaults, options)
-        fleet.run(jobs, options, report=report, shared=shared)
-        if settings.operation == "drift" and settings.remediate:
+                                                 operation, status, error=reason, details={"reason": reason}))
+            fleet._ledger_record(run_id, result, options.release)
+        shared = fleet.shared_job(registry.defaults, options) if operation == "up" and jobs else None
+
+        def roll_back(job: Job, failed: rpt.TargetResult) -> list[rpt.TargetResult]:
+            """--on-failure rollback: the failed target goes back to its last good release."""
+            try:
+                row = releases.rollback_point(ledger, job.stack, current=job.config.get("release"))
+                program = releases.program_at(ctx.project_dir, ctx.runner_dir, row.program_commit, commit)
+            except releases.RollbackImpossible as exc:
+                failed.details["rollback"] = str(exc)
+                return []
+            back = releases.rollback_job(job, row, program)
+            return [fleet.run_job(back, run_id, fleet.state_dir / "logs" / run_id)]
+
+        fleet.run(jobs, options, report=report, shared=shared,
+                  after_failure=roll_back if settings.on_failure == "rollback" else None)
+        if operation == "drift" and settings.remediate:
             remediate(fleet, jobs, report, settings.remediate, options)
         ledger.finish_run(run_id, "interrupted" if report.interrupted else "finished", report.counts)
     return report
+
+
+def rerun_targets(ledger, targets: list, run_ref: str) -> list:
+    """The targets that failed, were locked or were not started in that run (`last`: the newest)."""
+    run_id = ledger.last_run_id() if run_ref == "last" else run_ref
+    if run_id is None or ledger.run(run_id) is None:
+        raise UsageProblem(f"--rerun-failed: no run {run_ref!r} in the ledger")
+    failed = {row.stack for row in ledger.failed_targets(run_id)}
+    return [t for t in targets if t.stack in failed]
+
+
+def plan_rollbacks(fleet: Fleet, ledger, jobs: list[Job], to: str | None, commit: str | None):
+    """Each target's rollback job; targets with nothing to return to are reported failed."""
+    from runner import releases
+
+    planned, impossible = [], []
+    for job in jobs:
+        try:
+            row = releases.rollback_point(ledger, job.stack, to=to)
+            program = releases.program_at(fleet.project_dir, fleet.state_dir, row.program_commit, commit)
+        except releases.RollbackImpossible as exc:
+            impossible.append((job, str(exc)))
+            continue
+        planned.append(releases.rollback_job(job, row, program))
+    return planned, impossible
 
 
 def remediate(fleet: Fleet, jobs: list[Job], report: rpt.Report, how: str, options: FleetOptions) -> None:
@@ -228,6 +275,35 @@ def remediate(fleet: Fleet, jobs: list[Job], report: rpt.Report, how: str, optio
         before[stack].details["superseded"] = True
     fleet.run_batch([replace(j, details={**j.details, "after": how}) for j in todo if j.stack in fixed],
                     options, report, log_dir)
+
+
+def history(ctx: Context, tenant: str, env: str, limit: int = 50) -> list:
+    """The target's operations, newest first, from the ledger."""
+    registry = load(ctx)
+    target = select(registry, Selectors(tenants=(tenant,), envs=(env,))).targets
+    stack = target[0].stack if target else f"{tenant}.{env}"
+    with open_ledger(ctx) as ledger:
+        return ledger.history(stack, limit=limit)
+
+
+def merged_report(ctx: Context, run_id: str | None) -> rpt.Report:
+    """One report for a run from the ledger: all its shards, each target's final row."""
+    with open_ledger(ctx) as ledger:
+        run_id = run_id or ledger.last_run_id()
+        run = ledger.run(run_id) if run_id else None
+        if run is None:
+            raise UsageProblem(f"no run {run_id!r} in the ledger {ctx.ledger_url.split('@')[-1]}")
+        rows = ledger.run_operations(run_id)
+    report = rpt.Report(run_id=run_id, command=run.command, release=run.release, started=run.started,
+                        ended=run.ended)
+    for row in rows:
+        if row.stack == "shared" and row.status == rpt.SUCCEEDED:
+            continue
+        report.add(rpt.TargetResult(
+            row.tenant, row.environment or "", row.stack, row.operation, row.status, changes=row.changes or {},
+            started=row.started, ended=row.ended, error=row.error, error_resource=row.error_resource,
+            error_component=row.error_component, details=row.details or {}))
+    return report
 
 
 def outputs(ctx: Context, tenant: str, env: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ def run(job: dict) -> dict:
     settings = engine.EngineSettings(
         bin_dir=Path(job["bin_dir"]), project_dir=Path(job["project_dir"]),
         backend_url=job["backend_url"], work_root=Path(job["work_root"]),
+        program_name=job.get("program_name", "program"),
     )
     try:
         result = engine.run_operation(
