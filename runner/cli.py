@@ -211,6 +211,17 @@ def rollback(rollback_to, yes, **kw):
 
 @main.command()
 @common_options
+@selector_options
+@fleet_options
+@output_options
+@handle_problems
+def recover(**kw):
+    """Remove locks of dead runners on this host and clear pending operations left in the state."""
+    run_fleet_command("recover", kw)
+
+
+@main.command()
+@common_options
 @click.option("--tenant", required=True, help="The tenant.")
 @click.option("--env", required=True, help="The environment.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)

@@ -351,6 +351,24 @@ def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any],
             raise OperationFailed(f"could not set secret config {key!r}: {_clean(proc.stderr)}")
 
 
+def _clear_pending_operations(handle) -> list[Step]:
+    """Remove the pending operations an interrupted update left in the state
+    (pulumi/pulumi#4265). The local platform's providers create by
+    deterministic path and idempotently, so a cleared `creating` is created
+    again (or found) by the next up instead of being duplicated; a cleared
+    update/delete is corrected by the refresh that the next up runs first."""
+    from pulumi.automation import Deployment
+
+    exported = handle.export_stack()
+    deployment = dict(exported.deployment or {})
+    pending = deployment.get("pending_operations") or []
+    if not pending:
+        return []
+    deployment["pending_operations"] = []
+    handle.import_stack(Deployment(version=exported.version, deployment=deployment))
+    return [Step(op["resource"]["urn"], f"cleared pending {op.get('type', 'operation')}") for op in pending]
+
+
 def _masked_outputs(outputs) -> dict[str, Any]:
     return {k: (SECRET_MASK if v.secret else v.value) for k, v in outputs.items()}
 
@@ -393,6 +411,8 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
             result.pending = [s for s in collector.steps if s.op not in ("same", "read")]
         elif operation == "outputs":
             result.outputs = _masked_outputs(handle.outputs())
+        elif operation == "recover":
+            result.steps = _clear_pending_operations(handle)
         else:
             raise OperationFailed(f"unknown operation {operation!r}")
     except Exception as exc:  # every engine failure becomes a typed error here, and only here

@@ -30,12 +30,13 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential_jitter
 
-from runner import engine, health
+from runner import engine, health, recovery
 from runner import report as rpt
 from runner.bootstrap import ensure_engine
 from runner.worker import descendants
 
 SHARED_STACK = "shared"
+WRITING = ("up", "rollback", "refresh", "destroy")  # operations that take the stack's lock
 OPERATIONS = ("up", "preview", "refresh", "destroy", "drift", "outputs")
 
 
@@ -118,6 +119,11 @@ class Fleet:
     def run_job(self, job: Job, run_id: str, log_dir: Path, *, release: str | None = None) -> rpt.TargetResult:
         """Run one job in a worker process; returns its result (never raises for engine errors)."""
         started = rpt.now()
+        recovered = self._recover_first(job, run_id, log_dir) if job.operation in WRITING else []
+        if job.operation == "recover":
+            recovered = recovery.remove_dead_locks(self.settings.backend_url, job.stack)
+        if recovered:
+            job = replace(job, details={**job.details, "recovered": recovered, "refresh": job.operation == "up"})
         op_id = self._ledger_start(run_id, job, release)
         self.progress.started(job)
         program = job.details.get("program")  # rollback to another commit: {"dir", "name"}
@@ -162,6 +168,20 @@ class Fleet:
         self._ledger_end(op_id, result)
         self.progress.finished(result)
         return result
+
+    def _recover_first(self, job: Job, run_id: str, log_dir: Path) -> list[str]:
+        """Before a writing operation: remove locks of dead holders on this host and,
+        when the target's last operation was interrupted, clear the pending
+        operations it left in the state. Returns what was done."""
+        done = recovery.remove_dead_locks(self.settings.backend_url, job.stack)
+        last = self.ledger.history(job.stack, limit=1) if self.ledger is not None else []
+        interrupted = bool(last) and (last[0].status == "running" or last[0].error == "interrupted")
+        if done or interrupted:
+            check = self.run_job(replace(job, operation="recover", config={}, secret_values={}), run_id, log_dir)
+            if check.status != rpt.SUCCEEDED:
+                done.append(f"pending operations not resolved: {check.error_line}")
+            done += [f"{s['op']} of {s['name']}" for s in check.details.get("steps", [])]
+        return done
 
     def _result(self, job: Job, outcome: dict, returncode: int, started) -> rpt.TargetResult:
         result = rpt.TargetResult(

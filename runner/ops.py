@@ -178,6 +178,7 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         run_id=run_id, remove_stacks=settings.remove_stacks, extra_config=settings.extra_config,
     )
     with open_ledger(ctx) as ledger:
+        ledger.mark_interrupted_runs()  # rows a killed runner left `running` on this host
         targets, skipped = selection.targets, list(selection.skipped)
         if settings.rerun_failed:
             targets = rerun_targets(ledger, targets, settings.rerun_failed)

@@ -1,0 +1,68 @@
+"""Recovery after an interrupted run: stale locks and pending operations.
+
+A DIY-backend lock survives `kill -9` of its holder, and `pulumi cancel`
+deletes every lock, even a live holder's. So a lock is removed only when its
+holder is provably dead: it names this host and its pid is gone (or is now
+some other program). A lock of a live process, or of another host, is never
+touched. Pending operations left in the state by an interrupted update
+(pulumi/pulumi#4265) are resolved by the engine seam (`recover` operation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+PROJECT = "runner"
+
+
+def lock_dir(backend_url: str, stack: str) -> Path | None:
+    """Where a file:// backend keeps the stack's locks; None for other backends."""
+    if not backend_url.startswith("file://"):
+        return None
+    root = Path(urlparse(backend_url).path)
+    return root / ".pulumi" / "locks" / "organization" / PROJECT / stack
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a reused pid that is no longer a pulumi process does not hold the lock
+        return b"pulumi" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
+def locks(backend_url: str, stack: str) -> list[dict]:
+    """Each lock of the stack: its file, holder pid and host, and whether the holder is alive here."""
+    directory = lock_dir(backend_url, stack)
+    if directory is None or not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        local = content.get("hostname") == socket.gethostname()
+        found.append({"path": path, "pid": content.get("pid"), "hostname": content.get("hostname"),
+                      "local": local, "alive": (not local) or _alive(int(content.get("pid") or 0))})
+    return found
+
+
+def remove_dead_locks(backend_url: str, stack: str) -> list[str]:
+    """Remove the locks whose holder is a dead process on this host; describe each."""
+    removed = []
+    for lock in locks(backend_url, stack):
+        if lock["local"] and not lock["alive"]:
+            for path in (lock["path"], lock["path"].with_name(lock["path"].name + ".attrs")):
+                path.unlink(missing_ok=True)
+            removed.append(f"lock of dead pid {lock['pid']} on {lock['hostname']}")
+    return removed
