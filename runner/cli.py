@@ -188,12 +188,16 @@ def main():
 @click.option("--max-failures", type=click.IntRange(min=1), help="Start nothing new after N failures.")
 @click.option("--rerun-failed", metavar="RUN_ID", is_flag=False, flag_value="last",
               help="Only the targets that failed or were not started in that run (default: the last run).")
+@click.option("--ignore-lifecycle", is_flag=True, help="Deploy where the lifecycle gates refuse (recorded in the ledger).")
+@click.option("--strategy", type=click.Choice(["waves", "all-at-once"]), help="Override the registry's rollout (default: waves when it has one).")
+@click.option("--wave", metavar="NAME", help="Run one wave of the rollout only (manual promotion).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_problems
-def up(release, on_failure, max_failures, rerun_failed, yes, **kw):
-    """Deploy the selected targets (the shared stack first)."""
+def up(release, on_failure, max_failures, rerun_failed, ignore_lifecycle, strategy, wave, yes, **kw):
+    """Deploy the selected targets: the shared stack first, then environments in
+    promotion order (lifecycle gates), each in the registry's rollout waves."""
     run_fleet_command("up", kw, release=release, on_failure=on_failure, max_failures=max_failures,
-                      rerun_failed=rerun_failed)
+                      rerun_failed=rerun_failed, ignore_lifecycle=ignore_lifecycle, strategy=strategy, wave=wave)
 
 
 @main.command()

@@ -285,6 +285,11 @@ def classify(exc: Exception, collector: _Collector | None = None) -> EngineError
     text = f"{getattr(exc, 'stderr', '')}\n{getattr(exc, 'stdout', '')}\n{exc}"
     if isinstance(exc, auto_errors.ConcurrentUpdateError) or _LOCKED.search(text):
         return LockedError("the stack is locked by another operation")
+    # create_or_select is `stack select`, then `stack init` when not found: another
+    # process (a shard starting at the same time) created the stack in between.
+    # A concurrent operation, not a failure: the lock wait retries, and selects it.
+    if re.search(r"error: stack '[^']*' already exists", text):
+        return LockedError("the stack is being created by another operation")
     if isinstance(exc, auto_errors.StackNotFoundError) or _NOT_FOUND.search(text):
         return StackNotFound("the stack does not exist (never deployed)")
     if collector is not None and (collector.errors or collector.failed_urn):

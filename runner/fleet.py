@@ -279,7 +279,7 @@ class Fleet:
         return Job(None, SHARED_STACK, SHARED_STACK, "up", config, {})
 
     def run(self, jobs: list[Job], options: FleetOptions, *, report: rpt.Report | None = None,
-            shared: Job | None = None, after_failure=None) -> rpt.Report:
+            shared: Job | None = None, after_failure=None, schedule=None) -> rpt.Report:
         """Run the jobs, at most `concurrency` at once, honouring the failure policy."""
         run_id = options.run_id or new_run_id()
         report = report or rpt.Report(run_id=run_id, command=options.operation, release=options.release)
@@ -297,7 +297,11 @@ class Fleet:
                         report.add(skipped)
                         self._ledger_record(run_id, skipped, options.release)
                     return report
-            self.run_batch(jobs, options, report, log_dir, after_failure)
+            batch = lambda some: self.run_batch(some, options, report, log_dir, after_failure)  # noqa: E731
+            if schedule is None:
+                batch(jobs)
+            else:  # phases and waves: the caller decides what runs after what
+                schedule(batch)
         finally:
             self._restore_signal_handlers(previous)
             report.ended = rpt.now()

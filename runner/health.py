@@ -46,10 +46,14 @@ def _http(check: Mapping[str, Any]) -> str | None:
 
     def attempt() -> str | None:
         try:
-            status = httpx.get(check["url"], timeout=float(check.get("timeout", 10)), follow_redirects=True).status_code
+            response = httpx.get(check["url"], timeout=float(check.get("timeout", 10)), follow_redirects=True)
         except httpx.HTTPError as exc:
             return f"{check['url']}: {exc.__class__.__name__}"
-        return None if status == expect else f"{check['url']}: status {status}, expected {expect}"
+        if response.status_code != expect:
+            return f"{check['url']}: status {response.status_code}, expected {expect}"
+        if check.get("text") and str(check["text"]) not in response.text:
+            return f"{check['url']}: the page does not contain {check['text']!r}"
+        return None
 
     retrying = Retrying(retry=retry_if_result(bool), stop=stop_after_attempt(int(check.get("attempts", 3))),
                         wait=wait_exponential(multiplier=0.5, max=5), retry_error_callback=lambda s: s.outcome.result())

@@ -153,6 +153,9 @@ class RunSettings:
     remediate: str | None = None  # drift: "up" enforces the code, "refresh" accepts reality
     rerun_failed: str | None = None  # up: only the targets that failed in this run ("last": the newest)
     rollback_to: str | None = None  # rollback: this release instead of the last good one
+    ignore_lifecycle: bool = False  # up: deploy even where the lifecycle gates refuse (recorded)
+    strategy: str | None = None  # up: "waves" | "all-at-once" (default: waves when the registry has a rollout)
+    wave: str | None = None  # up: run this wave only
     argv: Sequence[str] = ()
     extra_config: dict[str, Any] = field(default_factory=dict)
 
@@ -226,12 +229,69 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
             back = releases.rollback_job(job, row, program)
             return [fleet.run_job(back, run_id, fleet.state_dir / "logs" / run_id)]
 
-        fleet.run(jobs, options, report=report, shared=shared,
+        schedule = None
+        if operation == "up":
+            schedule = up_schedule(fleet, ledger, registry, selection, jobs, report, settings, options)
+        fleet.run(jobs, options, report=report, shared=shared, schedule=schedule,
                   after_failure=roll_back if settings.on_failure == "rollback" else None)
         if operation == "drift" and settings.remediate:
             remediate(fleet, jobs, report, settings.remediate, options)
         ledger.finish_run(run_id, "interrupted" if report.interrupted else "finished", report.counts)
     return report
+
+
+def up_schedule(fleet: Fleet, ledger, registry, selection, jobs: list[Job], report: rpt.Report,
+                settings: RunSettings, options: FleetOptions):
+    """Environments in promotion order, each in the rollout's waves; lifecycle
+    gates checked before each wave from the ledger; a wave whose failures
+    exceed the tolerance halts the rollout (later targets: not-started)."""
+    from runner import plan
+
+    envs = registry.environment_names
+    connected = {t.id: t.environments for t in registry.tenants}
+    tags = {t.stack: dict(t.tags) for t in selection.targets}
+    strategy = settings.strategy or ("waves" if registry.rollout else "all-at-once")
+    rollout = registry.rollout if strategy == "waves" else None
+    if settings.wave and (rollout is None or settings.wave not in {w.name for w in rollout.waves}):
+        known = ", ".join(w.name for w in rollout.waves) if rollout else "none: no rollout in the registry"
+        raise UsageProblem(f"--wave {settings.wave}: unknown wave (known: {known})")
+
+    def refuse(job: Job, status: str, reason: str) -> None:
+        result = report.add(rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, status,
+                                             error=reason, details={**job.details, "reason": reason}))
+        fleet._ledger_record(report.run_id, result, options.release)
+
+    def schedule(batch) -> None:
+        halted = None
+        for env in envs:
+            for wave in plan.waves(rollout, [j for j in jobs if j.environment == env], tags, settings.wave):
+                if halted:
+                    for job in wave.jobs:
+                        refuse(job, rpt.NOT_STARTED, halted)
+                    continue
+                allowed = []
+                for job in wave.jobs:
+                    why = None if settings.ignore_lifecycle else plan.lifecycle_block(
+                        ledger, envs, connected, job, options.release)
+                    if why:
+                        refuse(job, rpt.BLOCKED, why)
+                    else:
+                        allowed.append(replace(job, details={**job.details, "wave": wave.name,
+                                                             "ignore_lifecycle": settings.ignore_lifecycle}))
+                if not allowed:
+                    continue
+                started = rpt.now()
+                results = batch(allowed)
+                failed = sum(r.status in (rpt.FAILED, rpt.ERROR) and r.operation == "up" for r in results)
+                report.waves.append({"environment": env, "wave": wave.name, "targets": len(allowed),
+                                     "failed": failed, "tolerance": wave.tolerance,
+                                     "started": started.isoformat(), "ended": rpt.now().isoformat()})
+                if rollout is not None and failed > wave.tolerance:
+                    halted = (f"rollout halted after wave {wave.name} ({env}): {failed} failure(s), "
+                              f"tolerance {wave.tolerance}")
+                    report.notes.append(halted)
+
+    return schedule
 
 
 def rerun_targets(ledger, targets: list, run_ref: str) -> list:

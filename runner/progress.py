@@ -25,7 +25,9 @@ STATUS_STYLE = {
 
 
 def console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=False)
+    # CI logs are not terminals: give tables room instead of rich's 80 columns.
+    width = None if sys.stderr.isatty() else 160
+    return Console(stderr=True, highlight=False, soft_wrap=False, width=width)
 
 
 class LineProgress(Progress):

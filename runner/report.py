@@ -116,6 +116,7 @@ class Report:
     interrupted: bool = False
     detailed_exitcode: bool = False
     notes: list[str] = field(default_factory=list)
+    waves: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, result: TargetResult) -> TargetResult:
         self.targets.append(result)
@@ -153,6 +154,7 @@ class Report:
             "exit_code": self.exit_code,
             "counts": self.counts,
             "notes": self.notes,
+            "waves": self.waves,
             "targets": [t.to_dict() for t in self.targets],
         }
 

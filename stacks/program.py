@@ -98,13 +98,14 @@ class Settings:
     tenant_name: str = ""
     purge_data: bool = False
     account_email_domain: str = "example.com"
+    smoke_text: str = ""
 
     @classmethod
     def from_config(cls, config: pulumi.Config) -> "Settings":
         defaults = cls()
         values: dict[str, Any] = {}
         for key in ("platform", "app_version", "region", "domain", "platform_root", "migrations_dir",
-                    "release", "tenant_name", "account_email_domain"):
+                    "release", "tenant_name", "account_email_domain", "smoke_text"):
             value = config.get(key)
             values[key] = value if value else getattr(defaults, key)
         values["purge_data"] = bool(config.get_bool("purge_data") or False)
@@ -199,7 +200,8 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
             lambda u: [
                 {"name": "backend", "kind": "http", "url": u[0], "expect_status": 200},
                 {"name": "frontend", "kind": "http", "url": u[1], "expect_status": 200, "text": settings.release},
-            ]
+            ] + ([{"name": "smoke", "kind": "http", "url": u[1], "expect_status": 200, "text": settings.smoke_text}]
+                 if settings.smoke_text else [])
         )
     else:
         root = str(resolve(settings.platform_root))
@@ -224,7 +226,8 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
                  "query": "SELECT COUNT(*) FROM schema_migrations", "expect": n_migrations},
                 {"name": "backend", "kind": "file_contains",
                  "path": f"{v[2].removeprefix('file://')}/app.json", "text": settings.release},
-            ]
+            ] + ([{"name": "smoke", "kind": "file_contains", "path": f"{v[0]}/index.html", "text": settings.smoke_text}]
+                 if settings.smoke_text else [])
         )
 
     deployment.components.update({"account": account, "backend": backend, "frontend": frontend})
