@@ -191,13 +191,17 @@ def main():
 @click.option("--ignore-lifecycle", is_flag=True, help="Deploy where the lifecycle gates refuse (recorded in the ledger).")
 @click.option("--strategy", type=click.Choice(["waves", "all-at-once"]), help="Override the registry's rollout (default: waves when it has one).")
 @click.option("--wave", metavar="NAME", help="Run one wave of the rollout only (manual promotion).")
+@click.option("--skip-unchanged", is_flag=True, help="Skip targets whose program, config and release equal their last good deploy and whose last drift check is clean and younger than --max-age.")
+@click.option("--max-age", type=click.FloatRange(min=0), default=24.0, show_default=True, metavar="HOURS", help="With --skip-unchanged: how old the last clean drift check may be.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_problems
-def up(release, on_failure, max_failures, rerun_failed, ignore_lifecycle, strategy, wave, yes, **kw):
+def up(release, on_failure, max_failures, rerun_failed, ignore_lifecycle, strategy, wave, skip_unchanged, max_age,
+       yes, **kw):
     """Deploy the selected targets: the shared stack first, then environments in
     promotion order (lifecycle gates), each in the registry's rollout waves."""
     run_fleet_command("up", kw, release=release, on_failure=on_failure, max_failures=max_failures,
-                      rerun_failed=rerun_failed, ignore_lifecycle=ignore_lifecycle, strategy=strategy, wave=wave)
+                      rerun_failed=rerun_failed, ignore_lifecycle=ignore_lifecycle, strategy=strategy, wave=wave,
+                      skip_unchanged=max_age * 3600 if skip_unchanged else None)
 
 
 @main.command()
@@ -211,6 +215,32 @@ def up(release, on_failure, max_failures, rerun_failed, ignore_lifecycle, strate
 def rollback(rollback_to, yes, **kw):
     """Redeploy each target's last good release (or --to RELEASE) with its recorded config and program."""
     run_fleet_command("rollback", kw, rollback_to=rollback_to)
+
+
+@main.command()
+@common_options
+@fleet_options
+@output_options
+@click.option("--prune", is_flag=True, help="Offboard stacks whose tenant is gone or disabled: destroy, then remove the stack.")
+@click.option("--purge", is_flag=True, help="With --prune: also delete the tenants' databases (kept by default).")
+@click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
+@click.option("--release", help="Release label (default: the project's git commit).")
+@handle_problems
+def sync(prune, purge, dry_run, release, **kw):
+    """Reconcile the registry with the existing stacks: new tenants deployed, changed
+    ones updated, removed or disabled ones offboarded with --prune."""
+    from runner import ops
+
+    if purge and not prune:
+        raise UsageFailure("--purge goes with --prune")
+    targets = notify_targets(kw.pop("notify", ()))
+    ctx = _context(kw)
+    settings = ops.RunSettings(operation="up", concurrency=kw["concurrency"], lock_timeout=kw["lock_timeout"],
+                               run_id=kw["run_id"], release=release, argv=sys.argv[1:])
+    report = ops.sync(ctx, settings, prune=prune, purge=purge, dry_run=dry_run,
+                      make_progress=make_progress_factory(kw["log_format"]))
+    emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"],
+                notify_targets=targets)
 
 
 @main.command()

@@ -378,6 +378,22 @@ def _masked_outputs(outputs) -> dict[str, Any]:
     return {k: (SECRET_MASK if v.secret else v.value) for k, v in outputs.items()}
 
 
+def list_stacks(settings: EngineSettings) -> list[str]:
+    """The project's stacks in the backend (`pulumi stack ls`); no passphrase needed."""
+    from pulumi import automation as auto
+
+    home = settings.work_root / "_ls" / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    workspace = auto.LocalWorkspace(
+        work_dir=str(settings.program_dir), pulumi_home=str(home), pulumi_command=_command(settings.bin_dir),
+        env_vars={**OFFLINE_ENV, "PULUMI_BACKEND_URL": settings.backend_url, "PULUMI_CONFIG_PASSPHRASE": ""},
+    )
+    try:
+        return sorted(s.name.rsplit("/", 1)[-1] for s in workspace.list_stacks())
+    except Exception as exc:
+        raise classify(exc) from None
+
+
 def run_operation(settings: EngineSettings, *, stack: str, operation: str,
                   config: Mapping[str, Any] | None = None, secret_values: Mapping[str, str] | None = None,
                   on_progress: Callable[[dict], None] | None = None,

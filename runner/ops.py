@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import socket
 import subprocess
@@ -119,11 +120,41 @@ def program_commit(project_dir: Path) -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
-def config_fingerprint(config: dict[str, Any], secret_values: dict[str, str], key: str) -> str:
-    """A fingerprint of a target's config; secret values enter only through an HMAC."""
+def program_fingerprint(project_dir: Path) -> str:
+    """A hash of the program's sources: Pulumi.yaml, stacks/ (without the registry) and components/."""
+    digest = hashlib.sha256()
+    files = [project_dir / "Pulumi.yaml"]
+    for folder in ("stacks", "components"):
+        files += sorted(p for p in (project_dir / folder).rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts and p.name != "tenants.yaml")
+    for path in files:
+        digest.update(str(path.relative_to(project_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def config_fingerprint(config: dict[str, Any], secret_values: dict[str, str], key: str, program: str = "") -> str:
+    """A fingerprint of what a target deploys: program sources, config (with the
+    release) and secrets, which enter only through an HMAC."""
     secrets = {k: hmac.new(key.encode(), v.encode(), hashlib.sha256).hexdigest() for k, v in secret_values.items()}
-    blob = json.dumps({"config": config, "secrets": secrets}, sort_keys=True, default=str)
+    blob = json.dumps({"program": program, "config": config, "secrets": secrets}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def unchanged_reason(ledger, job: Job, max_age: float) -> str | None:
+    """Why `job` needs no up: its fingerprint equals its last good deploy and its
+    last drift check is clean and younger than `max_age` seconds (inf: not needed)."""
+    last = ledger.last_good_release(job.stack)
+    if last is None or last.config_fingerprint != job.details.get("config_fingerprint"):
+        return None
+    if max_age == math.inf:  # sync: the fingerprint alone decides
+        return f"unchanged since run {last.run_id}"
+    drift = ledger.latest_drift(job.stack)
+    if drift is None or drift.status != rpt.IN_SYNC or drift.id < last.id:
+        return None
+    age = (rpt.now() - (drift.ended or drift.started)).total_seconds()
+    if age > max_age:
+        return None
+    return f"unchanged since run {last.run_id}; in sync {age / 60:.0f} min ago"
 
 
 def deployed_release(ledger, stack: str, fallback: str | None) -> str:
@@ -156,6 +187,9 @@ class RunSettings:
     ignore_lifecycle: bool = False  # up: deploy even where the lifecycle gates refuse (recorded)
     strategy: str | None = None  # up: "waves" | "all-at-once" (default: waves when the registry has a rollout)
     wave: str | None = None  # up: run this wave only
+    skip_unchanged: float | None = None  # up: skip unchanged, drift-clean targets (value: max drift age, s)
+    only_stacks: frozenset[str] | None = None  # restrict the selection to these stacks
+    plan_only: bool = False  # compute what would run, run nothing (sync --dry-run)
     argv: Sequence[str] = ()
     extra_config: dict[str, Any] = field(default_factory=dict)
 
@@ -185,6 +219,9 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         targets, skipped = selection.targets, list(selection.skipped)
         if settings.rerun_failed:
             targets = rerun_targets(ledger, targets, settings.rerun_failed)
+        if settings.only_stacks is not None:
+            targets = [t for t in targets if t.stack in settings.only_stacks]
+            skipped = [(t, why) for t, why in skipped if t.stack in settings.only_stacks]
         if progress is None and make_progress is not None:
             progress = make_progress(run_id, len(targets))
         fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url, ledger=ledger,
@@ -197,20 +234,34 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
             jobs = fleet.jobs_for(targets, operation, options, resolve)
         except FleetError as exc:
             raise UsageProblem(str(exc)) from None
+        program = program_fingerprint(ctx.project_dir)
         if release is None and operation in ("preview", "drift", "refresh"):
             jobs = [replace(j, config={**j.config, "release": deployed_release(ledger, j.stack, commit)}) for j in jobs]
         jobs = [replace(j, details={
             "program_commit": commit,
-            "config_fingerprint": config_fingerprint(dict(j.config), dict(j.secret_values), fleet.master),
+            "config_fingerprint": config_fingerprint(dict(j.config), dict(j.secret_values), fleet.master, program),
             "remove_stack": settings.remove_stacks,
         }) for j in jobs]
-        ledger.start_run(run_id, operation, argv=list(settings.argv), release=options.release,
-                         shard=sel.shard, options={"concurrency": settings.concurrency})
         report = rpt.Report(run_id=run_id, command=operation, release=options.release,
                             detailed_exitcode=settings.detailed_exitcode)
         if operation == "rollback":
             jobs, impossible = plan_rollbacks(fleet, ledger, jobs, settings.rollback_to, commit)
             skipped += impossible
+        if operation == "up" and settings.skip_unchanged is not None:
+            reasons = {j.stack: unchanged_reason(ledger, j, settings.skip_unchanged) for j in jobs}
+            skipped += [(j, reasons[j.stack]) for j in jobs if reasons[j.stack]]
+            jobs = [j for j in jobs if not reasons[j.stack]]
+        if settings.plan_only:  # sync --dry-run: say what would run, run and record nothing
+            for job in jobs:
+                report.add(rpt.TargetResult(job.tenant, job.environment, job.stack, operation, rpt.SKIPPED,
+                                            details={"plan": "deploy"}))
+            for target, reason in skipped:
+                report.add(rpt.TargetResult(target.tenant, target.environment, target.stack, operation,
+                                            rpt.SKIPPED, error=reason))
+            report.ended = rpt.now()
+            return report
+        ledger.start_run(run_id, operation, argv=list(settings.argv), release=options.release,
+                         shard=sel.shard, options={"concurrency": settings.concurrency})
         for target, reason in skipped:
             status = rpt.FAILED if operation == "rollback" else rpt.SKIPPED
             result = report.add(rpt.TargetResult(target.tenant, target.environment, target.stack,
@@ -292,6 +343,67 @@ def up_schedule(fleet: Fleet, ledger, registry, selection, jobs: list[Job], repo
                     report.notes.append(halted)
 
     return schedule
+
+
+def sync(ctx: Context, settings: RunSettings, *, prune: bool = False, purge: bool = False,
+         dry_run: bool = False, make_progress=None) -> rpt.Report:
+    """Reconcile the registry with the existing stacks: deploy new targets, update
+    changed ones, and with --prune offboard stacks whose tenant (or its
+    connection to that environment) is gone or disabled: destroy, then remove
+    the stack; the tenant database is kept unless --purge."""
+    from runner import engine
+
+    registry = load(ctx)
+    selection = select(registry, Selectors(all_tenants=True))
+    fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url)
+    existing = set(engine.list_stacks(fleet.settings)) - {"shared"}
+    wanted = {t.stack for t in selection.targets}
+    untenanted = set(registry.environment_names)
+    orphans = sorted(s for s in existing - wanted if s not in untenanted)
+    if dry_run:
+        report = fleet_run(ctx, Selectors(all_tenants=True),
+                           replace(settings, operation="up", skip_unchanged=math.inf, plan_only=True))
+        for row in report.targets:
+            if row.details.get("plan") == "deploy":
+                row.details["plan"] = "update" if row.stack in existing else "create"
+            elif row.status == rpt.SKIPPED:
+                row.details["plan"] = "in sync" if row.error and row.error.startswith("unchanged") else row.error
+        for stack in orphans:
+            tenant_id, _, env = stack.partition(".")
+            report.add(rpt.TargetResult(tenant_id, env, stack, "sync", rpt.SKIPPED, details={
+                "plan": "offboard" if prune else "offboard (needs --prune)"}))
+        report.command = "sync"
+        report.notes.append("dry run: nothing was changed; each target's plan is in details.plan")
+        return report
+    # Deploy new and changed targets: those whose fingerprint equals their last good deploy are skipped.
+    report = fleet_run(ctx, Selectors(all_tenants=True),
+                       replace(settings, operation="up", skip_unchanged=math.inf), make_progress=make_progress)
+    report.command = "sync"
+    if orphans and prune:
+        offboard(ctx, fleet, orphans, report, purge=purge, settings=settings)
+    elif orphans:
+        report.notes.append(f"{len(orphans)} stack(s) not in the registry (offboard with --prune): {', '.join(orphans)}")
+    return report
+
+
+def offboard(ctx: Context, fleet: Fleet, stacks: list[str], report: rpt.Report, *, purge: bool,
+             settings: RunSettings) -> None:
+    """Destroy and remove stacks of tenants that left; --purge also deletes their database."""
+    options = FleetOptions(operation="destroy", concurrency=settings.concurrency, lock_timeout=settings.lock_timeout,
+                           run_id=report.run_id)
+    with open_ledger(ctx) as ledger:
+        fleet.ledger = ledger
+        jobs = []
+        for stack in stacks:
+            tenant_id, _, env = stack.partition(".")
+            last = ledger.last_good_release(stack)
+            config = dict(last.config_snapshot or {}) if last else {}
+            jobs.append(Job(tenant_id, env, stack, "destroy", config, {}, details={"remove_stack": True,
+                                                                                   "offboard": True}))
+        if purge:  # the database is retained on destroy unless purge_data was set at the last up
+            fleet.run_batch([replace(j, operation="up", config={**j.config, "purge_data": True})
+                             for j in jobs if j.config], options, report, fleet.state_dir / "logs" / report.run_id)
+        fleet.run_batch(jobs, options, report, fleet.state_dir / "logs" / report.run_id)
 
 
 def rerun_targets(ledger, targets: list, run_ref: str) -> list:
