@@ -226,6 +226,7 @@ class _Collector:
         self.changes: dict[str, int] | None = None
         self.errors: list[tuple[str | None, str]] = []
         self.failed_urn: str | None = None
+        self.stack_outputs: dict[str, Any] | None = None
 
     def __call__(self, event) -> None:
         if event.diagnostic_event and event.diagnostic_event.severity == "error":
@@ -241,6 +242,8 @@ class _Collector:
         elif event.res_outputs_event:
             meta = event.res_outputs_event.metadata
             op = getattr(meta.op, "value", str(meta.op))
+            if meta.type == "pulumi:pulumi:Stack" and meta.new is not None:
+                self.stack_outputs = dict(meta.new.outputs or {})
             keys = tuple(meta.diffs or meta.keys or ())
             self.steps.append(Step(meta.urn, op, keys))
             if op not in ("same", "read"):
@@ -314,6 +317,40 @@ def _command(bin_dir: Path):
     command.command = str(bin_dir / "pulumi")
     command.version = VersionInfo.parse(PULUMI_VERSION)
     return command
+
+
+def _lean_stack_class():
+    from datetime import datetime, timezone
+
+    from pulumi import automation as auto
+    from pulumi.automation._stack import StackInitMode
+
+    class LeanStack(auto.Stack):
+        """A Stack that issues one CLI process per operation.
+
+        The Automation API's Stack selects the stack on construction (`stack
+        select`), and after an operation runs `stack output` twice and `stack
+        history` for a summary we never read. Every command passes `--stack`
+        anyway, and the change counts and the stack's outputs arrive in the
+        engine's events (secrets masked there), so those calls are cut.
+        """
+
+        def __init__(self, name: str, workspace, collector: "_Collector"):
+            self.name, self.workspace, self._mode = name, workspace, StackInitMode.SELECT
+            self._collector = collector
+
+        def outputs(self):
+            outputs = self._collector.stack_outputs
+            if outputs is None:  # not in the events (e.g. nothing ran): ask the CLI
+                return super().outputs()
+            return {k: auto.OutputValue(value=v, secret=v == SECRET_MASK) for k, v in outputs.items()}
+
+        def info(self, show_secrets=True):
+            now = datetime.now(timezone.utc)
+            return auto.UpdateSummary(kind="update", start_time=now, message="", environment={}, config={},
+                                      result="succeeded", end_time=now)
+
+    return LeanStack
 
 
 def _workspace(settings: EngineSettings, stack: str):
@@ -404,10 +441,13 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
     workspace = _workspace(settings, stack)
     collector = _Collector(on_progress)
     try:
-        if operation in ("up", "preview"):
-            handle = auto.Stack.create_or_select(stack, workspace)
-        else:
+        known = "encryptionsalt" in _read_text(stack_config_path(settings, stack))
+        if operation in ("up", "preview") and not known:
+            handle = auto.Stack.create_or_select(stack, workspace)  # first time here: init if new
+        elif operation == "outputs":
             handle = auto.Stack.select(stack, workspace)
+        else:
+            handle = _lean_stack_class()(stack, workspace, collector)
         if config is not None and operation in ("up", "preview", "refresh", "drift"):
             _write_config(settings, handle, config, secret_values or {})
         result = OperationResult()
@@ -433,7 +473,7 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
         elif operation == "outputs":
             result.outputs = _masked_outputs(handle.outputs())
         elif operation == "recover":
-            result.steps = _clear_pending_operations(handle)
+            collector.steps = _clear_pending_operations(handle)
         else:
             raise OperationFailed(f"unknown operation {operation!r}")
     except Exception as exc:  # every engine failure becomes a typed error here, and only here
@@ -441,3 +481,10 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
     result.changes = collector.changes or {}
     result.steps = collector.steps
     return result
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -174,8 +175,10 @@ class Fleet:
         when the target's last operation was interrupted, clear the pending
         operations it left in the state. Returns what was done."""
         done = recovery.remove_dead_locks(self.settings.backend_url, job.stack)
+        # `interrupted`: set at the start of each run by ledger.mark_interrupted_runs for rows whose
+        # process on this host is dead; a row still running elsewhere belongs to a live operation.
         last = self.ledger.history(job.stack, limit=1) if self.ledger is not None else []
-        interrupted = bool(last) and (last[0].status == "running" or last[0].error == "interrupted")
+        interrupted = bool(last) and last[0].status == rpt.FAILED and last[0].error == "interrupted"
         if done or interrupted:
             check = self.run_job(replace(job, operation="recover", config={}, secret_values={}), run_id, log_dir)
             if check.status != rpt.SUCCEEDED:
@@ -241,13 +244,18 @@ class Fleet:
         """The shared stack is updated once per run: when shards start together,
         one updates it and the others wait for its lock, then find it done."""
 
+        me = (socket.gethostname(), os.getpid())
+
         def once(*args, **kwargs) -> rpt.TargetResult:
-            if self.ledger is not None and any(
-                row.stack == SHARED_STACK and row.operation == "up" and row.status == rpt.SUCCEEDED
-                for row in self.ledger.run_operations(run_id)
-            ):
+            rows = [row for row in (self.ledger.run_operations(run_id) if self.ledger is not None else [])
+                    if row.stack == SHARED_STACK and row.operation == "up"]
+            if any(row.status == rpt.SUCCEEDED for row in rows):
                 return rpt.TargetResult(None, SHARED_STACK, SHARED_STACK, "up", rpt.SUCCEEDED,
                                         details={"reason": "updated by another shard of this run"})
+            if any(row.status == "running" and (row.host, row.pid) != me for row in rows):
+                # another shard is updating it right now: wait as for a lock, then find it done
+                return rpt.TargetResult(None, SHARED_STACK, SHARED_STACK, "up", rpt.LOCKED,
+                                        error="being updated by another shard of this run")
             return self.run_job(*args, **kwargs)
 
         return self._run_with_lock_wait(job, run_id, log_dir, options, attempt=once)

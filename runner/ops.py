@@ -469,9 +469,13 @@ def merged_report(ctx: Context, run_id: str | None) -> rpt.Report:
         rows = ledger.run_operations(run_id)
     report = rpt.Report(run_id=run_id, command=run.command, release=run.release, started=run.started,
                         ended=run.ended)
+    # Each target's outcome is its last row of the run (a lock wait leaves earlier `locked` rows; a
+    # failure followed by its rollback keeps both); the shared stack and recovery steps are not targets.
+    last = {}
     for row in rows:
-        if row.stack == "shared" and row.status == rpt.SUCCEEDED:
-            continue
+        if row.stack != "shared" and row.operation != "recover":
+            last[(row.stack, "rollback" if row.operation == "rollback" else "target")] = row
+    for row in sorted(last.values(), key=lambda r: r.id):
         report.add(rpt.TargetResult(
             row.tenant, row.environment or "", row.stack, row.operation, row.status, changes=row.changes or {},
             started=row.started, ended=row.ended, error=row.error, error_resource=row.error_resource,
