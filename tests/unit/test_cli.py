@@ -1,0 +1,93 @@
+"""The CLI: one exit code per outcome, decided by Report; --json writes one document on stdout."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+from click.testing import CliRunner
+
+from runner import cli, ops
+from runner import report as rpt
+
+
+def _report(*statuses: str, command: str = "up", **kw) -> rpt.Report:
+    report = rpt.Report(run_id="run-1", command=command, **kw)
+    for i, status in enumerate(statuses):
+        report.add(rpt.TargetResult(f"t-{i}", "staging", f"t-{i}.staging", command, status,
+                                    changes={"update": 1} if status == rpt.SUCCEEDED else {},
+                                    error="boom" if status == rpt.FAILED else None))
+    return report
+
+
+@pytest.mark.parametrize("statuses,code", [
+    ((rpt.SUCCEEDED, rpt.SKIPPED), 0),
+    ((rpt.SUCCEEDED, rpt.FAILED), 1),
+    ((rpt.SUCCEEDED, rpt.BLOCKED), 1),
+    ((rpt.SUCCEEDED, rpt.NOT_STARTED), 1),
+    ((rpt.IN_SYNC, rpt.DRIFTED), 3),
+    ((rpt.IN_SYNC, rpt.PENDING), 3),
+    ((rpt.SUCCEEDED, rpt.LOCKED), 4),
+    ((rpt.FAILED, rpt.LOCKED, rpt.DRIFTED), 1),
+    ((rpt.LOCKED, rpt.DRIFTED), 4),
+])
+def test_exit_code_is_decided_by_the_report(monkeypatch, statuses, code):
+    monkeypatch.setattr(ops, "fleet_run", lambda *a, **k: _report(*statuses))
+    result = CliRunner().invoke(cli.main, ["up", "--all-tenants", "--yes"])
+    assert result.exit_code == code, result.output
+
+
+def test_detailed_exitcode_and_interrupt(monkeypatch):
+    monkeypatch.setattr(ops, "fleet_run", lambda *a, **k: _report(rpt.SUCCEEDED, command="preview",
+                                                                   detailed_exitcode=k.get("x", True)))
+    assert CliRunner().invoke(cli.main, ["preview", "--all-tenants", "--detailed-exitcode"]).exit_code == 3
+    monkeypatch.setattr(ops, "fleet_run", lambda *a, **k: _report(rpt.SUCCEEDED, interrupted=True))
+    assert CliRunner().invoke(cli.main, ["up", "--all-tenants", "--yes"]).exit_code == 130
+
+
+def test_json_stdout_is_one_document_and_human_text_goes_to_stderr(monkeypatch, tmp_path):
+    monkeypatch.setattr(ops, "fleet_run", lambda *a, **k: _report(rpt.SUCCEEDED, rpt.FAILED))
+    junit = tmp_path / "junit.xml"
+    result = CliRunner().invoke(cli.main, ["up", "--all-tenants", "--yes", "--json", "--junit", str(junit),
+                                           "--report-json", str(tmp_path / "r.json")])
+    doc = json.loads(result.stdout)  # nothing else on stdout
+    assert {"run_id", "command", "counts", "targets"} <= set(doc)
+    assert doc["counts"] == {"total": 2, "succeeded": 1, "failed": 1}
+    for target in doc["targets"]:
+        assert {"tenant", "environment", "stack", "status", "changes", "started", "ended", "error"} <= set(target)
+    assert "t-1.staging" in result.stderr and "exit code 1" in result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["counts"] == doc["counts"]
+    suite = ET.parse(junit).getroot()
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+
+
+def test_tenants_validate_ok_and_broken(tmp_path):
+    ok = CliRunner().invoke(cli.main, ["tenants", "validate"])
+    assert ok.exit_code == 0 and ok.stderr.startswith("OK ")
+    broken = tmp_path / "tenants.yaml"
+    broken.write_text("environments: [{name: staging}]\ntenants:\n  - id: Bad_Id\n    environments: [prod]\n")
+    result = CliRunner().invoke(cli.main, ["tenants", "validate", "--registry", str(broken)])
+    assert result.exit_code == 2
+    assert f"{broken}:3: tenants[0].id" in result.stderr
+    assert f"{broken}:4: tenants[0].environments[0]: unknown environment 'prod'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_usage_errors_exit_2_before_anything_runs(monkeypatch):
+    def never(*a, **k):
+        raise AssertionError("the fleet must not run")
+
+    monkeypatch.setattr("runner.fleet.Fleet.run", never)
+    runner = CliRunner()
+    unknown = runner.invoke(cli.main, ["up", "--tenant", "custmer-1", "--yes"])
+    assert unknown.exit_code == 2 and "did you mean 'customer-1'" in unknown.stderr
+    assert runner.invoke(cli.main, ["up", "--all-tenants", "--shard", "3/3", "--yes"]).exit_code == 2
+    assert runner.invoke(cli.main, ["destroy", "--all-tenants", "--yes"]).exit_code == 2
+    assert runner.invoke(cli.main, ["up", "--all-tenants", "--notify", "irc:x", "--yes"]).exit_code == 2
+
+
+def test_help_lists_every_exit_code():
+    text = CliRunner().invoke(cli.main, ["--help"]).output
+    for code, meaning in rpt.EXIT_CODES.items():
+        assert f"{code}" in text and meaning in text
