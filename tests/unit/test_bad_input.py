@@ -1,0 +1,241 @@
+"""Reliability: hostile or malformed input is refused before anything runs.
+
+Each case drives the real `runner` CLI in a subprocess and asserts:
+
+* exit code 2 and a clear message (stderr starts with `error:`, no traceback);
+* no engine process was started: RUNNER_PULUMI_ROOT points at a `pulumi`
+  wrapper that records every invocation before exec'ing the real engine (the
+  bootstrap's own `pulumi version` check counts as an engine start, since it
+  only happens once a Fleet is built);
+* no file or directory appeared anywhere under the test's temp root except
+  the runner's own state dir (and there, no backend state and no logs), and
+  nothing new at the top level of /tmp.
+
+NUL cannot be passed on a command line (execve), so it is tested in the
+registry only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+RUNNER = str(Path(sys.executable).parent / "runner")
+
+HOSTILE_IDS = ["../x", "..", "--force", "-s", "a/b", "org/p/s", "a" * 300, "ünïcode", "Cust-1", "x", "a.b",
+               "/etc/passwd", "~root", "$(touch pwned)", "a b", "cust-"]
+
+GOOD_REGISTRY = """\
+defaults: {{platform: local, app_version: "1.0.0", platform_root: {platform}}}
+environments: [{{name: staging}}, {{name: production, require_tenant: true}}]
+tenants:
+  - {{id: shop-1, name: Shop One, environments: [staging], tags: {{tier: gold}}}}
+"""
+
+
+@pytest.fixture
+def cli(tmp_path, engine_bin):
+    """Run the CLI with a recording engine wrapper; check the no-side-effects invariants after each call."""
+    fake_root = tmp_path / "engine"
+    (fake_root / "bin").mkdir(parents=True)
+    record = tmp_path / "engine-calls.log"
+    for companion in Path(engine_bin).iterdir():
+        if companion.name != "pulumi":
+            (fake_root / "bin" / companion.name).symlink_to(companion)
+    wrapper = fake_root / "bin" / "pulumi"
+    wrapper.write_text(f'#!/bin/bash\necho "$@" >> {record}\nexec {engine_bin}/pulumi "$@"\n')
+    wrapper.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    state = work / ".runner"
+    registry = work / "tenants.yaml"
+    registry.write_text(GOOD_REGISTRY.format(platform=work / "platform"))
+
+    class Cli:
+        root = tmp_path
+        registry_path = registry
+        state_dir = state
+
+        def run(self, *args: str, registry_text: str | None = None, extra_env: dict | None = None):
+            if registry_text is not None:
+                registry.write_text(registry_text)
+            before_root = _tree(tmp_path)
+            before_tmp = set(os.listdir("/tmp"))
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "PULUMI_", "GITHUB_"))}
+            env.update(RUNNER_STATE_DIR=str(state), RUNNER_REGISTRY=str(registry),
+                       RUNNER_PULUMI_ROOT=str(fake_root), PATH=f"{fake_root / 'bin'}:{env.get('PATH', '')}",
+                       **(extra_env or {}))
+            proc = subprocess.run([RUNNER, *args], capture_output=True, text=True, cwd=PROJECT_DIR, env=env,
+                                  timeout=120)
+            created = _tree(tmp_path) - before_root - {str(record)}
+            problems = []
+            if record.exists():
+                problems.append(f"the engine was started: {record.read_text().strip()!r}")
+                record.unlink()
+            problems += [f"created outside the state dir: {p}" for p in sorted(created)
+                         if not p.startswith(str(state))]
+            # the ledger db may be opened; no backend state, no logs, no work areas, no generated program
+            problems += [f"created in the state dir: {p}" for p in sorted(created)
+                         if p.startswith(tuple(str(state / d) for d in ("state", "logs", "work", "program")))]
+            # other test workers create /tmp entries concurrently: only look for names we could have caused
+            new_tmp = {n for n in set(os.listdir("/tmp")) - before_tmp
+                       if any(bad in n for bad in ("..", "force", "passwd", "pwned", "shop-1", "org"))}
+            problems += [f"created in /tmp: {n}" for n in sorted(new_tmp)]
+            assert not problems, f"{args} (exit {proc.returncode}):\n" + "\n".join(problems)
+            return proc
+
+    return Cli()
+
+
+def _tree(root: Path) -> set[str]:
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            found.add(os.path.join(dirpath, name))
+    return found
+
+
+def assert_usage_error(proc, *must_contain: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("error:"), proc.stderr
+    # every line is an `error:` line or a `file:line:` continuation of one (all registry problems at once)
+    for line in lines:
+        assert line.startswith("error:") or re.match(r"^\S+:\d+: ", line), f"stray stderr line: {line!r}"
+    for text in must_contain:
+        assert text in proc.stderr, (text, proc.stderr)
+    assert proc.stdout.strip() == ""
+
+
+# --------------------------------------------------------------------------- command line
+
+@pytest.mark.parametrize("command,hostile", [("up", h) for h in HOSTILE_IDS] + [
+    (c, h) for c in ("preview", "drift", "destroy", "rollback", "refresh", "recover") for h in ("../x", "--force", "a/b")])
+def test_hostile_tenant_on_the_command_line(cli, command, hostile):
+    extra = ["--env", "staging", "--yes"] if command == "destroy" else (["--yes"] if command == "up" else [])
+    proc = cli.run(command, "--tenant", hostile, *extra)
+    assert_usage_error(proc, "invalid tenant id")
+    assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_IDS)
+def test_hostile_environment_on_the_command_line(cli, hostile):
+    assert_usage_error(cli.run("up", "--all-tenants", "--env", hostile, "--yes"), "invalid environment name")
+
+
+@pytest.mark.parametrize("hostile", ["../x", "--force", "a" * 300])
+def test_hostile_environment_on_single_target_commands(cli, hostile):
+    assert_usage_error(cli.run("history", "--tenant", "shop-1", "--env", hostile), "invalid environment name")
+    assert_usage_error(cli.run("outputs", "--tenant", "shop-1", "--env", hostile), "invalid environment name")
+
+
+@pytest.mark.parametrize("hostile", ["../x", "=", "tier", "=gold", "tier=", "--force", "-s"])
+def test_hostile_tag_selector(cli, hostile):
+    assert_usage_error(cli.run("up", "--all-tenants", "--tag", hostile, "--yes"), "invalid tag selector")
+
+
+@pytest.mark.parametrize("hostile", ["../x", "..", "3/2", "0/0", "-1/2", "a/b", "1", "1/2/3", "org/p/s", "ü/2",
+                                     "9" * 400 + "/2"])
+def test_hostile_shard(cli, hostile):
+    assert_usage_error(cli.run("up", "--all-tenants", "--shard", hostile, "--yes"), "--shard")
+
+
+@pytest.mark.parametrize("hostile", ["../x", "--force", "a/b"])
+def test_hostile_tenant_on_single_target_commands(cli, hostile):
+    assert_usage_error(cli.run("history", "--tenant", hostile, "--env", "staging"), "invalid tenant id")
+    assert_usage_error(cli.run("outputs", "--tenant", hostile, "--env", "staging"), "invalid tenant id")
+
+
+def test_unknown_tenant_and_environment_are_named(cli):
+    assert_usage_error(cli.run("up", "--tenant", "shop-2", "--yes"), "unknown tenant 'shop-2'")
+    assert_usage_error(cli.run("up", "--all-tenants", "--env", "stagin", "--yes"), "stagin")
+
+
+def test_report_of_an_unknown_run_is_one_clean_error(cli):
+    """BUG (runner/cli.py, report_cmd): `--run-id` is declared twice (its own
+    @click.option and output_options), so click prints two UserWarnings on
+    every `runner report` invocation; the stderr is not just `error:` lines."""
+    assert_usage_error(cli.run("report", "--run-id", "../x"), "no run '../x'")
+
+
+# --------------------------------------------------------------------------- registry
+
+def _registry(tenants: str, defaults: str = "{platform: local}") -> str:
+    return f"defaults: {defaults}\nenvironments: [{{name: staging}}]\ntenants:\n{tenants}"
+
+
+BAD_REGISTRIES = {
+    "malformed yaml": ("tenants: [\n  - id: x\n", "invalid YAML"),
+    "tabs": ("tenants:\n\t- id: shop-1\n", "error:"),
+    "empty": ("", "empty"),
+    "a list at top level": ("- a\n- b\n", "error:"),
+    "not utf-8": ("tenants: [{id: \xff\xfe}]\n", "error:"),
+    "unknown top-level key": (_registry("  - {id: shop-1, name: S, environments: [staging]}\n") + "bogus: 1\n",
+                              "bogus"),
+    "unknown tenant key": (_registry("  - {id: shop-1, name: S, environments: [staging], bogus: 1}\n"), "bogus"),
+    "unknown config key": (_registry("  - {id: shop-1, name: S, environments: [staging], config: {nope: 1}}\n"),
+                           "nope"),
+    "wrong type name": (_registry("  - {id: shop-1, name: 5, environments: [staging]}\n"), "name"),
+    "wrong type environments": (_registry("  - {id: shop-1, name: S, environments: staging}\n"), "environments"),
+    "wrong type enabled": (_registry("  - {id: shop-1, name: S, environments: [staging], enabled: 'yes'}\n"),
+                           "enabled"),
+    "number for string config": (
+        _registry("  - {id: shop-1, name: S, environments: [staging], config: {app_version: 1.0}}\n"), "app_version"),
+    "plaintext secret": (
+        _registry("  - {id: shop-1, name: S, environments: [staging], secrets: {db_password: hunter2-plain}}\n"),
+        "never values"),
+    "unknown environment": (_registry("  - {id: shop-1, name: S, environments: [../prod]}\n"), "environment"),
+    "duplicate tenant": (_registry("  - {id: shop-1, name: S, environments: [staging]}\n"
+                                   "  - {id: shop-1, name: T, environments: [staging]}\n"), "shop-1"),
+    "hostile env var name": (
+        _registry("  - {id: shop-1, name: S, environments: [staging], secrets: {db_password: {env: 'A;rm -rf'}}}\n"),
+        "environment variable"),
+    "hostile platform_root type": (_registry("  - {id: shop-1, name: S, environments: [staging]}\n",
+                                             "{platform: local, platform_root: [1]}"), "platform_root"),
+}
+for _i, _hostile in enumerate(["../x", "--force", "a/b", "a" * 300, "ünï", "a\\0b", "a\\nb"]):
+    BAD_REGISTRIES[f"hostile tenant id #{_i}"] = (
+        _registry(f'  - {{id: "{_hostile}", name: S, environments: [staging]}}\n'), "invalid tenant id")
+    BAD_REGISTRIES[f"hostile environment name #{_i}"] = (
+        f'defaults: {{platform: local}}\nenvironments: [{{name: "{_hostile}"}}]\n'
+        f'tenants:\n  - {{id: shop-1, name: S, environments: ["{_hostile}"]}}\n', "invalid environment name")
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REGISTRIES))
+def test_bad_registry_is_refused_before_anything_runs(cli, case):
+    text, expected = BAD_REGISTRIES[case]
+    if case == "not utf-8":
+        cli.registry_path.write_bytes(text.encode("latin-1"))
+        text = None
+    commands = [("up", "--all-tenants", "--yes")]
+    if not case.startswith("hostile"):
+        commands.insert(0, ("tenants", "validate"))
+    for args in commands:
+        proc = cli.run(*args, registry_text=text)
+        assert_usage_error(proc, expected)
+        if case == "plaintext secret":
+            assert "hunter2-plain" not in proc.stderr, "a plaintext secret was echoed back"
+
+
+def test_all_registry_problems_reported_at_once_with_file_and_line(cli):
+    text = _registry("  - {id: '../x', name: S, environments: [staging]}\n"
+                     "  - {id: shop-2, name: 5, environments: [staging], bogus: 1}\n")
+    proc = cli.run("tenants", "validate", registry_text=text)
+    assert_usage_error(proc, "tenants.yaml:4:", "tenants.yaml:5:", "bogus", "'../x'")
+
+
+def test_missing_secret_variable_is_a_usage_error_naming_the_reference(cli):
+    """BUG (runner/ops.py, fleet_run): the Fleet is built (engine bootstrap runs
+    `pulumi version`, the backend dir state/ and the generated program/ are
+    created) before `fleet.jobs_for` resolves the secrets, so this usage error
+    (exit 2, "nothing was run") comes after an engine process was started."""
+    text = _registry("  - {id: shop-1, name: S, environments: [staging], secrets: {db_password: {env: NOPE_PW_VAR}}}\n")
+    proc = cli.run("up", "--all-tenants", "--yes", registry_text=text)
+    assert_usage_error(proc, "NOPE_PW_VAR")
