@@ -281,11 +281,11 @@ def history(tenant, env, limit, as_json, **kw):
 
 @main.command("report")
 @common_options
-@click.option("--run-id", help="The run (default: the last one). Shards of one run are merged.")
 @output_options
 @handle_problems
 def report_cmd(**kw):
-    """Merge a run's results from the (shared) ledger into one summary, JSON and JUnit."""
+    """Merge a run's results (--run-id, default: the last run) from the (shared) ledger
+    into one summary, JSON and JUnit."""
     from runner import ops
 
     kw.pop("notify", None)

@@ -14,6 +14,7 @@ target's settings, credentials and passphrase.
 from __future__ import annotations
 
 import hashlib
+import json
 import hmac
 import os
 import re
@@ -229,6 +230,8 @@ class _Collector:
         self.stack_outputs: dict[str, Any] | None = None
 
     def __call__(self, event) -> None:
+        if event.prelude_event is not None:  # the engine holds the stack's lock from here on
+            self._progress({"phase": "begin"})
         if event.diagnostic_event and event.diagnostic_event.severity == "error":
             diag = event.diagnostic_event
             self.errors.append((diag.urn, _clean(diag.message)))
@@ -370,27 +373,56 @@ def stack_config_path(settings: EngineSettings, stack: str) -> Path:
 
 def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any],
                   secret_values: Mapping[str, str]) -> None:
-    """Replace the stack's config with exactly the registry's: plain values are
-    written to the stack file directly (no CLI call); secrets go through
-    `pulumi config set --secret` with the value on stdin, never on a command line."""
+    """Make the stack's config exactly the registry's.
+
+    Plain values are written to the stack file directly (no CLI call); a
+    secret goes through `pulumi config set --secret` with its value on stdin,
+    never on a command line, and only when it changed (an HMAC of each secret,
+    keyed with the stack's passphrase, is kept beside the file). Writers of one
+    stack hold a file lock and replace the file atomically, so two runners on
+    one target never leave a half-written file for the engine to read; an
+    unchanged config is not written at all."""
+    import fcntl
+    from io import StringIO
+
     from ruamel.yaml import YAML
 
     yaml = YAML()
     path = stack_config_path(settings, stack.name)
-    current = yaml.load(path) if path.exists() else None
-    kept = {k: v for k, v in (current or {}).items() if k in ("encryptionsalt", "secretsprovider", "encryptedkey")}
-    kept["config"] = {f"{PROJECT}:{k}": v for k, v in sorted(config.items())}
-    with open(path, "w") as handle:
-        yaml.dump(kept, handle)
-    for key, value in secret_values.items():
-        proc = subprocess.run(
-            [str(settings.bin_dir / "pulumi"), "config", "set", "--secret", f"{PROJECT}:{key}",
-             "--stack", stack.name, "--non-interactive"],
-            input=value, text=True, capture_output=True, cwd=settings.program_dir,
-            env={**os.environ, "PULUMI_HOME": stack.workspace.pulumi_home},
-        )
-        if proc.returncode != 0:
-            raise OperationFailed(f"could not set secret config {key!r}: {_clean(proc.stderr)}")
+    sidecar = path.with_name(f".{path.name}.secrets")
+    key = os.environ.get("PULUMI_CONFIG_PASSPHRASE", "").encode()
+    digests = {k: hmac.new(key, v.encode(), hashlib.sha256).hexdigest() for k, v in secret_values.items()}
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = yaml.load(path) if path.exists() else None
+        old_values = dict((current or {}).get("config") or {})
+        try:
+            old_digests = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            old_digests = {}
+        unchanged = {k for k in secret_values if old_digests.get(k) == digests[k] and f"{PROJECT}:{k}" in old_values}
+        wanted = {k: v for k, v in (current or {}).items() if k in ("encryptionsalt", "secretsprovider", "encryptedkey")}
+        values = {f"{PROJECT}:{k}": v for k, v in sorted(config.items())}
+        values.update({f"{PROJECT}:{k}": old_values[f"{PROJECT}:{k}"] for k in sorted(unchanged)})
+        wanted["config"] = values
+        buffer = StringIO()
+        yaml.dump(wanted, buffer)
+        if not path.exists() or path.read_text() != buffer.getvalue():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(buffer.getvalue())
+            tmp.replace(path)
+        for name, value in secret_values.items():
+            if name in unchanged:
+                continue
+            proc = subprocess.run(
+                [str(settings.bin_dir / "pulumi"), "config", "set", "--secret", f"{PROJECT}:{name}",
+                 "--stack", stack.name, "--non-interactive"],
+                input=value, text=True, capture_output=True, cwd=settings.program_dir,
+                env={**os.environ, "PULUMI_HOME": stack.workspace.pulumi_home},
+            )
+            if proc.returncode != 0:
+                raise OperationFailed(f"could not set secret config {name!r}: {_clean(proc.stderr)}")
+        sidecar.write_text(json.dumps(digests))
 
 
 def _clear_pending_operations(handle) -> list[Step]:

@@ -34,6 +34,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 from runner import engine, health, recovery
 from runner import report as rpt
 from runner.bootstrap import ensure_engine
+from runner.registry.errors import SecretError
 from runner.worker import descendants
 
 SHARED_STACK = "shared"
@@ -82,6 +83,25 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
+def build_jobs(targets: Iterable, operation: str, options: FleetOptions,
+           resolve_secrets: Callable[[Any], Mapping[str, str]]) -> list[Job]:
+    """Build every job before anything runs: a missing secret stops the run (exit 2)."""
+    jobs, problems = [], []
+    for target in targets:
+        try:
+            secret_values = resolve_secrets(target) if operation != "outputs" else {}
+        except SecretError as exc:  # names the tenant and the reference, never a value
+            problems.append(str(exc))
+            continue
+        config = {**target.config, **options.extra_config}
+        if options.release:
+            config["release"] = options.release
+        jobs.append(Job(target.tenant, target.environment, target.stack, operation, config, secret_values))
+    if problems:
+        raise FleetError("\n".join(problems))
+    return jobs
+
+
 class Progress:
     """Receives what happens; the CLI plugs in a live view or plain lines."""
 
@@ -120,12 +140,13 @@ class Fleet:
     def run_job(self, job: Job, run_id: str, log_dir: Path, *, release: str | None = None) -> rpt.TargetResult:
         """Run one job in a worker process; returns its result (never raises for engine errors)."""
         started = rpt.now()
-        recovered = self._recover_first(job, run_id, log_dir) if job.operation in WRITING else []
-        if job.operation == "recover":
-            recovered = recovery.remove_dead_locks(self.settings.backend_url, job.stack)
+        recovered = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack)
+        if job.operation in WRITING:
+            recovered += self._recover_first(job, run_id, log_dir)
+        elif job.operation == "recover":
+            recovered += recovery.remove_dead_locks(self.settings.backend_url, job.stack)
         if recovered:
             job = replace(job, details={**job.details, "recovered": recovered, "refresh": job.operation == "up"})
-        op_id = self._ledger_start(run_id, job, release)
         self.progress.started(job)
         program = job.details.get("program")  # rollback to another commit: {"dir", "name"}
         if program:
@@ -145,6 +166,9 @@ class Fleet:
             pythonpath=program["dir"] if program else None)
         log_dir.mkdir(parents=True, exist_ok=True)
         outcome: dict[str, Any] = {}
+        # The ledger row starts when the engine holds the stack's lock (its first event), so rows of
+        # two runners that waited for each other never overlap; it ends when the engine is done.
+        op_id, begun = None, None
         with open(log_dir / f"{job.stack}.{job.operation}.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -157,16 +181,23 @@ class Fleet:
                 proc.stdin.close()
                 for line in proc.stdout:
                     message = json.loads(line)
-                    if message.pop("type") == "progress":
-                        self.progress.event(job, message)
-                    else:
+                    if message.pop("type") != "progress":
                         outcome = message
+                    elif message.get("phase") == "begin":
+                        if begun is None:
+                            begun = rpt.now()
+                            op_id = self._ledger_start(run_id, job, release, started=begun)
+                    else:
+                        self.progress.event(job, message)
                 proc.wait()
+                engine_done = rpt.now()
             finally:
                 with self._lock:
                     self._procs.pop(proc.pid, None)
         result = self._result(job, outcome, proc.returncode, started)
-        self._ledger_end(op_id, result)
+        if op_id is None:  # the engine never began (e.g. locked, or failed before the update)
+            op_id = self._ledger_start(run_id, job, release, started=started)
+        self._ledger_end(op_id, result, ended=engine_done)
         self.progress.finished(result)
         return result
 
@@ -261,24 +292,6 @@ class Fleet:
         return self._run_with_lock_wait(job, run_id, log_dir, options, attempt=once)
 
     # ------------------------------------------------------------------ the fleet
-
-    def jobs_for(self, targets: Iterable, operation: str, options: FleetOptions,
-                 resolve_secrets: Callable[[Any], Mapping[str, str]]) -> list[Job]:
-        """Build every job before anything runs: a missing secret stops the run (exit 2)."""
-        jobs, problems = [], []
-        for target in targets:
-            try:
-                secret_values = resolve_secrets(target) if operation != "outputs" else {}
-            except Exception as exc:  # the registry's SecretError: names tenant and reference, never a value
-                problems.append(str(exc))
-                continue
-            config = {**target.config, **options.extra_config}
-            if options.release:
-                config["release"] = options.release
-            jobs.append(Job(target.tenant, target.environment, target.stack, operation, config, secret_values))
-        if problems:
-            raise FleetError("\n".join(problems))
-        return jobs
 
     def shared_job(self, defaults: Mapping[str, Any], options: FleetOptions) -> Job:
         config = {k: v for k, v in defaults.items()}
@@ -393,22 +406,23 @@ class Fleet:
 
     # ------------------------------------------------------------------ ledger
 
-    def _ledger_start(self, run_id: str, job: Job, release: str | None):
+    def _ledger_start(self, run_id: str, job: Job, release: str | None, started=None):
         if self.ledger is None:
             return None
         return self.ledger.record_start(
             run_id, tenant=job.tenant, environment=job.environment, stack=job.stack, operation=job.operation,
+            started=started,
             release=job.config.get("release") or release, program_commit=job.details.get("program_commit"),
             config_fingerprint=job.details.get("config_fingerprint"), config_snapshot=dict(job.config),
         )
 
-    def _ledger_end(self, op_id, result: rpt.TargetResult) -> None:
+    def _ledger_end(self, op_id, result: rpt.TargetResult, ended=None) -> None:
         if self.ledger is None or op_id is None:
             return
         details = {k: v for k, v in result.details.items() if k not in ("program_commit", "config_fingerprint")}
         self.ledger.record_end(op_id, result.status, changes=result.changes, error=result.error,
                                error_resource=result.error_resource, error_component=result.error_component,
-                               details=details)
+                               details=details, ended=ended)
 
     def _ledger_record(self, run_id: str, result: rpt.TargetResult, release: str | None) -> None:
         if self.ledger is None:

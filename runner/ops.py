@@ -21,7 +21,7 @@ from typing import Any
 
 from runner import registry as reg
 from runner import report as rpt
-from runner.fleet import Fleet, FleetError, FleetOptions, Job, new_run_id
+from runner.fleet import Fleet, FleetError, FleetOptions, Job, build_jobs, new_run_id
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_REGISTRY = PROJECT_DIR / "stacks" / "tenants.yaml"
@@ -222,18 +222,14 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         if settings.only_stacks is not None:
             targets = [t for t in targets if t.stack in settings.only_stacks]
             skipped = [(t, why) for t, why in skipped if t.stack in settings.only_stacks]
+        try:  # every secret resolved before the engine is touched: a missing one is exit 2
+            jobs = build_jobs(targets, operation, options, lambda t: reg.resolve_secrets(t, registry.base_dir))
+        except FleetError as exc:
+            raise UsageProblem(str(exc)) from None
         if progress is None and make_progress is not None:
             progress = make_progress(run_id, len(targets))
         fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url, ledger=ledger,
                       progress=progress)
-
-        def resolve(target):
-            return reg.resolve_secrets(target, registry.base_dir)
-
-        try:
-            jobs = fleet.jobs_for(targets, operation, options, resolve)
-        except FleetError as exc:
-            raise UsageProblem(str(exc)) from None
         program = program_fingerprint(ctx.project_dir)
         if release is None and operation in ("preview", "drift", "refresh"):
             jobs = [replace(j, config={**j.config, "release": deployed_release(ledger, j.stack, commit)}) for j in jobs]

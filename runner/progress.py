@@ -53,7 +53,7 @@ class LineProgress(Progress):
         self._line(job, "started")
 
     def event(self, job: Job, data: dict) -> None:
-        if self.verbose or data.get("phase") == "done":
+        if "urn" in data and (self.verbose or data.get("phase") == "done"):
             name = data["urn"].rsplit("::", 1)[-1]
             self._line(job, f"{data['op']} {name} {data.get('phase')}", op=data["op"], urn=data["urn"])
 
@@ -92,7 +92,7 @@ class LiveProgress(LineProgress):
 
     def event(self, job: Job, data: dict) -> None:
         with self._lock:
-            if task := self.tasks.get(job.stack):
+            if "urn" in data and (task := self.tasks.get(job.stack)) is not None:
                 name = data["urn"].rsplit("::", 1)[-1]
                 self.view.update(task, description=f"{job.stack} {job.operation}: {data['op']} {name}")
 

@@ -66,3 +66,28 @@ def remove_dead_locks(backend_url: str, stack: str) -> list[str]:
                 path.unlink(missing_ok=True)
             removed.append(f"lock of dead pid {lock['pid']} on {lock['hostname']}")
     return removed
+
+
+def repair_checkpoint_files(backend_url: str, stack: str) -> list[str]:
+    """Remove the empty `.attrs` sidecars a kill can leave in a file:// backend.
+
+    The backend writes `<file>.attrs` before it renames the new checkpoint into
+    place, not atomically: a kill between the two leaves a 0-byte `.attrs`, and
+    every later command on the stack fails with `failed to load checkpoint:
+    EOF`. Only done while no live process holds the stack's lock."""
+    if not backend_url.startswith("file://") or any(lock["alive"] for lock in locks(backend_url, stack)):
+        return []
+    root = Path(urlparse(backend_url).path) / ".pulumi"
+    candidates = list((root / "stacks" / PROJECT).glob(f"{stack}.json*.attrs"))
+    for folder in ("history", "backups"):
+        candidates += (root / folder / PROJECT / stack).glob("*.attrs")
+    repaired = []
+    for path in candidates:
+        try:
+            empty = path.stat().st_size == 0
+        except OSError:
+            continue
+        if empty:
+            path.unlink(missing_ok=True)
+            repaired.append(f"removed empty {path.name} left by an interrupted checkpoint write")
+    return repaired
