@@ -25,30 +25,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.worker import descendants  # noqa: E402  (one /proc walker for the runner and the bench)
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # --------------------------------------------------------------------------- /proc sampling
-
-
-def descendants(pid: int) -> list[int]:
-    found, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        try:
-            tasks = os.listdir(f"/proc/{current}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{current}/task/{task}/children") as handle:
-                    children = handle.read().split()
-            except OSError:
-                continue
-            for child in map(int, children):
-                found.append(child)
-                queue.append(child)
-    return found
 
 
 def rss_bytes(pid: int) -> int:
