@@ -67,7 +67,13 @@ class OperationFailed(EngineError):
     kind = "failed"
 
 
-ERROR_KINDS = {cls.kind: cls for cls in (LockedError, StackNotFound, OperationFailed)}
+class CheckpointUnreadable(EngineError):
+    """The backend's checkpoint of the stack cannot be read (e.g. after a kill mid-write)."""
+
+    kind = "checkpoint"
+
+
+ERROR_KINDS = {cls.kind: cls for cls in (LockedError, StackNotFound, OperationFailed, CheckpointUnreadable)}
 
 
 @dataclass(frozen=True)
@@ -296,6 +302,8 @@ def classify(exc: Exception, collector: _Collector | None = None) -> EngineError
     # A concurrent operation, not a failure: the lock wait retries, and selects it.
     if re.search(r"error: stack '[^']*' already exists", text):
         return LockedError("the stack is being created by another operation")
+    if "failed to load checkpoint" in text:
+        return CheckpointUnreadable(_clean(str(getattr(exc, "stderr", "")) or str(exc)))
     if isinstance(exc, auto_errors.StackNotFoundError) or _NOT_FOUND.search(text):
         return StackNotFound("the stack does not exist (never deployed)")
     if collector is not None and (collector.errors or collector.failed_urn):

@@ -194,6 +194,14 @@ class Fleet:
             finally:
                 with self._lock:
                     self._procs.pop(proc.pid, None)
+        if (outcome.get("error") or {}).get("kind") == "checkpoint" and not job.details.get("repaired"):
+            # the engine cannot read the checkpoint: a kill mid-write; repair once and run again
+            repaired = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack, stale_after=0)
+            if repaired:
+                self._ledger_end(op_id, self._result(job, outcome, proc.returncode, started), ended=rpt.now())
+                return self.run_job(replace(job, details={**job.details, "repaired": True,
+                                                          "recovered": [*recovered, *repaired]}),
+                                    run_id, log_dir, release=release)
         result = self._result(job, outcome, proc.returncode, started)
         if op_id is None:  # the engine never began (e.g. locked, or failed before the update)
             op_id = self._ledger_start(run_id, job, release, started=started)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 PROJECT = "runner"
+STALE_AFTER_S = 2.0
 
 
 def lock_dir(backend_url: str, stack: str) -> Path | None:
@@ -68,13 +70,15 @@ def remove_dead_locks(backend_url: str, stack: str) -> list[str]:
     return removed
 
 
-def repair_checkpoint_files(backend_url: str, stack: str) -> list[str]:
+def repair_checkpoint_files(backend_url: str, stack: str, stale_after: float = STALE_AFTER_S) -> list[str]:
     """Remove the empty `.attrs` sidecars a kill can leave in a file:// backend.
 
     The backend writes `<file>.attrs` before it renames the new checkpoint into
     place, not atomically: a kill between the two leaves a 0-byte `.attrs`, and
     every later command on the stack fails with `failed to load checkpoint:
-    EOF`. Only done while no live process holds the stack's lock."""
+    EOF`. Only done while no live process holds the stack's lock, and only for
+    a sidecar empty for `stale_after` seconds (0 once the engine itself said it
+    cannot read the checkpoint)."""
     if not backend_url.startswith("file://") or any(lock["alive"] for lock in locks(backend_url, stack)):
         return []
     root = Path(urlparse(backend_url).path) / ".pulumi"
@@ -84,10 +88,12 @@ def repair_checkpoint_files(backend_url: str, stack: str) -> list[str]:
     repaired = []
     for path in candidates:
         try:
-            empty = path.stat().st_size == 0
+            info = path.stat()
         except OSError:
             continue
-        if empty:
+        # A live write fills its sidecar within milliseconds; an empty one that stayed empty for
+        # seconds was left by a dead writer (a lock file being written may not parse yet).
+        if info.st_size == 0 and time.time() - info.st_mtime >= stale_after:
             path.unlink(missing_ok=True)
             repaired.append(f"removed empty {path.name} left by an interrupted checkpoint write")
     return repaired
