@@ -513,7 +513,8 @@ def render_table(status: FleetStatus, *, error_width: int = 60) -> Table:
 
 def render_orphans_table(status: FleetStatus, *, error_width: int = 60) -> Table | None:
     """Stacks outside the registry (orphaned/offboarded) and untenanted ones; None when none."""
-    cells = [("orphan", c) for c in status.orphans] + [("untenanted", c) for c in status.untenanted]
+    cells = [("orphan", c) for c in status.orphans] + [
+        ("shared" if c.stack == "shared" else "untenanted", c) for c in status.untenanted]
     if not cells:
         return None
     table = Table(title="Stacks not in the registry's grid")
