@@ -12,8 +12,6 @@ import click
 
 from runner import report as rpt
 
-EXIT_TABLE = "\n".join(f"  {code:<4} {meaning}" for code, meaning in rpt.EXIT_CODES.items())
-
 
 class RunnerGroup(click.Group):
     def format_epilog(self, ctx, formatter):

@@ -73,8 +73,6 @@ class CheckpointUnreadable(EngineError):
     kind = "checkpoint"
 
 
-ERROR_KINDS = {cls.kind: cls for cls in (LockedError, StackNotFound, OperationFailed, CheckpointUnreadable)}
-
 
 @dataclass(frozen=True)
 class Step:

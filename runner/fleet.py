@@ -1,15 +1,8 @@
-"""Fleet operations: fan the selected targets out to worker processes.
+"""Fleet operations: fan jobs out to worker processes, at most `concurrency` at once.
 
-The core takes plain arguments and returns a :class:`~runner.report.Report`;
-it never imports click, so other Python programs and CI tools can embed it::
-
-    from runner.fleet import Fleet, FleetOptions
-    from runner.registry import load_registry, select_targets
-
-    registry = load_registry("stacks/tenants.yaml")
-    selection = select_targets(registry, all_tenants=True)
-    report = Fleet.open(".").run(selection, FleetOptions(operation="up"))
-    print(report.counts, report.exit_code)
+`Fleet.run` takes plain jobs and returns a :class:`~runner.report.Report`; it
+never imports click. Programs that start from the registry call
+`runner.ops.fleet_run` (see the README, "Using the core from Python").
 """
 
 from __future__ import annotations
@@ -39,7 +32,6 @@ from runner.worker import descendants
 
 SHARED_STACK = "shared"
 WRITING = ("up", "rollback", "refresh", "destroy")  # operations that take the stack's lock
-OPERATIONS = ("up", "preview", "refresh", "destroy", "drift", "outputs")
 
 
 class FleetError(Exception):

@@ -12,7 +12,6 @@ import hmac
 import json
 import math
 import os
-import socket
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -491,7 +490,3 @@ def outputs(ctx: Context, tenant: str, env: str) -> dict[str, Any]:
     if result.status != rpt.SUCCEEDED:
         raise CommandProblem(f"{target.stack}: {result.error_line}")
     return result.outputs
-
-
-def host_id() -> str:
-    return socket.gethostname()
