@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test setup engine test-deps bench clean
+.PHONY: run test test-unit setup engine test-deps bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ run: engine
 
 test: engine test-deps
 	$(PY) -m pytest -n auto -p no:cacheprovider $(PYTEST_ARGS)
+
+# The inner loop: unit tests only (no engine, no PostgreSQL, no browser).
+test-unit: $(STAMP)
+	$(PY) -m pytest -n auto -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 bench: engine
 	$(PY) -m bench.fleet
