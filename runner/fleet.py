@@ -194,6 +194,11 @@ class Fleet:
                 return self.run_job(replace(job, details={**job.details, "repaired": True,
                                                           "recovered": [*recovered, *repaired]}),
                                     run_id, log_dir, release=release)
+            if any(lock["alive"] for lock in recovery.locks(self.settings.backend_url, job.stack)):
+                # The engine reads the checkpoint before it locks, and the file backend rewrites the
+                # `.attrs` sidecar in place: we read while a live holder wrote. Wait as for its lock.
+                outcome["error"] = {**outcome["error"], "kind": "locked",
+                                    "message": "the checkpoint is being written by another operation"}
         result = self._result(job, outcome, proc.returncode, started)
         if op_id is None:  # the engine never began (e.g. locked, or failed before the update)
             op_id = self._ledger_start(run_id, job, release, started=started)
