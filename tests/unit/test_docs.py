@@ -235,3 +235,27 @@ def test_ci_command_lines_parse(job):
             command.make_context(name, rest)
         except click.exceptions.UsageError as exc:
             pytest.fail(f"{job.where}: `runner {' '.join(call)}` does not parse: {exc}")
+
+
+TENANTS = {t.id: set(t.environments) for t in REGISTRY.tenants}
+ENVIRONMENTS = set(REGISTRY.environment_names)
+
+
+def test_readme_examples_name_the_example_registrys_tenants():
+    """A reader copies `runner ... --tenant X` from the README into a fresh
+    clone: X must be a tenant of stacks/tenants.yaml, and every stack named
+    `<tenant>.<environment>` one of its targets."""
+    problems = []
+    for body, line in code_blocks(README):
+        for match in re.finditer(r"--tenant[ =]+([^\s\\]+)", body):
+            value = match.group(1).strip("'\"")
+            if value not in TENANTS and not re.fullmatch(r"[A-Z]+|T|X|\$\w+", value):
+                problems.append(f"README.md:{line}: --tenant {value} is not in stacks/tenants.yaml")
+        for match in re.finditer(r"(?<![\w.-])([a-z][a-z0-9-]*[a-z0-9])\.([a-z]+)\b(?![.-])", body):
+            tenant, env = match.groups()
+            if env in ENVIRONMENTS and env not in TENANTS.get(tenant, ()):
+                problems.append(f"README.md:{line}: {tenant}.{env} is not a target of stacks/tenants.yaml")
+        for match in re.finditer(r'"tenant": "([^"]+)"', body):
+            if match.group(1) not in TENANTS:
+                problems.append(f"README.md:{line}: tenant {match.group(1)} is not in stacks/tenants.yaml")
+    assert not problems, "\n".join(problems)
