@@ -259,3 +259,20 @@ def test_readme_examples_name_the_example_registrys_tenants():
             if match.group(1) not in TENANTS:
                 problems.append(f"README.md:{line}: tenant {match.group(1)} is not in stacks/tenants.yaml")
     assert not problems, "\n".join(problems)
+
+
+def test_docs_point_only_inside_the_repository():
+    """#22.10: the README pointed to a notes file that is not in the
+    repository. Every relative link and every named .md file must exist."""
+    problems = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"\]\(([^)\s]+)\)", text):
+            target = match.group(1).split("#")[0]
+            if target and not re.match(r"[a-z]+:", target) and not (path.parent / target).exists():
+                problems.append(f"{path.relative_to(ROOT)}: link to {target}, which does not exist")
+        for match in re.finditer(r"`([^`\s]+\.md)`", text):
+            name = match.group(1)
+            if not ((ROOT / name).exists() or (path.parent / name).exists()):
+                problems.append(f"{path.relative_to(ROOT)}: names {name}, which is not in the repository")
+    assert not problems, "\n".join(problems)
