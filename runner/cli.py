@@ -54,7 +54,7 @@ def selector_options(f):
     f = click.option("--tenant", "tenants", multiple=True, metavar="T", help="Select a tenant (repeatable).")(f)
     f = click.option("--all-tenants", is_flag=True, help="Select every enabled tenant.")(f)
     f = click.option("--env", "envs", multiple=True, metavar="E", help="Restrict to an environment (repeatable).")(f)
-    f = click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only tenants with this tag (repeatable, all must match).")(f)
+    f = click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only tenants with this tag (repeatable, all must match); alone, selects the enabled tenants with it.")(f)
     f = click.option("--exclude-tenant", "exclude", multiple=True, metavar="T", help="Leave a tenant out (repeatable).")(f)
     f = click.option("--untenanted", is_flag=True, help="An untenanted deployment to --env (refused where the environment requires a tenant).")(f)
     f = click.option("--shard", metavar="I/N", help="Run only shard I of N (0-based; default JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT when set).")(f)
@@ -248,7 +248,10 @@ def sync(prune, purge, dry_run, release, **kw):
 @output_options
 @handle_problems
 def recover(**kw):
-    """Remove locks of dead runners on this host and clear pending operations left in the state."""
+    """Remove locks of dead runners on this host and clear pending operations left in the state.
+
+    Without a selector it covers every tenant (it removes only locks whose
+    holder is provably dead); never-deployed targets are skipped."""
     run_fleet_command("recover", kw)
 
 

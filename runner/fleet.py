@@ -81,7 +81,8 @@ def build_jobs(targets: Iterable, operation: str, options: FleetOptions,
     jobs, problems = [], []
     for target in targets:
         try:
-            secret_values = resolve_secrets(target) if operation != "outputs" else {}
+            # outputs reads, recover repairs locks and state: neither deploys config
+            secret_values = resolve_secrets(target) if operation not in ("outputs", "recover") else {}
         except SecretError as exc:  # names the tenant and the reference, never a value
             problems.append(str(exc))
             continue
@@ -217,7 +218,7 @@ class Fleet:
         interrupted = bool(last) and last[0].status == rpt.FAILED and last[0].error == "interrupted"
         if done or interrupted:
             check = self.run_job(replace(job, operation="recover", config={}, secret_values={}), run_id, log_dir)
-            if check.status != rpt.SUCCEEDED:
+            if check.status not in (rpt.SUCCEEDED, rpt.SKIPPED):
                 done.append(f"pending operations not resolved: {check.error_line}")
             done += [f"{s['op']} of {s['name']}" for s in check.details.get("steps", [])]
         return done
@@ -233,6 +234,10 @@ class Fleet:
             return result
         if not outcome["ok"]:
             error = outcome["error"]
+            if job.operation == "recover" and error["kind"] == "not-found":
+                # a fleet-wide recover meets targets never deployed: nothing to recover there
+                result.status, result.error = rpt.SKIPPED, "never deployed: nothing to recover"
+                return result
             result.status = (rpt.LOCKED if error["kind"] == "locked"
                              else rpt.ERROR if job.operation == "drift" else rpt.FAILED)
             result.error, result.error_resource, result.error_component = (

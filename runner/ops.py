@@ -43,6 +43,7 @@ class Selectors:
     exclude: tuple[str, ...] = ()
     untenanted: bool = False
     shard: str | None = None
+    default_all_tenants: bool = False  # no tenant selector means the whole fleet (recover)
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,20 @@ def load(ctx: Context) -> reg.Registry:
         raise UsageProblem(str(exc)) from None
 
 
+def operation_is_fleet_wide_by_default(operation: str) -> bool:
+    """`recover` only removes locks whose holder is provably dead and clears
+    interrupted updates' pending operations: without a selector it covers
+    the whole fleet."""
+    return operation == "recover"
+
+
 def select(registry: reg.Registry, sel: Selectors) -> reg.Selection:
     from runner import shard as sh
 
     try:
         selection = reg.select_targets(
             registry, tenants=sel.tenants, all_tenants=sel.all_tenants, envs=sel.envs, tags=sel.tags,
-            exclude=sel.exclude, untenanted=sel.untenanted,
+            exclude=sel.exclude, untenanted=sel.untenanted, default_all_tenants=sel.default_all_tenants,
         )
     except reg.SelectionError as exc:
         raise UsageProblem(str(exc)) from None
@@ -201,6 +209,8 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
     registry = load(ctx)
     if settings.rerun_failed and not (sel.tenants or sel.all_tenants or sel.untenanted):
         sel = replace(sel, all_tenants=True)
+    if operation_is_fleet_wide_by_default(settings.operation):
+        sel = replace(sel, default_all_tenants=True)
     selection = select(registry, sel)
     run_id = settings.run_id or new_run_id()
     commit = program_commit(ctx.project_dir)

@@ -233,6 +233,18 @@ class Cell:
             return (self.status,)
         return (self.status, self.drift.status)
 
+    @property
+    def drift_shown(self) -> str | None:
+        """The drift status the cell's colour shows: ``drifted``, ``pending``
+        or ``drifted+pending`` from a check made after the latest deployment
+        (an older check says little about what is deployed now); else None."""
+        drift = self.drift
+        if drift is None or drift.status not in ("drifted", "pending", "drifted+pending"):
+            return None
+        if self.when is not None and drift.when is not None and _utc(drift.when) < _utc(self.when):
+            return None
+        return drift.status
+
     def to_dict(self, now: datetime) -> dict[str, Any]:
         return {
             "tenant": self.tenant,

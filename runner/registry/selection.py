@@ -101,6 +101,19 @@ def _unknown_tenants(registry: Registry, ids: list[str]) -> None:
         ))
 
 
+def _tagged_tenants_exist(registry: Registry, wanted: dict[str, str]) -> None:
+    """A tag selector alone must match a tenant of the registry (enabled or
+    not): a typo would otherwise select nothing and succeed."""
+    if any(all(t.tags.get(k) == v for k, v in wanted.items()) for t in registry.tenants):
+        return
+    known = sorted({f"{k}={v}" for t in registry.tenants for k, v in t.tags.items()})
+    wanted_text = ", ".join(f"{k}={v}" for k, v in wanted.items())
+    raise SelectionError(
+        f"no tenant has the tag{'s' if len(wanted) > 1 else ''} {wanted_text}"
+        + (f" (known: {', '.join(known)})" if known else "")
+    )
+
+
 def select_targets(
     registry: Registry,
     *,
@@ -110,6 +123,7 @@ def select_targets(
     tags: Iterable[str] = (),
     exclude: Iterable[str] = (),
     untenanted: bool = False,
+    default_all_tenants: bool = False,
 ) -> Selection:
     """Select targets; :class:`SelectionError` for anything a user must fix.
 
@@ -120,6 +134,11 @@ def select_targets(
     ``untenanted`` deploys the environment itself (stack = environment name,
     config = defaults); it needs exactly one ``envs`` and is refused where the
     environment requires a tenant.
+
+    Without ``tenants`` and ``all_tenants``, ``tags`` alone select the
+    tenants carrying them (a tag no tenant has is an error); with neither,
+    ``default_all_tenants`` (commands that are safe on the whole fleet, such
+    as ``recover``) selects every tenant, otherwise the selection is an error.
     """
     tenant_ids = _check_ids(tenants, "tenant id")
     excluded = set(_check_ids(exclude, "tenant id"))
@@ -160,7 +179,10 @@ def select_targets(
     if tenant_ids and all_tenants:
         raise SelectionError("use either --tenant T or --all-tenants, not both")
     if not tenant_ids and not all_tenants:
-        raise SelectionError("select tenants with --tenant T or --all-tenants")
+        if wanted_tags:
+            _tagged_tenants_exist(registry, wanted_tags)
+        elif not default_all_tenants:
+            raise SelectionError("select tenants with --tenant T or --all-tenants (or --tag KEY=VALUE)")
     _unknown_tenants(registry, [*tenant_ids, *excluded])
 
     named = set(tenant_ids)

@@ -10,6 +10,7 @@ it is missing this test FAILS, it never skips.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -146,6 +147,7 @@ class Dom(HTMLParser):
         self._cell: str | None = None
         self._in: list[str] = []
         self.shown = ""
+        self.ages_as_of = ""
         self.feed(text)
 
     VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -177,6 +179,8 @@ class Dom(HTMLParser):
             self.shown += data
         if self._in and self._in[-1] == "title":
             self.title += data
+        if self._in and self._in[-1] == "ages-as-of":
+            self.ages_as_of += data
 
     def visible(self) -> set[str]:
         return {t for t, a in self.rows.items() if "hidden" not in a}
@@ -235,5 +239,16 @@ def test_screenshot(tmp_path, page):
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (1400, 900)
     assert len(data) > 30_000, f"suspiciously small screenshot ({len(data)} bytes)"
-    if target := os.environ.get("RUNNER_DASHBOARD_SCREENSHOT"):  # docs/dashboard.png
+    # A copy for looking at; docs/dashboard.png comes from scripts/dashboard_demo.py
+    # (the example registry's tenants, not this test's hostile names).
+    if target := os.environ.get("RUNNER_DASHBOARD_SCREENSHOT"):
         shutil.copyfile(shot, target)
+
+
+def test_ages_say_when_they_were_computed(tmp_path, page):
+    """#22.10: the page says its ages are as of generation time; the script,
+    which refreshes them when the page is opened, says so instead."""
+    assert "ages as of then" in page.read_text()
+    dom = dump(tmp_path, page)
+    assert re.fullmatch(r"ages as of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(when this page was opened\)",
+                        dom.ages_as_of), dom.ages_as_of

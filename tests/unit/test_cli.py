@@ -91,3 +91,53 @@ def test_help_lists_every_exit_code():
     text = CliRunner().invoke(cli.main, ["--help"]).output
     for code, meaning in rpt.EXIT_CODES.items():
         assert f"{code}" in text and meaning in text
+
+
+class FakeFleet:
+    """Stands in for the engine: records the jobs it was asked to run."""
+
+    runs: list = []
+
+    def __init__(self, project_dir, **kw):
+        self.master = "fake-master-passphrase"
+
+    def _ledger_record(self, *a, **k):
+        pass
+
+    def shared_job(self, *a, **k):
+        return None
+
+    def run(self, jobs, options, *, report, **kw):
+        FakeFleet.runs.append((options.operation, [j.stack for j in jobs]))
+        for job in jobs:
+            report.add(rpt.TargetResult(job.tenant, job.environment, job.stack, options.operation, rpt.SUCCEEDED))
+        return report
+
+
+@pytest.fixture
+def fake_fleet(monkeypatch, tmp_path):
+    monkeypatch.setattr(ops, "Fleet", FakeFleet)
+    monkeypatch.setenv("RUNNER_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("RUNNER_REGISTRY", raising=False)
+    monkeypatch.delenv("CUSTOMER_1_DB_PASSWORD", raising=False)
+    FakeFleet.runs = []
+    return FakeFleet.runs
+
+
+def test_recover_without_selectors_covers_the_whole_fleet(fake_fleet):
+    """#22.10: `runner recover` alone was refused ("select tenants with ...");
+    it only clears provably dead locks, so no selector means every target, and
+    it needs no tenant secret (it deploys nothing)."""
+    result = CliRunner().invoke(cli.main, ["recover", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [op for op, _ in fake_fleet] == ["recover"]
+    assert sorted(fake_fleet[0][1]) == ["customer-1.production", "customer-1.staging", "customer-2.production",
+                                        "customer-2.staging", "customer-3.production", "internal-qa.testing"]
+    assert json.loads(result.stdout)["counts"]["total"] == 6
+
+
+def test_a_tag_alone_selects_tenants_on_the_command_line(fake_fleet):
+    """#22.10: `--tag tier=standard` alone was refused."""
+    result = CliRunner().invoke(cli.main, ["refresh", "--tag", "tier=standard", "--yes", "--json"])
+    assert result.exit_code == 0, result.output
+    assert sorted(fake_fleet[0][1]) == ["customer-2.production", "customer-2.staging", "customer-3.production"]

@@ -114,7 +114,9 @@ def test_named_tenant_not_in_env(registry):
 def test_a_selection_is_required(registry):
     with pytest.raises(SelectionError) as info:
         select_targets(registry)
-    assert str(info.value) == "select tenants with --tenant T or --all-tenants"
+    assert str(info.value) == "select tenants with --tenant T or --all-tenants (or --tag KEY=VALUE)"
+    with pytest.raises(SelectionError, match="^select tenants with"):
+        select_targets(registry, envs=["staging"])  # an environment alone selects no tenant
     with pytest.raises(SelectionError, match="not both"):
         select_targets(registry, tenants=["customer-1"], all_tenants=True)
 
@@ -245,3 +247,36 @@ def test_registry_tenant_lookup(registry):
         registry.tenant("internal-q")
     with pytest.raises(SelectionError, match="^invalid tenant id"):
         registry.tenant("../etc")
+
+
+def test_a_tag_alone_selects_the_tenants_with_that_tag(registry):
+    """#22.10: `--tag tier=standard` without --all-tenants was refused."""
+    selection = select_targets(registry, tags=["tier=standard"])
+    assert stacks(selection) == ["customer-2.staging", "customer-2.production"]
+    assert [(t.stack, why) for t, why in selection.skipped] == [("customer-3.production", "tenant disabled")]
+    assert stacks(select_targets(registry, tags=["tier=standard"], envs=["production"])) == ["customer-2.production"]
+    assert stacks(select_targets(registry, tags=["tier=standard", "region=eu"])) == stacks(selection)
+    assert stacks(select_targets(registry, tags=["tier=standard"], exclude=["customer-2"])) == []
+    # the same as --all-tenants --tag
+    assert select_targets(registry, tags=["tier=premium"]) == select_targets(registry, all_tenants=True,
+                                                                               tags=["tier=premium"])
+
+
+def test_a_tag_alone_that_no_tenant_has_is_an_error(registry):
+    with pytest.raises(SelectionError) as info:
+        select_targets(registry, tags=["tier=gold"])
+    assert str(info.value) == "no tenant has the tag tier=gold (known: region=eu, region=us, tier=canary, " \
+                              "tier=premium, tier=standard)"
+
+
+def test_default_all_tenants_selects_the_fleet_when_nothing_is_named(registry):
+    """#22.10: `runner recover` with no selector means the whole fleet."""
+    everyone = select_targets(registry, default_all_tenants=True)
+    assert everyone == select_targets(registry, all_tenants=True)
+    assert stacks(select_targets(registry, default_all_tenants=True, envs=["production"])) == [
+        "customer-1.production", "customer-2.production"]
+    # a selector given still decides
+    assert stacks(select_targets(registry, default_all_tenants=True, tenants=["internal-qa"])) == [
+        "internal-qa.testing"]
+    assert stacks(select_targets(registry, default_all_tenants=True, tags=["tier=canary"])) == [
+        "internal-qa.testing"]

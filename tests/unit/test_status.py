@@ -447,3 +447,88 @@ def test_html_grid_structure(fleet):
     assert '<option value="tier=premium">' in html
     for status in ("failed", "locked", "drifted+pending", "never", "destroyed"):
         assert f'value="{status}"' in html
+
+
+# --------------------------------------------------------------------------
+# #22.10: drift shows in the cell's colour; ages say when they were computed
+
+
+def _css_rules(html: str) -> list[tuple[list[set[str]], dict[str, str]]]:
+    """The page's CSS rules: (selectors as sets of classes, declarations)."""
+    css = re.search(r"<style>(.*?)</style>", html, re.S).group(1)
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    rules = []
+    for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css):
+        decls = dict((k.strip(), v.replace("!important", "").strip())
+                     for k, _, v in (d.partition(":") for d in body.split(";")) if v.strip())
+        sets = [set(re.findall(r"\.([\w-]+)", s)) for s in selectors.split(",")
+                if re.fullmatch(r"\s*(td)?(\.[\w-]+)+\s*", s)]
+        rules.append((sets, decls))
+    return rules
+
+
+def _computed(html: str, classes: set[str], prop: str) -> str | None:
+    """The value of `prop` for a <td> with these classes: the most specific
+    matching class selector wins, later rules on a tie (the CSS cascade)."""
+    best, value = (-1, -1), None
+    for order, (sets, decls) in enumerate(_css_rules(html)):
+        for wanted in sets:
+            if wanted and wanted <= classes and prop in decls and (len(wanted), order) >= best:
+                best, value = (len(wanted), order), decls[prop]
+    return value
+
+
+def _cell_classes(html: str) -> dict[str, set[str]]:
+    parser = _Collect()
+    parser.feed(html)
+    rows, current = {}, None
+    for tag, attrs in parser.tags:
+        if tag == "tr" and "data-tenant" in attrs:
+            current = attrs["data-tenant"]
+        elif tag == "td" and "data-env" in attrs and current:
+            rows[f"{current}.{attrs['data-env']}"] = set(attrs["class"].split())
+    return rows
+
+
+def test_a_drifted_or_pending_cell_is_not_green(ledger):
+    """A drifted cell stayed green (its class followed the deployment only)."""
+    h = timedelta(hours=1)
+    for tid in ("drifted", "pending", "both", "clean", "stale"):
+        rec(ledger, f"{tid}.staging", "up", "succeeded", T0, release="v1")
+    rec(ledger, "drifted.staging", "drift", "drifted", T0 + h, details={"drift": [{"name": "db", "op": "update"}]})
+    rec(ledger, "pending.staging", "drift", "pending", T0 + h, details={"pending": [{"name": "site", "op": "update"}]})
+    rec(ledger, "both.staging", "drift", "drifted+pending", T0 + h)
+    rec(ledger, "clean.staging", "drift", "in-sync", T0 + h)
+    rec(ledger, "stale.staging", "drift", "drifted", T0 - h)  # checked before the last deploy: no longer says much
+    reg = registry([tenant(t, ["staging"]) for t in ("drifted", "pending", "both", "clean", "stale")], ["staging"])
+    html = render_html(fleet_status(ledger, reg, now=NOW))
+    cells = _cell_classes(html)
+    assert "d-drifted" in cells["drifted.staging"] and "d-pending" in cells["pending.staging"]
+    assert "d-drifted-pending" in cells["both.staging"]
+    assert not {c for c in cells["clean.staging"] | cells["stale.staging"] if c.startswith("d-")}
+
+    def colours(stack):
+        return _computed(html, cells[stack], "background"), _computed(html, cells[stack], "border-left-color")
+
+    green = colours("clean.staging")
+    assert green[0] == "var(--ok-bg)" and green[1] == "var(--ok)"
+    assert colours("stale.staging") == green
+    drifted, pending, both = colours("drifted.staging"), colours("pending.staging"), colours("both.staging")
+    assert drifted[0] != green[0] and drifted[1] != green[1]
+    assert pending[0] != green[0] and pending[1] != green[1]
+    assert pending != drifted and both == drifted
+    # a failed deployment stays red whatever the drift check says
+    rec(ledger, "drifted.staging", "up", "failed", T0 + 2 * h, error="boom")
+    rec(ledger, "drifted.staging", "drift", "drifted", T0 + 3 * h)
+    html = render_html(fleet_status(ledger, reg, now=NOW))
+    cells = _cell_classes(html)
+    assert _computed(html, cells["drifted.staging"], "background") == "var(--bad-bg)"
+
+
+def test_html_says_when_ages_were_computed(fleet):
+    """Ages are computed when the page is generated: the page says so (and the
+    script, which refreshes them when the page is opened, says so too)."""
+    html = render_html(fleet)
+    assert re.search(r"Generated at <time datetime=\"2024-05-02T12:00:00\+00:00\">2024-05-02 12:00:00 UTC</time>; "
+                     r"<span id=\"ages-as-of\">ages as of then</span>", html), html[:3000]
+    assert 'getElementById("ages-as-of")' in html
