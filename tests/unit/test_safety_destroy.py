@@ -131,3 +131,30 @@ def test_account_delete_survives_the_other_environment_removing_it(tmp_path, mon
     monkeypatch.setattr(providers.shutil, "rmtree", other_environment_first)
     providers.AccountDirProvider().delete("acct", {"path": str(account), "tenant_id": "t1", "account_id": "1"})
     assert not account.exists()
+
+
+def test_two_environments_delete_their_shared_account_at_once(tmp_path):
+    """#22.7, the real race: both destroys reach the account directory together."""
+    import threading
+
+    for i in range(30):
+        account = tmp_path / str(i) / "accounts" / "t1"
+        for env in ("staging", "production"):
+            for part in ("backend/releases/1.0.0", "frontend/releases/1.0.0"):
+                (account / env / part).mkdir(parents=True)
+        (account / "account.json").write_text("{}")
+        errors, start = [], threading.Barrier(2)
+
+        def destroy():
+            start.wait()
+            try:
+                providers.AccountDirProvider().delete("acct", {"path": str(account)})
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=destroy) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and not account.exists(), errors
