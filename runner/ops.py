@@ -116,7 +116,8 @@ def shard_in_effect(option: str | None) -> tuple[int, int] | None:
 
 def refuse_shard(what: str, option: str | None) -> None:
     """Destructive commands decide what to remove from the whole registry, never a shard (#15.1)."""
-    if shard := shard_in_effect(option):
+    shard = shard_in_effect(option)
+    if shard and shard[1] > 1:  # 0/1 is the whole registry
         source = "--shard" if option else "JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT"
         raise UsageProblem(
             f"{what} refuses to run in shard {shard[0]}/{shard[1]} (from {source}): what it destroys is decided "
@@ -134,15 +135,15 @@ def guard_destroy(stacks: Sequence[str], what: str, settings: "RunSettings", *,
     if not stacks:
         return
     if announce is not None:
-        announce(f"{what} will destroy {len(stacks)} stack(s):\n" + "\n".join(f"  - {s}" for s in stacks))
+        announce(f"{what}: {len(stacks)} stack(s) to destroy:\n" + "\n".join(f"  - {s}" for s in stacks))
     if len(stacks) > settings.max_destroy:
         raise UsageProblem(
-            f"{what} would destroy {len(stacks)} stacks, above --max-destroy {settings.max_destroy}: "
+            f"{what} would destroy {len(stacks)} stack(s), above --max-destroy {settings.max_destroy}: "
             f"nothing was destroyed (pass --max-destroy {len(stacks)} to allow it)")
     if settings.yes:
         return
     if confirm is None:
-        raise UsageProblem(f"{what} destroys stacks: pass --yes when not on a terminal (nothing was destroyed)")
+        raise UsageProblem(f"{what}: confirm with --yes when not on a terminal (nothing was destroyed)")
     if not confirm(stacks):
         raise UsageProblem(f"{what} not confirmed: nothing was destroyed")
 
@@ -458,6 +459,9 @@ def sync(ctx: Context, settings: RunSettings, *, prune: bool = False, purge: boo
                 "plan": "offboard" if prune else "offboard (needs --prune)"}))
         report.command = "sync"
         report.notes.append("dry run: nothing was changed; each target's plan is in details.plan")
+        if prune and len(orphans) > settings.max_destroy:
+            report.notes.append(f"{what} would refuse: {len(orphans)} stack(s) to offboard, above --max-destroy "
+                                f"{settings.max_destroy}")
         explain(report)
         return report
     # Deploy new and changed targets: those whose fingerprint equals their last good deploy are skipped.

@@ -158,3 +158,9 @@ def test_two_environments_delete_their_shared_account_at_once(tmp_path):
         for t in threads:
             t.join()
         assert not errors and not account.exists(), errors
+
+
+def test_one_shard_of_one_is_the_whole_registry(no_engine):
+    ops.refuse_shard("destroy", "0/1")
+    with pytest.raises(ops.UsageProblem, match="shard 1/2"):
+        ops.refuse_shard("destroy", "1/2")
