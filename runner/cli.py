@@ -115,6 +115,29 @@ def emit_report(report: rpt.Report, *, as_json: bool, report_json: str | None, j
     sys.exit(report.exit_code)
 
 
+def _on_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def destroy_guard_callbacks() -> dict:
+    """For ops.guard_destroy: the list of stacks goes to stderr (stdout stays pure
+    --json); on a terminal the user confirms; off a terminal --yes is needed."""
+
+    def announce(text: str) -> None:
+        click.echo(text, err=True)
+
+    def confirm(stacks: list[str]) -> bool:
+        return click.confirm(f"Destroy these {len(stacks)} stack(s)?", default=False, err=True)
+
+    return {"announce": announce, "confirm": confirm if _on_terminal() else None}
+
+
+def max_destroy_option(f):
+    return click.option("--max-destroy", type=click.IntRange(min=0), default=None, metavar="N",
+                        help="Refuse (exit 2, nothing destroyed) to destroy more than N stacks in one run "
+                             "[default: 5; raise it here on the command line].")(f)
+
+
 def make_progress_factory(log_format: str):
     from runner.progress import LineProgress, LiveProgress
 
@@ -136,7 +159,7 @@ def notify_targets(specs) -> list:
         raise UsageFailure(f"--notify: {exc}") from None
 
 
-def run_fleet_command(operation: str, kw: dict, **settings) -> None:
+def run_fleet_command(operation: str, kw: dict, guard: dict | None = None, **settings) -> None:
     from runner import ops
 
     targets = notify_targets(kw.pop("notify", ()))
@@ -155,7 +178,7 @@ def run_fleet_command(operation: str, kw: dict, **settings) -> None:
         return holder["p"]
 
     try:
-        report = ops.fleet_run(ctx, sel, run, make_progress=factory)
+        report = ops.fleet_run(ctx, sel, run, make_progress=factory, **(guard or {}))
     finally:
         if hasattr(holder.get("p"), "__exit__"):
             holder["p"].__exit__(None, None, None)
@@ -223,10 +246,17 @@ def rollback(rollback_to, yes, **kw):
 @click.option("--purge", is_flag=True, help="With --prune: also delete the tenants' databases (kept by default).")
 @click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
 @click.option("--release", help="Release label (default: the project's git commit).")
+@click.option("--shard", metavar="I/N", help="Deploy only shard I of N (default JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT when set); refused with --prune.")
+@click.option("--yes", is_flag=True, help="With --prune: do not ask before destroying (needed off a terminal).")
+@max_destroy_option
 @handle_problems
-def sync(prune, purge, dry_run, release, **kw):
+def sync(prune, purge, dry_run, release, shard, yes, max_destroy, **kw):
     """Reconcile the registry with the existing stacks: new tenants deployed, changed
-    ones updated, removed or disabled ones offboarded with --prune."""
+    ones updated, removed or disabled ones offboarded with --prune.
+
+    --prune decides from the whole registry (refused in a shard or with an
+    empty registry), prunes only <tenant>.<environment> stacks, lists them
+    first, asks (or needs --yes) and refuses more than --max-destroy."""
     from runner import ops
 
     if purge and not prune:
@@ -234,9 +264,10 @@ def sync(prune, purge, dry_run, release, **kw):
     targets = notify_targets(kw.pop("notify", ()))
     ctx = _context(kw)
     settings = ops.RunSettings(operation="up", concurrency=kw["concurrency"], lock_timeout=kw["lock_timeout"],
-                               run_id=kw["run_id"], release=release, argv=sys.argv[1:])
-    report = ops.sync(ctx, settings, prune=prune, purge=purge, dry_run=dry_run,
-                      make_progress=make_progress_factory(kw["log_format"]))
+                               run_id=kw["run_id"], release=release, argv=sys.argv[1:], yes=yes,
+                               max_destroy=ops.DEFAULT_MAX_DESTROY if max_destroy is None else max_destroy)
+    report = ops.sync(ctx, settings, prune=prune, purge=purge, dry_run=dry_run, shard=shard,
+                      make_progress=make_progress_factory(kw["log_format"]), **destroy_guard_callbacks())
     emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"],
                 notify_targets=targets)
 
@@ -352,16 +383,19 @@ def refresh(yes, **kw):
 @output_options
 @click.option("--remove", "remove_stacks", is_flag=True, help="Also remove the stacks after destroying them.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@max_destroy_option
 @handle_problems
-def destroy(remove_stacks, yes, **kw):
-    """Destroy the selected targets' resources (the tenant database is kept)."""
+def destroy(remove_stacks, yes, max_destroy, **kw):
+    """Destroy the selected targets' resources (the tenant database is kept).
+
+    Lists the stacks first, asks (or needs --yes off a terminal), refuses more
+    than --max-destroy and refuses a shard."""
+    from runner import ops
+
     if not (kw["tenants"] or kw["all_tenants"] or kw["untenanted"]) or not (kw["tenants"] or kw["envs"]):
         raise UsageFailure("destroy needs explicit selectors: --tenant T (or --all-tenants with --env E)")
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageFailure("destroy asks for confirmation: pass --yes when not on a terminal")
-        click.confirm("Destroy the selected targets?", abort=True, err=True)
-    run_fleet_command("destroy", kw, remove_stacks=remove_stacks)
+    run_fleet_command("destroy", kw, guard=destroy_guard_callbacks(), remove_stacks=remove_stacks, yes=yes,
+                      max_destroy=ops.DEFAULT_MAX_DESTROY if max_destroy is None else max_destroy)
 
 
 @main.command()

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from runner.fleet import Fleet, FleetError, FleetOptions, Job, build_jobs, new_r
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_REGISTRY = PROJECT_DIR / "stacks" / "tenants.yaml"
+DEFAULT_MAX_DESTROY = 5  # stacks one destructive command may destroy unless --max-destroy raises it
 
 
 class UsageProblem(Exception):
@@ -100,11 +101,7 @@ def select(registry: reg.Registry, sel: Selectors) -> reg.Selection:
         )
     except reg.SelectionError as exc:
         raise UsageProblem(str(exc)) from None
-    shard = None
-    try:
-        shard = sh.parse_shard(sel.shard) if sel.shard else sh.shard_from_env(os.environ)
-    except ValueError as exc:
-        raise UsageProblem(f"--shard: {exc}") from None
+    shard = shard_in_effect(sel.shard)
     if shard:
         index, count = shard
         selection = replace(
@@ -113,6 +110,67 @@ def select(registry: reg.Registry, sel: Selectors) -> reg.Selection:
             skipped=[(t, why) for t, why in selection.skipped if sh.shard_of(t.stack, count) == index],
         )
     return selection
+
+
+def shard_in_effect(option: str | None) -> tuple[int, int] | None:
+    """The shard a command runs: --shard I/N, else JOB_COMPLETION_INDEX/COUNT, else None."""
+    from runner import shard as sh
+
+    try:
+        return sh.parse_shard(option) if option else sh.shard_from_env(os.environ)
+    except ValueError as exc:
+        raise UsageProblem(f"--shard: {exc}") from None
+
+
+def refuse_shard(what: str, option: str | None) -> None:
+    """Destructive commands decide what to remove from the whole registry, never a shard (#15.1)."""
+    shard = shard_in_effect(option)
+    if shard and shard[1] > 1:  # 0/1 is the whole registry
+        source = "--shard" if option else "JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT"
+        raise UsageProblem(
+            f"{what} refuses to run in shard {shard[0]}/{shard[1]} (from {source}): what it destroys is decided "
+            f"from the whole registry, never a shard; run it once, unsharded (nothing was changed)")
+
+
+def guard_destroy(stacks: Sequence[str], what: str, settings: "RunSettings", *,
+                  announce: Callable[[str], None] | None = None,
+                  confirm: Callable[[list[str]], bool] | None = None) -> None:
+    """The blast-radius limits of every destructive command, before anything runs:
+    list the stacks (``announce``), refuse more than ``settings.max_destroy``,
+    then go on only with ``settings.yes`` or a ``confirm`` that says yes
+    (the CLI asks on a terminal; None: not interactive). UsageProblem otherwise."""
+    stacks = list(stacks)
+    if not stacks:
+        return
+    if announce is not None:
+        announce(f"{what}: {len(stacks)} stack(s) to destroy:\n" + "\n".join(f"  - {s}" for s in stacks))
+    if len(stacks) > settings.max_destroy:
+        raise UsageProblem(
+            f"{what} would destroy {len(stacks)} stack(s), above --max-destroy {settings.max_destroy}: "
+            f"nothing was destroyed (pass --max-destroy {len(stacks)} to allow it)")
+    if settings.yes:
+        return
+    if confirm is None:
+        raise UsageProblem(f"{what}: confirm with --yes when not on a terminal (nothing was destroyed)")
+    if not confirm(stacks):
+        raise UsageProblem(f"{what} not confirmed: nothing was destroyed")
+
+
+def offboard_candidates(registry: reg.Registry, existing) -> tuple[list[str], list[str]]:
+    """Split the backend's stacks that the whole registry (never a shard) does not
+    want: (orphans ``<valid tenant id>.<registry environment>`` that --prune may
+    offboard, unmanaged stacks that are never pruned). `shared` and untenanted
+    environment stacks are neither."""
+    try:
+        wanted = {t.stack for t in reg.select_targets(registry, all_tenants=True).targets}
+    except reg.SelectionError as exc:
+        raise UsageProblem(str(exc)) from None
+    envs = set(registry.environment_names)
+    orphans, unmanaged = [], []
+    for stack in sorted(set(existing) - wanted - envs - {"shared"}):
+        tenant_id, dot, env = stack.partition(".")
+        (orphans if dot and reg.is_valid_id(tenant_id) and env in envs else unmanaged).append(stack)
+    return orphans, unmanaged
 
 
 def program_commit(project_dir: Path) -> str | None:
@@ -197,13 +255,17 @@ class RunSettings:
     skip_unchanged: float | None = None  # up: skip unchanged, drift-clean targets (value: max drift age, s)
     only_stacks: frozenset[str] | None = None  # restrict the selection to these stacks
     plan_only: bool = False  # compute what would run, run nothing (sync --dry-run)
+    yes: bool = False  # destructive operations: confirmed on the command line (guard_destroy)
+    max_destroy: int = DEFAULT_MAX_DESTROY  # destructive operations: refuse to destroy more stacks
     argv: Sequence[str] = ()
     extra_config: dict[str, Any] = field(default_factory=dict)
 
 
 def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=None,
-              make_progress=None) -> rpt.Report:
-    """up / preview / refresh / destroy / drift / rollback over the selected targets."""
+              make_progress=None, announce: Callable[[str], None] | None = None,
+              confirm: Callable[[list[str]], bool] | None = None) -> rpt.Report:
+    """up / preview / refresh / destroy / drift / rollback over the selected targets.
+    destroy: listed, limited and confirmed first (guard_destroy; announce/confirm)."""
     from runner import releases
 
     registry = load(ctx)
@@ -211,6 +273,8 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         sel = replace(sel, all_tenants=True)
     if operation_is_fleet_wide_by_default(settings.operation):
         sel = replace(sel, default_all_tenants=True)
+    if settings.operation == "destroy":
+        refuse_shard("destroy", sel.shard)
     selection = select(registry, sel)
     run_id = settings.run_id or new_run_id()
     commit = program_commit(ctx.project_dir)
@@ -231,6 +295,8 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         if settings.only_stacks is not None:
             targets = [t for t in targets if t.stack in settings.only_stacks]
             skipped = [(t, why) for t, why in skipped if t.stack in settings.only_stacks]
+        if operation == "destroy":
+            guard_destroy([t.stack for t in targets], "destroy", settings, announce=announce, confirm=confirm)
         try:  # every secret resolved before the engine is touched: a missing one is exit 2
             jobs = build_jobs(targets, operation, options, lambda t: reg.resolve_secrets(t, registry.base_dir))
         except FleetError as exc:
@@ -351,22 +417,46 @@ def up_schedule(fleet: Fleet, ledger, registry, selection, jobs: list[Job], repo
 
 
 def sync(ctx: Context, settings: RunSettings, *, prune: bool = False, purge: bool = False,
-         dry_run: bool = False, make_progress=None) -> rpt.Report:
+         dry_run: bool = False, make_progress=None, shard: str | None = None,
+         announce: Callable[[str], None] | None = None,
+         confirm: Callable[[list[str]], bool] | None = None) -> rpt.Report:
     """Reconcile the registry with the existing stacks: deploy new targets, update
     changed ones, and with --prune offboard stacks whose tenant (or its
     connection to that environment) is gone or disabled: destroy, then remove
-    the stack; the tenant database is kept unless --purge."""
+    the stack; the tenant database is kept unless --purge.
+
+    What is offboarded is decided from the whole registry: --prune refuses a
+    shard (--shard or JOB_COMPLETION_*) and an empty registry; only
+    ``<tenant id>.<environment>`` stacks are pruned, others are reported; the
+    stacks are listed, limited and confirmed first (guard_destroy).
+    Without --prune a shard deploys its own targets only, and says so."""
     from runner import engine
 
+    what = "sync --prune --purge" if purge else "sync --prune"
     registry = load(ctx)
-    selection = select(registry, Selectors(all_tenants=True))
+    if prune:
+        refuse_shard(what, shard)
+        if not registry.tenants:
+            raise UsageProblem(f"{what}: the registry lists no tenants, so every stack would be offboarded; "
+                               f"refused (nothing was changed)")
+    in_shard = shard_in_effect(shard)
     fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url)
     existing = set(engine.list_stacks(fleet.settings)) - {"shared"}
-    wanted = {t.stack for t in selection.targets}
-    untenanted = set(registry.environment_names)
-    orphans = sorted(s for s in existing - wanted if s not in untenanted)
+    orphans, unmanaged = offboard_candidates(registry, existing)
+    if prune and not dry_run:
+        guard_destroy(orphans, what, settings, announce=announce, confirm=confirm)
+    selectors = Selectors(all_tenants=True, shard=shard)
+
+    def explain(report: rpt.Report) -> None:
+        if in_shard:
+            report.notes.append(f"shard {in_shard[0]}/{in_shard[1]}: only this shard's targets were deployed; "
+                                f"offboarding (--prune) is decided from the whole registry and never sharded")
+        if unmanaged:
+            report.notes.append(f"{len(unmanaged)} stack(s) not named <tenant>.<environment> of this registry, "
+                                f"left alone (never pruned): {', '.join(unmanaged)}")
+
     if dry_run:
-        report = fleet_run(ctx, Selectors(all_tenants=True),
+        report = fleet_run(ctx, selectors,
                            replace(settings, operation="up", skip_unchanged=math.inf, plan_only=True))
         for row in report.targets:
             if row.details.get("plan") == "deploy":
@@ -379,11 +469,16 @@ def sync(ctx: Context, settings: RunSettings, *, prune: bool = False, purge: boo
                 "plan": "offboard" if prune else "offboard (needs --prune)"}))
         report.command = "sync"
         report.notes.append("dry run: nothing was changed; each target's plan is in details.plan")
+        if prune and len(orphans) > settings.max_destroy:
+            report.notes.append(f"{what} would refuse: {len(orphans)} stack(s) to offboard, above --max-destroy "
+                                f"{settings.max_destroy}")
+        explain(report)
         return report
     # Deploy new and changed targets: those whose fingerprint equals their last good deploy are skipped.
-    report = fleet_run(ctx, Selectors(all_tenants=True),
+    report = fleet_run(ctx, selectors,
                        replace(settings, operation="up", skip_unchanged=math.inf), make_progress=make_progress)
     report.command = "sync"
+    explain(report)
     if orphans and prune:
         offboard(ctx, fleet, orphans, report, purge=purge, settings=settings)
     elif orphans:

@@ -13,6 +13,7 @@ import threading
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from runner import report as rpt
 from runner.fleet import Job, Progress
@@ -111,11 +112,16 @@ class LiveProgress(LineProgress):
 
 def summary_table(report: rpt.Report) -> Table:
     table = Table(title=f"runner {report.command} (run {report.run_id})", title_justify="left")
-    for column in ("target", "operation", "status", "changes", "duration", "error"):
+    # A dry run (sync --dry-run) runs nothing: its rows are plans, shown in their own column.
+    planned = any(t.details.get("plan") for t in report.targets)
+    columns = ("target", "operation", "status", "plan", "changes", "duration", "error") if planned else (
+        "target", "operation", "status", "changes", "duration", "error")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for t in report.targets:
         duration = f"{t.duration:.1f}s" if t.duration is not None else ""
-        table.add_row(t.stack, t.operation, f"[{STATUS_STYLE.get(t.status, '')}]{t.status}[/]",
+        plan = (Text(str(t.details.get("plan") or "")),) if planned else ()
+        table.add_row(t.stack, t.operation, f"[{STATUS_STYLE.get(t.status, '')}]{t.status}[/]", *plan,
                       rpt.format_changes(t.changes), duration, t.summary_line)
     return table
 

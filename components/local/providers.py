@@ -229,7 +229,22 @@ class AccountDirProvider(_Provider):
         (path / "account.json").write_text(json.dumps(self._document(props), indent=2) + "\n")
 
     def delete(self, _id, props):
+        # The account directory is the tenant's, shared by its environments:
+        # when two of them are destroyed at once (sync --prune), the other
+        # environment's destroy may remove parts of it, or all of it, while
+        # this one walks it (ENOENT). Gone is what a delete wants: look again.
         path = Path(props["path"])
+        for attempt in range(5):
+            try:
+                return self._delete_account(path)
+            except FileNotFoundError:
+                if not path.exists():
+                    return
+                if attempt == 4:
+                    raise
+
+    @staticmethod
+    def _delete_account(path: Path) -> None:
         if not path.is_dir():
             return
         for sub in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):

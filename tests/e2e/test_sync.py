@@ -34,7 +34,7 @@ def test_sync_adds_updates_and_offboards_tenants(sandbox):
         "alpha.staging": ("up", "succeeded"), "gamma.staging": ("up", "succeeded")}
     assert any("beta.staging" in n for n in without_prune.json["notes"])
 
-    pruned = sandbox.run("sync", "--release", "r1", "--prune", "--json")
+    pruned = sandbox.run("sync", "--release", "r1", "--prune", "--yes", "--json")
     assert pruned.code == 0, pruned.stderr
     rows = {s: (t["operation"], t["status"]) for s, t in pruned.by_stack().items()}
     assert rows["beta.staging"] == ("destroy", "succeeded")
