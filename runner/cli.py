@@ -202,7 +202,7 @@ def main():
 @selector_options
 @fleet_options
 @output_options
-@click.option("--release", help="Release label (default: the project's git commit, with -dirty).")
+@click.option("--release", help="Release label (default: the program's commit, the newest commit that changed Pulumi.yaml, stacks/ or components/; -dirty when those differ from it; registry edits are config, not a release).")
 @click.option("--on-failure", type=click.Choice(["continue", "stop", "rollback"]), default="continue", show_default=True,
               help="continue: isolate failures; stop: start nothing new after the first failure; "
                    "rollback: return a failed target to its last good release.")
@@ -212,8 +212,8 @@ def main():
 @click.option("--ignore-lifecycle", is_flag=True, help="Deploy where the lifecycle gates refuse (recorded in the ledger).")
 @click.option("--strategy", type=click.Choice(["waves", "all-at-once"]), help="Override the registry's rollout (default: waves when it has one).")
 @click.option("--wave", metavar="NAME", help="Run one wave of the rollout only (manual promotion).")
-@click.option("--skip-unchanged", is_flag=True, help="Skip targets whose program, config and release equal their last good deploy and whose last drift check is clean and younger than --max-age.")
-@click.option("--max-age", type=click.FloatRange(min=0), default=24.0, show_default=True, metavar="HOURS", help="With --skip-unchanged: how old the last clean drift check may be.")
+@click.option("--skip-unchanged", is_flag=True, help="Skip targets whose program, config and release equal their last good deploy, when that deploy or a newer in-sync drift check is younger than --max-age; says per target why it skipped or not.")
+@click.option("--max-age", type=click.FloatRange(min=0), default=24.0, show_default=True, metavar="HOURS", help="With --skip-unchanged: how old the last good deploy or clean drift check may be.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_problems
 def up(release, on_failure, max_failures, rerun_failed, ignore_lifecycle, strategy, wave, skip_unchanged, max_age,

@@ -225,8 +225,9 @@ def component_of(urn: str | None) -> str | None:
 class _Collector:
     """Turns engine events into steps, change counts and an attributed error."""
 
-    def __init__(self, on_progress: Callable[[dict], None] | None):
+    def __init__(self, on_progress: Callable[[dict], None] | None, log: Callable[[str], None] | None = None):
         self.on_progress = on_progress
+        self.log = log
         self.steps: list[Step] = []
         self.changes: dict[str, int] | None = None
         self.errors: list[tuple[str | None, str]] = []
@@ -236,6 +237,8 @@ class _Collector:
     def __call__(self, event) -> None:
         if event.prelude_event is not None:  # the engine holds the stack's lock from here on
             self._progress({"phase": "begin"})
+        if self.log is not None:
+            self._log_event(event)
         if event.diagnostic_event and event.diagnostic_event.severity == "error":
             diag = event.diagnostic_event
             self.errors.append((diag.urn, _clean(diag.message)))
@@ -259,6 +262,25 @@ class _Collector:
             self.changes = {
                 getattr(k, "value", str(k)): v for k, v in (event.summary_event.resource_changes or {}).items()
             }
+
+    def _log_event(self, event) -> None:
+        """The target's log: each diagnostic in full, each resource step, failures, the summary."""
+        if event.diagnostic_event:
+            diag = event.diagnostic_event
+            where = f" {diag.urn}" if diag.urn else ""
+            text = re.sub(r"\x1b\[[0-9;]*m|<\{%[a-z]+%\}>", "", diag.message or "").rstrip()
+            self.log(f"[diagnostic {diag.severity}]{where}: {text}")
+        elif event.res_op_failed_event:
+            failed = event.res_op_failed_event
+            self.log(f"[failed] {failed.metadata.op} {failed.metadata.urn} (status {failed.status})")
+        elif event.res_outputs_event:
+            meta = event.res_outputs_event.metadata
+            op = getattr(meta.op, "value", str(meta.op))
+            keys = f" [{', '.join(meta.diffs or meta.keys or ())}]" if op not in ("same", "read") else ""
+            self.log(f"[{op}] {meta.urn}{keys}")
+        elif event.summary_event:
+            changes = {getattr(k, "value", str(k)): v for k, v in (event.summary_event.resource_changes or {}).items()}
+            self.log(f"[summary] {changes}")
 
     def _progress(self, data: dict) -> None:
         if self.on_progress:
@@ -472,12 +494,17 @@ def list_stacks(settings: EngineSettings) -> list[str]:
 def run_operation(settings: EngineSettings, *, stack: str, operation: str,
                   config: Mapping[str, Any] | None = None, secret_values: Mapping[str, str] | None = None,
                   on_progress: Callable[[dict], None] | None = None,
-                  remove_stack: bool = False, refresh: bool = False) -> OperationResult:
-    """Run one operation on one stack. Raises an :class:`EngineError`."""
+                  remove_stack: bool = False, refresh: bool = False,
+                  log: Callable[[str], None] | None = None) -> OperationResult:
+    """Run one operation on one stack. Raises an :class:`EngineError`.
+
+    `log` receives the engine's output for the target's log: its stdout lines
+    (secrets masked by the engine) and a line per engine event (diagnostics,
+    resource steps, failures, the summary); the caller masks secret values."""
     from pulumi import automation as auto
 
     workspace = _workspace(settings, stack)
-    collector = _Collector(on_progress)
+    collector = _Collector(on_progress, log)
     try:
         known = "encryptionsalt" in _read_text(stack_config_path(settings, stack))
         if operation in ("up", "preview") and not known:
@@ -490,6 +517,8 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
             _write_config(settings, handle, config, secret_values or {})
         result = OperationResult()
         common = {"on_event": collector, "color": "never"}
+        if log is not None:
+            common["on_output"] = common["on_error"] = log
         if operation == "up":
             # refresh=True: read reality first, so the update repairs out-of-band changes
             up = handle.up(show_secrets=False, refresh=refresh or None, **common)
@@ -515,6 +544,8 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
         else:
             raise OperationFailed(f"unknown operation {operation!r}")
     except Exception as exc:  # every engine failure becomes a typed error here, and only here
+        if log is not None and not hasattr(exc, "stderr"):  # a CLI failure's stderr is logged already
+            log(f"[error] {type(exc).__name__}: {exc}")
         raise classify(exc, collector) from None
     result.changes = collector.changes or {}
     result.steps = collector.steps

@@ -162,7 +162,8 @@ class Fleet:
         # The ledger row starts when the engine holds the stack's lock (its first event), so rows of
         # two runners that waited for each other never overlap; it ends when the engine is done.
         op_id, begun = None, None
-        with open(log_dir / f"{job.stack}.{job.operation}.log", "ab") as log:
+        log_path = log_dir / f"{job.stack}.{job.operation}.log"
+        with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=log, env=env, cwd=self.project_dir, text=True,
@@ -201,6 +202,9 @@ class Fleet:
                 outcome["error"] = {**outcome["error"], "kind": "locked",
                                     "message": "the checkpoint is being written by another operation"}
         result = self._result(job, outcome, proc.returncode, started)
+        result.details["log"] = str(log_path)  # the engine's output for this target, secrets masked
+        if result.error and "(see the target's log)" in result.error:
+            result.error = result.error.replace("(see the target's log)", f"(see {log_path})")
         if op_id is None:  # the engine never began (e.g. locked, or failed before the update)
             op_id = self._ledger_start(run_id, job, release, started=started)
         self._ledger_end(op_id, result, ended=engine_done)
@@ -316,19 +320,30 @@ class Fleet:
         report = report or rpt.Report(run_id=run_id, command=options.operation, release=options.release)
         log_dir = self.state_dir / "logs" / run_id
         previous = self._install_signal_handlers(report)
-        try:
-            if shared is not None:
-                result = self._run_shared(shared, run_id, log_dir, options)
+        shared_failed: list[rpt.TargetResult] = []
+        pending_shared = [shared] if shared is not None else []
+
+        def batch(some: list[Job]) -> list[rpt.TargetResult]:
+            # The shared stack is deployed before the first batch that runs anything: a run whose
+            # every target is blocked or skipped leaves `shared` alone.
+            if some and pending_shared:
+                result = self._run_shared(pending_shared.pop(), run_id, log_dir, options)
                 if result.status != rpt.SUCCEEDED:
                     report.add(result)
-                    for job in jobs:
-                        skipped = self._not_started(job, f"the shared stack {result.status}: {result.error_line}")
-                        if result.status == rpt.LOCKED:  # waiting on a lock, not broken: exit 4
-                            skipped.status = rpt.LOCKED
-                        report.add(skipped)
-                        self._ledger_record(run_id, skipped, options.release)
-                    return report
-            batch = lambda some: self.run_batch(some, options, report, log_dir, after_failure)  # noqa: E731
+                    shared_failed.append(result)
+            if shared_failed:
+                first = shared_failed[0]
+                results = []
+                for job in some:
+                    skipped = self._not_started(job, f"the shared stack {first.status}: {first.error_line}")
+                    if first.status == rpt.LOCKED:  # waiting on a lock, not broken: exit 4
+                        skipped.status = rpt.LOCKED
+                    results.append(report.add(skipped))
+                    self._ledger_record(run_id, skipped, options.release)
+                return results
+            return self.run_batch(some, options, report, log_dir, after_failure)
+
+        try:
             if schedule is None:
                 batch(jobs)
             else:  # phases and waves: the caller decides what runs after what

@@ -173,13 +173,24 @@ def offboard_candidates(registry: reg.Registry, existing) -> tuple[list[str], li
     return orphans, unmanaged
 
 
+# The program: what a release deploys. The registry (stacks/tenants.yaml) is config, not program.
+PROGRAM_PATHS = ("Pulumi.yaml", "stacks", "components", ":(exclude)stacks/tenants.yaml",
+                 ":(exclude,glob)**/__pycache__/**")
+
+
 def program_commit(project_dir: Path) -> str | None:
-    """The project's git commit, with `-dirty` when the work tree has changes."""
+    """The program's commit: the newest commit that changed the program's files
+    (Pulumi.yaml, stacks/ without the registry, components/), with `-dirty` when
+    those files differ from it. Registry edits and commits that touch only other
+    files (README, tests, the runner) leave it unchanged: they are no new release."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=project_dir, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=project_dir,
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_dir,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = git("log", "-1", "--format=%H", "HEAD", "--", *PROGRAM_PATHS) or git("rev-parse", "HEAD")
+        commit = git("rev-parse", "--short=12", commit)
+        dirty = git("status", "--porcelain", "--untracked-files=all", "--", *PROGRAM_PATHS)
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{commit}-dirty" if dirty else commit
@@ -205,21 +216,59 @@ def config_fingerprint(config: dict[str, Any], secret_values: dict[str, str], ke
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def unchanged_reason(ledger, job: Job, max_age: float) -> str | None:
-    """Why `job` needs no up: its fingerprint equals its last good deploy and its
-    last drift check is clean and younger than `max_age` seconds (inf: not needed)."""
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _what_changed(last, job: Job) -> str:
+    """What differs between the last good deploy and `job`, as far as the ledger can tell."""
+    before, now = dict(last.config_snapshot or {}), dict(job.config)
+    if before.get("release") != now.get("release"):
+        return f"release {before.get('release')} -> {now.get('release')}"
+    keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if keys:
+        return f"config changed ({', '.join(keys)})"
+    return "program or secrets changed"
+
+
+def skip_decision(ledger, job: Job, max_age: float) -> tuple[bool, str]:
+    """Whether `up --skip-unchanged` skips `job`, and why (or why not), in words.
+
+    The rule: skip when the program, config, secrets and release equal the last
+    good deploy (fingerprint) and the newest evidence that reality matches the
+    state is younger than `max_age` seconds. That evidence is the last good
+    deploy itself (the engine just wrote those resources) or a newer in-sync
+    drift check; a newer drift check that found anything else means no skip.
+    `max_age` inf (sync): the fingerprint alone decides."""
     last = ledger.last_good_release(job.stack)
-    if last is None or last.config_fingerprint != job.details.get("config_fingerprint"):
-        return None
-    if max_age == math.inf:  # sync: the fingerprint alone decides
-        return f"unchanged since run {last.run_id}"
+    if last is None:
+        return False, "not skipped: never deployed successfully"
+    if last.config_fingerprint != job.details.get("config_fingerprint"):
+        return False, f"not skipped: {_what_changed(last, job)} since run {last.run_id}"
+    if max_age == math.inf:
+        return True, f"unchanged since run {last.run_id}"
     drift = ledger.latest_drift(job.stack)
-    if drift is None or drift.status != rpt.IN_SYNC or drift.id < last.id:
-        return None
-    age = (rpt.now() - (drift.ended or drift.started)).total_seconds()
+    if drift is not None and drift.id > last.id:
+        if drift.status != rpt.IN_SYNC:
+            return False, f"not skipped: the last drift check (run {drift.run_id}) found it {drift.status}"
+        seen, how = drift.ended or drift.started, "in sync"
+    else:
+        seen, how = last.ended or last.started, "deployed"
+    age = (rpt.now() - seen).total_seconds()
     if age > max_age:
-        return None
-    return f"unchanged since run {last.run_id}; in sync {age / 60:.0f} min ago"
+        return False, (f"not skipped: {how} {_ago(age)} ago, older than --max-age {_ago(max_age)} "
+                       f"(no drift check since; `runner drift` refreshes it)")
+    return True, f"unchanged since run {last.run_id}; {how} {_ago(age)} ago"
+
+
+def unchanged_reason(ledger, job: Job, max_age: float) -> str | None:
+    """Why `job` needs no up (see :func:`skip_decision`), or None when it needs one."""
+    skip, why = skip_decision(ledger, job, max_age)
+    return why if skip else None
 
 
 def deployed_release(ledger, stack: str, fallback: str | None) -> str:
@@ -319,9 +368,13 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
             jobs, impossible = plan_rollbacks(fleet, ledger, jobs, settings.rollback_to, commit)
             skipped += impossible
         if operation == "up" and settings.skip_unchanged is not None:
-            reasons = {j.stack: unchanged_reason(ledger, j, settings.skip_unchanged) for j in jobs}
-            skipped += [(j, reasons[j.stack]) for j in jobs if reasons[j.stack]]
-            jobs = [j for j in jobs if not reasons[j.stack]]
+            decisions = {j.stack: skip_decision(ledger, j, settings.skip_unchanged) for j in jobs}
+            skipped += [(j, why) for j in jobs for skip, why in [decisions[j.stack]] if skip]
+            jobs = [replace(j, details={**j.details, "skip_unchanged": decisions[j.stack][1]})
+                    for j in jobs if not decisions[j.stack][0]]
+            if progress is not None and settings.skip_unchanged != math.inf:
+                for stack, (skip, why) in decisions.items():
+                    progress.note(f"{stack}: {'skipped: ' if skip else ''}{why}")
         if settings.plan_only:  # sync --dry-run: say what would run, run and record nothing
             for job in jobs:
                 report.add(rpt.TargetResult(job.tenant, job.environment, job.stack, operation, rpt.SKIPPED,
@@ -335,8 +388,11 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
                          shard=sel.shard, options={"concurrency": settings.concurrency})
         for target, reason in skipped:
             status = rpt.FAILED if operation == "rollback" else rpt.SKIPPED
+            details = {"reason": reason}
+            if operation == "up" and settings.skip_unchanged is not None and reason.startswith("unchanged"):
+                details["skip_unchanged"] = f"skipped: {reason}"
             result = report.add(rpt.TargetResult(target.tenant, target.environment, target.stack,
-                                                 operation, status, error=reason, details={"reason": reason}))
+                                                 operation, status, error=reason, details=details))
             fleet._ledger_record(run_id, result, options.release)
         shared = fleet.shared_job(registry.defaults, options) if operation == "up" and jobs else None
 
@@ -541,6 +597,8 @@ def remediate(fleet: Fleet, jobs: list[Job], report: rpt.Report, how: str, optio
         return
     log_dir = fleet.state_dir / "logs" / report.run_id
     fix = replace(options, operation=how)
+    if how == "up":
+        todo = [remediation_job(fleet, j) for j in todo]
     fleet.run_batch([replace(j, operation=how, details={**j.details, "refresh": True}) for j in todo],
                     fix, report, log_dir)
     fixed = {t.stack for t in report.targets if t.operation == how and t.status == rpt.SUCCEEDED}
@@ -548,6 +606,28 @@ def remediate(fleet: Fleet, jobs: list[Job], report: rpt.Report, how: str, optio
         before[stack].details["superseded"] = True
     fleet.run_batch([replace(j, details={**j.details, "after": how}) for j in todo if j.stack in fixed],
                     options, report, log_dir)
+
+
+REMEDIATED = ".remediated-"
+
+
+def remediation_job(fleet: Fleet, job: Job) -> Job:
+    """`drift --remediate up` deploys the current program and registry config onto the
+    target's deployed release. When that is exactly what the deployed release had
+    (same fingerprint: a repair of out-of-band changes), it keeps the label; otherwise
+    it gets its own label, `<deployed release>.remediated-<fingerprint>`, so the ledger
+    never files new config under the old release (a rollback to that release would
+    deploy it) and the deployed `release` output says what happened."""
+    last = fleet.ledger.last_good_release(job.stack) if fleet.ledger is not None else None
+    if last is not None and last.config_fingerprint == job.details.get("config_fingerprint"):
+        return job
+    base = str(job.config.get("release") or "unversioned").split(REMEDIATED)[0]
+    label = f"{base}{REMEDIATED}{str(job.details.get('config_fingerprint') or '')[:8]}"
+    config = {**job.config, "release": label}
+    fingerprint = config_fingerprint(config, dict(job.secret_values), fleet.master,
+                                     program_fingerprint(fleet.project_dir))
+    return replace(job, config=config, details={**job.details, "config_fingerprint": fingerprint,
+                                                "remediation_of": base})
 
 
 def history(ctx: Context, tenant: str, env: str, limit: int = 50) -> list:

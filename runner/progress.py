@@ -61,6 +61,8 @@ class LineProgress(Progress):
     def finished(self, result: rpt.TargetResult) -> None:
         tail = f" ({rpt.format_changes(result.changes)})" if result.changes else ""
         error = f": {result.error_line}" if result.error else ""
+        if result.error and result.details.get("log"):
+            error += f" (log: {result.details['log']})"
         job = Job(result.tenant, result.environment, result.stack, result.operation, {}, {})
         self._line(job, f"{result.status}{tail}{error}", status=result.status)
 
@@ -104,6 +106,8 @@ class LiveProgress(LineProgress):
             self.view.advance(self.overall)
             style = STATUS_STYLE.get(result.status, "")
             error = f": {result.error_line}" if result.error else ""
+            if result.error and result.details.get("log"):
+                error += f" (log: {result.details['log']})"
             self.view.console.print(f"[{style}]{result.stack} {result.operation} {result.status}[/]{error}", markup=True)
 
     def note(self, message: str) -> None:

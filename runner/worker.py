@@ -32,14 +32,24 @@ def run(job: dict) -> dict:
         backend_url=job["backend_url"], work_root=Path(job["work_root"]),
         program_name=job.get("program_name", "program"),
     )
+    secrets = sorted((v for v in (job.get("secret_values") or {}).values() if v), key=len, reverse=True)
+
+    def log(text: str) -> None:
+        """One line of engine output to the target's log (stderr), secret values masked."""
+        for value in secrets:
+            text = text.replace(value, engine.SECRET_MASK)
+        sys.stderr.write(text.rstrip("\n") + "\n")
+        sys.stderr.flush()
+
     try:
         result = engine.run_operation(
             settings, stack=job["stack"], operation=job["operation"],
             config=job.get("config"), secret_values=job.get("secret_values"),
             on_progress=lambda data: _emit("progress", **data),
-            remove_stack=job.get("remove_stack", False), refresh=job.get("refresh", False),
+            remove_stack=job.get("remove_stack", False), refresh=job.get("refresh", False), log=log,
         )
     except engine.EngineError as exc:
+        log(f"[{exc.kind}] {exc.message}" + (f" ({exc.urn})" if exc.urn else ""))
         return {"ok": False, "error": exc.to_dict()}
     return {
         "ok": True,
