@@ -203,6 +203,10 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         sel = replace(sel, all_tenants=True)
     selection = select(registry, sel)
     run_id = settings.run_id or new_run_id()
+    # both become directory names (logs/<run id>, releases/...): labels only (#15.3, #15.11)
+    for what, value in (("--run-id", run_id), ("--release", settings.release)):
+        if value is not None and (problem := reg.label_problem(value, what.removeprefix("--").replace("-", " "))):
+            raise UsageProblem(f"{what}: {problem}")
     commit = program_commit(ctx.project_dir)
     operation = settings.operation
     # `up` deploys --release (default: the commit); the other operations compare
