@@ -135,6 +135,13 @@ def prepare_program_dir(settings: EngineSettings) -> Path:
     project = yaml.load(settings.project_dir / "Pulumi.yaml")
     project["main"] = str((settings.project_dir / project.get("main", ".")).resolve())
     project["stackConfigDir"] = "stacks"
+    # `secret: true` is enforced by the registry validation (a plaintext value is refused) and
+    # registry secrets are set as Pulumi secrets. The engine's copy drops the flag: Pulumi >= 3.202
+    # refuses a declared-secret key left at its (plaintext) default, i.e. every stack without that
+    # secret, `shared` included (pulumi/pulumi#21865).
+    for spec in (project.get("config") or {}).values():
+        if isinstance(spec, dict) and "secret" in spec:
+            del spec["secret"]
     target = settings.program_dir / "Pulumi.yaml"
     config_dir = settings.work_root.parent / "program" / "stacks"  # one stack config for every program
     config_dir.mkdir(parents=True, exist_ok=True)

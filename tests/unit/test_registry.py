@@ -902,3 +902,29 @@ def test_file_secret_escape_is_refused_when_read_too(confined, monkeypatch):
     bad = dataclasses.replace(target, secrets={"db_password": SecretRef(file="../.runner/passphrase")})
     with pytest.raises(SecretError, match="outside the secrets directory"):
         resolve_secrets(bad, registry.base_dir)
+
+
+# --- #15.7: config keys declared `secret: true` in Pulumi.yaml ----------------
+
+
+def test_db_password_is_declared_secret_in_the_real_program():
+    assert load_config_schema(PROJECT)["db_password"].secret is True
+
+
+@pytest.mark.parametrize("where,line,path", [
+    ("tenant", 11, "tenants[0].config.db_password"), ("defaults", 1, "defaults.db_password")])
+def test_plaintext_db_password_is_refused_pointing_to_secrets(tmp_path, monkeypatch, where, line, path):
+    monkeypatch.chdir(tmp_path)
+    body = HEAD[len("defaults:\n  platform: local\n"):] + "  - id: customer-1\n    environments: [staging]\n"
+    if where == "tenant":
+        text = "defaults: {platform: local}\n" + body + "    config: {db_password: hunter2-plain}\n"
+        line = 10
+    else:
+        text = "defaults: {platform: local, db_password: hunter2-plain}\n" + body
+    write(tmp_path, text)
+    with pytest.raises(RegistryError) as info:
+        load_registry("tenants.yaml", project_dir=PROJECT)
+    assert info.value.errors == [
+        f"tenants.yaml:{line}: {path}: 'db_password' is declared secret in Pulumi.yaml: "
+        "give it under secrets as {env: VAR} or {file: PATH}"]
+    assert "hunter2" not in str(info.value)
