@@ -26,8 +26,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_REGISTRY = PROJECT_DIR / "stacks" / "tenants.yaml"
 
 
-class UsageProblem(Exception):
-    """Bad input: a usage error, an invalid registry or selection (exit 2)."""
+from runner.problems import UsageProblem  # noqa: E402  (defined low, so runner.engine can raise it too)
 
 
 class CommandProblem(Exception):

@@ -266,3 +266,16 @@ def test_hostile_labels_on_the_command_line(cli, option, hostile):
 def test_hostile_run_id_from_the_environment(cli):
     assert_usage_error(cli.run("up", "--all-tenants", "--yes", extra_env={"RUNNER_RUN_ID": "../../escape"}),
                        "invalid run id '../../escape'")
+
+
+@pytest.mark.parametrize("extra_env,message", [
+    ({"RUNNER_PASSPHRASE_FILE": "/nonexistent/runner-passphrase"},
+     "error: RUNNER_PASSPHRASE_FILE /nonexistent/runner-passphrase does not exist"),
+    ({"RUNNER_PASSPHRASE": ""}, "error: RUNNER_PASSPHRASE is set but empty"),
+])
+def test_unusable_master_passphrase_is_a_usage_error_not_a_new_master(cli, extra_env, message):
+    """#15.5: it used to generate a new master silently (no existing stack readable any more)."""
+    proc = cli.run("up", "--all-tenants", "--yes", extra_env=extra_env)
+    assert_usage_error(proc, message)
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (cli.state_dir / "passphrase").exists()
