@@ -106,10 +106,10 @@ def select(registry: reg.Registry, sel: Selectors) -> reg.Selection:
     return selection
 
 
-def program_commit(project_dir: Path) -> str | None:
-    """The project's git commit, with `-dirty` when the work tree has changes."""
+def program_commit(project_dir: Path, *, full: bool = False) -> str | None:
+    """The project's git commit (12 digits, all with `full`), with `-dirty` when the work tree has changes."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=project_dir,
+        commit = subprocess.run(["git", "rev-parse", *(() if full else ("--short=12",)), "HEAD"], cwd=project_dir,
                                 capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_dir,
                                capture_output=True, text=True, check=True).stdout.strip()
@@ -235,8 +235,9 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         program = program_fingerprint(ctx.project_dir)
         if release is None and operation in ("preview", "drift", "refresh"):
             jobs = [replace(j, config={**j.config, "release": deployed_release(ledger, j.stack, commit)}) for j in jobs]
+        full_commit = program_commit(ctx.project_dir, full=True)  # what a rollback verifies and checks out
         jobs = [replace(j, details={
-            "program_commit": commit,
+            "program_commit": full_commit,
             "config_fingerprint": config_fingerprint(dict(j.config), dict(j.secret_values), fleet.master, program),
             "remove_stack": settings.remove_stacks,
         }) for j in jobs]
