@@ -268,14 +268,13 @@ def test_hostile_run_id_from_the_environment(cli):
                        "invalid run id '../../escape'")
 
 
-@pytest.mark.parametrize("extra_env,message", [
-    ({"RUNNER_PASSPHRASE_FILE": "/nonexistent/runner-passphrase"},
-     "error: RUNNER_PASSPHRASE_FILE /nonexistent/runner-passphrase does not exist"),
-    ({"RUNNER_PASSPHRASE": ""}, "error: RUNNER_PASSPHRASE is set but empty"),
+@pytest.mark.parametrize("variable,value,message", [
+    ("RUNNER_PASSPHRASE_FILE", "{root}/missing/passphrase", "error: RUNNER_PASSPHRASE_FILE {root}/missing/passphrase does not exist"),
+    ("RUNNER_PASSPHRASE", "", "error: RUNNER_PASSPHRASE is set but empty"),
 ])
-def test_unusable_master_passphrase_is_a_usage_error_not_a_new_master(cli, extra_env, message):
+def test_unusable_master_passphrase_is_a_usage_error_not_a_new_master(cli, variable, value, message):
     """#15.5: it used to generate a new master silently (no existing stack readable any more)."""
-    proc = cli.run("up", "--all-tenants", "--yes", extra_env=extra_env)
-    assert_usage_error(proc, message)
+    proc = cli.run("up", "--all-tenants", "--yes", extra_env={variable: value.format(root=cli.root)})
+    assert_usage_error(proc, message.format(root=cli.root))
     assert len(proc.stderr.strip().splitlines()) == 1
-    assert not (cli.state_dir / "passphrase").exists()
+    assert not (cli.state_dir / "passphrase").exists() and not (cli.root / "missing").exists()
