@@ -177,7 +177,10 @@ def private_dir(path: Path) -> Path:
     """``path`` as a directory only its owner can enter (0700), created if missing."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
+        try:
+            path.chmod(0o700)
+        except PermissionError:  # not ours (a shared RUNNER_STATE_DIR): leave it as its owner set it
+            pass
     return path
 
 
@@ -204,7 +207,10 @@ def master_passphrase(state_dir: Path) -> str:
     deadline = None
     while True:
         try:
-            return _read_passphrase(path, "")
+            value = _read_passphrase(path, "")
+            if path.stat().st_mode & 0o077:  # left readable by an older runner
+                path.chmod(0o600)
+            return value
         except FileNotFoundError:
             _create_passphrase(path)
         except PassphraseError:

@@ -104,3 +104,15 @@ def test_configured_passphrases_are_used(tmp_path, monkeypatch):
     (tmp_path / "pp").write_text("from-file\n")
     monkeypatch.setenv("RUNNER_PASSPHRASE_FILE", str(tmp_path / "pp"))
     assert engine.master_passphrase(tmp_path / "state") == "from-file"
+
+
+def test_an_existing_readable_master_is_made_private(tmp_path, monkeypatch):
+    """#15.6: files under .runner/ holding keys are 0600 (an older runner may have left 0644)."""
+    monkeypatch.delenv("RUNNER_PASSPHRASE", raising=False)
+    monkeypatch.delenv("RUNNER_PASSPHRASE_FILE", raising=False)
+    (tmp_path / "passphrase").write_text("old-master\n")
+    (tmp_path / "passphrase").chmod(0o644)
+    tmp_path.chmod(0o755)
+    assert engine.master_passphrase(tmp_path) == "old-master"
+    assert (tmp_path / "passphrase").stat().st_mode & 0o777 == 0o600
+    assert tmp_path.stat().st_mode & 0o777 == 0o700
