@@ -164,7 +164,7 @@ def deployed_release(ledger, stack: str, fallback: str | None) -> str:
 def open_ledger(ctx: Context):
     from runner.ledger import Ledger
 
-    ctx.runner_dir.mkdir(parents=True, exist_ok=True)
+    ctx.runner_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # holds state and keys (#15.6)
     return Ledger(ctx.ledger_url)
 
 

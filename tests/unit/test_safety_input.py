@@ -125,3 +125,14 @@ def test_rollback_checks_out_a_full_commit_id_of_this_repository(repo, tmp_path)
     assert releases.program_at(repo, state, head, head[:12]) is None, "the checkout's own program"
     # rows recorded before full ids: a short hex id is expanded to the full commit first
     assert releases.program_at(repo, state, first[:12], head[:12])["dir"] == str(state / "worktrees" / first)
+
+
+def test_a_new_state_dir_made_by_a_ledger_command_is_private(tmp_path, monkeypatch):
+    """`runner status`/`history` create .runner/ for the ledger alone: 0700 from the start."""
+    from runner import ops
+
+    monkeypatch.delenv("RUNNER_LEDGER", raising=False)
+    with ops.open_ledger(ops.Context(state_dir=tmp_path / ".runner")):
+        pass
+    assert (tmp_path / ".runner").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / ".runner" / "ledger.db").stat().st_mode & 0o777 == 0o600
