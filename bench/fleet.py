@@ -292,7 +292,8 @@ class RunnerWorld:
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("PULUMI_", "RUNNER_", "GITHUB_", "CI_", "BUILDKITE_", "CIRCLE_"))}
         self.env.update({"RUNNER_STATE_DIR": str(root / "runner-state"),
-                         "RUNNER_PULUMI_ROOT": str(bin_dir.parent)})
+                         "RUNNER_PULUMI_ROOT": str(bin_dir.parent),
+                         "RUNNER_PLATFORM_ROOTS": str(root)})  # the temp platform root, outside the project
 
     def argv(self, command: str, concurrency: int, extra: list[str] = ()) -> list[str]:
         argv = [RUNNER_BIN, command, "--all-tenants", "--registry", str(self.registry),

@@ -21,10 +21,13 @@ import re
 import secrets as _secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from runner.problems import UsageProblem
 
 PROJECT = "runner"
 SECRET_MASK = "[secret]"
@@ -135,6 +138,13 @@ def prepare_program_dir(settings: EngineSettings) -> Path:
     project = yaml.load(settings.project_dir / "Pulumi.yaml")
     project["main"] = str((settings.project_dir / project.get("main", ".")).resolve())
     project["stackConfigDir"] = "stacks"
+    # `secret: true` is enforced by the registry validation (a plaintext value is refused) and
+    # registry secrets are set as Pulumi secrets. The engine's copy drops the flag: Pulumi >= 3.202
+    # refuses a declared-secret key left at its (plaintext) default, i.e. every stack without that
+    # secret, `shared` included (pulumi/pulumi#21865).
+    for spec in (project.get("config") or {}).values():
+        if isinstance(spec, dict) and "secret" in spec:
+            del spec["secret"]
     target = settings.program_dir / "Pulumi.yaml"
     config_dir = settings.work_root.parent / "program" / "stacks"  # one stack config for every program
     config_dir.mkdir(parents=True, exist_ok=True)
@@ -155,17 +165,92 @@ def prepare_program_dir(settings: EngineSettings) -> Path:
 # --------------------------------------------------------------------------- environment
 
 
+class PassphraseError(UsageProblem):
+    """The master passphrase is configured but unusable (exit 2): never replaced by a new one."""
+
+
+#: How long a reader waits for another process's master passphrase to appear non-empty.
+PASSPHRASE_WAIT = 5.0
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter (0700), created if missing."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except PermissionError:  # not ours (a shared RUNNER_STATE_DIR): leave it as its owner set it
+            pass
+    return path
+
+
 def master_passphrase(state_dir: Path) -> str:
-    """RUNNER_PASSPHRASE, RUNNER_PASSPHRASE_FILE, or a generated file under .runner/ (0600)."""
-    if value := os.environ.get("RUNNER_PASSPHRASE"):
+    """RUNNER_PASSPHRASE, RUNNER_PASSPHRASE_FILE, or a generated file under .runner/ (0600).
+
+    A configured passphrase that is empty or missing is an error
+    (:class:`PassphraseError`), never a new master: stacks encrypted with the
+    old one could no longer be read. The generated file is created
+    atomically: written to a private temp file, then linked into place, so
+    of concurrent first runs exactly one creator wins and everyone reads its
+    complete value."""
+    if "RUNNER_PASSPHRASE" in os.environ:
+        value = os.environ["RUNNER_PASSPHRASE"]
+        if not value.strip():
+            raise PassphraseError("RUNNER_PASSPHRASE is set but empty (unset it to use the passphrase file)")
         return value
-    path = Path(os.environ.get("RUNNER_PASSPHRASE_FILE") or state_dir / "passphrase")
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if "RUNNER_PASSPHRASE_FILE" in os.environ:
+        configured = os.environ["RUNNER_PASSPHRASE_FILE"]
+        if not configured.strip():
+            raise PassphraseError("RUNNER_PASSPHRASE_FILE is set but empty (unset it to use .runner/passphrase)")
+        return _read_passphrase(Path(configured), "RUNNER_PASSPHRASE_FILE ")
+    path = private_dir(state_dir) / "passphrase"
+    deadline = None
+    while True:
+        try:
+            value = _read_passphrase(path, "")
+            if path.stat().st_mode & 0o077:  # left readable by an older runner
+                path.chmod(0o600)
+            return value
+        except FileNotFoundError:
+            _create_passphrase(path)
+        except PassphraseError:
+            # only a pre-existing (or truncated) file can be empty: linking makes creation atomic
+            deadline = deadline or time.monotonic() + PASSPHRASE_WAIT
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _read_passphrase(path: Path, label: str) -> str:
+    """The stripped content of ``path``; FileNotFoundError only when not configured."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        if label:
+            raise PassphraseError(f"{label}{path} does not exist (refusing to generate a new master "
+                                  "passphrase: existing stacks could no longer be decrypted)") from None
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PassphraseError(f"{label}{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not value:
+        raise PassphraseError(f"{label}{path} is empty (a passphrase file must hold the master passphrase)")
+    return value
+
+
+def _create_passphrase(path: Path) -> None:
+    tmp = path.with_name(f".passphrase.{os.getpid()}.{_secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
         with os.fdopen(fd, "w") as handle:
             handle.write(_secrets.token_urlsafe(32))
-    return path.read_text().strip()
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # fails when another process's file is already in place: it wins
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def stack_passphrase(master: str, stack: str) -> str:
@@ -197,8 +282,7 @@ def worker_environment(settings: EngineSettings, stack: str, passphrase: str,
 def backend_url_for(value: str | None, state_dir: Path) -> str:
     """`--backend` as given, default a file:// backend under .runner/state."""
     if not value:
-        path = state_dir / "state"
-        path.mkdir(parents=True, exist_ok=True)
+        path = private_dir(state_dir / "state")
         return path.resolve().as_uri()
     if value.startswith("file://"):
         Path(value.removeprefix("file://")).mkdir(parents=True, exist_ok=True)

@@ -108,8 +108,9 @@ class Fleet:
     def __init__(self, project_dir: Path, *, state_dir: Path | None = None, backend: str | None = None,
                  ledger=None, progress: Progress | None = None, bin_dir: Path | None = None):
         self.project_dir = project_dir.resolve()
-        self.state_dir = (state_dir or self.project_dir / ".runner").resolve()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = engine.private_dir((state_dir or self.project_dir / ".runner").resolve())
+        # before the engine is touched: an unusable passphrase is a usage error (exit 2)
+        self.master = engine.master_passphrase(self.state_dir)
         self.settings = engine.EngineSettings(
             bin_dir=bin_dir or ensure_engine(),
             project_dir=self.project_dir,
@@ -117,7 +118,6 @@ class Fleet:
             work_root=self.state_dir / "work",
         )
         engine.prepare_program_dir(self.settings)
-        self.master = engine.master_passphrase(self.state_dir)
         self.ledger = ledger
         self.progress = progress or Progress()
         self._procs: dict[int, subprocess.Popen] = {}

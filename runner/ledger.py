@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -153,6 +154,38 @@ def _json_default(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     raise TypeError(f"value of type {type(value).__name__} is not JSON serialisable")
+
+
+#: Options whose whole value is a credential (a Slack or webhook URL *is* the secret).
+SECRET_OPTIONS = ("--notify",)
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]+(@)")
+_SECRET_PARAM = re.compile(
+    r"(?i)\b((?:[a-z0-9_-]*(?:token|secret|password|passwd|pwd|passphrase|api[_-]?key|access[_-]?key|sig|signature"
+    r"|credentials?|auth))=)[^&\s]+")
+REDACTED = "***"
+
+
+def redact_argv(argv: Iterable[str]) -> list[str]:
+    """``argv`` as it may be stored: the values of ``--notify`` (kind kept),
+    passwords inside URLs (``--backend``/``--ledger``/``--registry``) and any
+    ``token=``/``password=``/``secret=``-like parameter replaced by ``***``."""
+    out: list[str] = []
+    secret_next = False
+    for arg in argv:
+        arg = str(arg)
+        if secret_next:
+            kind, sep, _ = arg.partition(":")
+            arg, secret_next = (f"{kind}:{REDACTED}" if sep else REDACTED), False
+        elif arg in SECRET_OPTIONS:
+            secret_next = True
+        elif arg.startswith(tuple(f"{o}=" for o in SECRET_OPTIONS)):
+            option, _, value = arg.partition("=")
+            kind, sep, _ = value.partition(":")
+            arg = f"{option}={kind}:{REDACTED}" if sep else f"{option}={REDACTED}"
+        arg = _URL_PASSWORD.sub(rf"\1{REDACTED}\2", arg)
+        arg = _SECRET_PARAM.sub(rf"\1{REDACTED}", arg)
+        out.append(arg)
+    return out
 
 
 def _dumps(value: Any) -> str | None:
@@ -535,7 +568,7 @@ class Ledger:
             database = sa_url.database or ""
             self._memory = database in ("", ":memory:") or database.startswith("file::memory:")
             if not self._memory:
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                _private_sqlite_file(Path(database).expanduser())
             kwargs: dict[str, Any] = {
                 "connect_args": {"check_same_thread": False, "timeout": 60.0},
             }
@@ -692,7 +725,7 @@ class Ledger:
                     run_id=run_id,
                     command=command,
                     started=now,
-                    argv=_dumps(list(argv) if argv is not None else None),
+                    argv=_dumps(redact_argv(argv) if argv is not None else None),  # credentials never stored
                     host=self._host,
                     pid=pid,
                     release=release,
@@ -1209,6 +1242,25 @@ class Ledger:
 
 # --------------------------------------------------------------------------
 # SQLite connection setup
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """The ledger file (run argv, config snapshots, errors) is readable by its
+    owner only: created 0600 (a new folder for it 0700), an existing one
+    tightened. SQLite gives its -wal/-shm files the database file's mode."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError:  # SQLite reports it, in its own words
+            return
+    for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if candidate.stat().st_mode & 0o077:
+                candidate.chmod(0o600)
+        except OSError:  # absent, or not ours to change
+            pass
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

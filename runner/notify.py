@@ -254,7 +254,7 @@ def slack_payload(report: Any) -> dict[str, Any]:
         more = len(fails) - SLACK_MAX_FAILURE_BLOCKS
         blocks.append({"type": "context", "elements": [
             {"type": "mrkdwn", "text": f"… and {more} more (see the run's report, run {_code(data['run_id'])})"}]})
-    text = f"{icon} {headline} (run {data['run_id']})"
+    text = f"{icon} {headline} (run {_mrkdwn(data['run_id'])})"  # no <!channel> from a run id
     if counts:
         text += f" - {counts}"
     return {"text": text, "blocks": blocks}

@@ -27,8 +27,7 @@ DEFAULT_REGISTRY = PROJECT_DIR / "stacks" / "tenants.yaml"
 DEFAULT_MAX_DESTROY = 5  # stacks one destructive command may destroy unless --max-destroy raises it
 
 
-class UsageProblem(Exception):
-    """Bad input: a usage error, an invalid registry or selection (exit 2)."""
+from runner.problems import UsageProblem  # noqa: E402  (defined low, so runner.engine can raise it too)
 
 
 class CommandProblem(Exception):
@@ -178,8 +177,8 @@ PROGRAM_PATHS = ("Pulumi.yaml", "stacks", "components", ":(exclude)stacks/tenant
                  ":(exclude,glob)**/__pycache__/**")
 
 
-def program_commit(project_dir: Path) -> str | None:
-    """The program's commit: the newest commit that changed the program's files
+def program_commit(project_dir: Path, *, full: bool = False) -> str | None:
+    """The program's commit (12 digits, all with `full`): the newest commit that changed the program's files
     (Pulumi.yaml, stacks/ without the registry, components/), with `-dirty` when
     those files differ from it. Registry edits and commits that touch only other
     files (README, tests, the runner) leave it unchanged: they are no new release."""
@@ -189,7 +188,7 @@ def program_commit(project_dir: Path) -> str | None:
 
     try:
         commit = git("log", "-1", "--format=%H", "HEAD", "--", *PROGRAM_PATHS) or git("rev-parse", "HEAD")
-        commit = git("rev-parse", "--short=12", commit)
+        commit = commit if full else git("rev-parse", "--short=12", commit)
         dirty = git("status", "--porcelain", "--untracked-files=all", "--", *PROGRAM_PATHS)
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -280,7 +279,7 @@ def deployed_release(ledger, stack: str, fallback: str | None) -> str:
 def open_ledger(ctx: Context):
     from runner.ledger import Ledger
 
-    ctx.runner_dir.mkdir(parents=True, exist_ok=True)
+    ctx.runner_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # holds state and keys (#15.6)
     return Ledger(ctx.ledger_url)
 
 
@@ -326,7 +325,12 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         refuse_shard("destroy", sel.shard)
     selection = select(registry, sel)
     run_id = settings.run_id or new_run_id()
-    commit = program_commit(ctx.project_dir)
+    # both become directory names (logs/<run id>, releases/...): labels only (#15.3, #15.11)
+    for what, value in (("--run-id", run_id), ("--release", settings.release)):
+        if value is not None and (problem := reg.label_problem(value, what.removeprefix("--").replace("-", " "))):
+            raise UsageProblem(f"{what}: {problem}")
+    full_commit = program_commit(ctx.project_dir, full=True)  # what a rollback verifies and checks out
+    commit = full_commit and full_commit[:12] + ("-dirty" if full_commit.endswith("-dirty") else "")
     operation = settings.operation
     # `up` deploys --release (default: the commit); the other operations compare
     # against what each target has deployed, unless --release names another one.
@@ -358,7 +362,7 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         if release is None and operation in ("preview", "drift", "refresh"):
             jobs = [replace(j, config={**j.config, "release": deployed_release(ledger, j.stack, commit)}) for j in jobs]
         jobs = [replace(j, details={
-            "program_commit": commit,
+            "program_commit": full_commit,
             "config_fingerprint": config_fingerprint(dict(j.config), dict(j.secret_values), fleet.master, program),
             "remove_stack": settings.remove_stacks,
         }) for j in jobs]

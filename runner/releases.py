@@ -8,6 +8,7 @@ never imports old state.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -45,10 +46,37 @@ def rollback_point(ledger, stack: str, *, to: str | None = None, current: str | 
     return row
 
 
+_HEX = re.compile(r"[0-9a-f]{7,64}")
+
+
+def verified_commit(project_dir: Path, commit: str) -> str:
+    """The full id of ``commit`` (hex, as the ledger records it) when it is a
+    commit of this repository; else RollbackImpossible. The ledger may be
+    shared: a name such as ``--orphan``, ``HEAD~1`` or a branch is never
+    handed to git. Rows recorded before full ids hold a 12-digit abbreviation;
+    it is expanded (and must be unambiguous)."""
+    if not _HEX.fullmatch(commit):
+        raise RollbackImpossible(f"program commit {commit!r} is not a commit of this repository "
+                                 "(expected a hex commit id)")
+    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"], cwd=project_dir,
+                          capture_output=True, text=True)
+    full = proc.stdout.strip()
+    if proc.returncode != 0 or not full.startswith(commit) or len(full) not in (40, 64):
+        raise RollbackImpossible(f"program commit {commit!r} is not a commit of this repository")
+    check = subprocess.run(["git", "cat-file", "-e", f"{full}^{{commit}}"], cwd=project_dir, capture_output=True)
+    if check.returncode != 0:
+        raise RollbackImpossible(f"program commit {commit!r} is not a commit of this repository")
+    return full
+
+
 def program_at(project_dir: Path, state_dir: Path, commit: str | None, checkout: str | None) -> dict | None:
-    """None when the checkout's program is the one to run; else a worktree of `commit`."""
+    """None when the checkout's program is the one to run; else a worktree of `commit`
+    (verified to be a commit of this repository first)."""
     commit, checkout = _base(commit), _base(checkout)
     if not commit or commit == checkout:
+        return None
+    commit = verified_commit(project_dir, commit)
+    if checkout and commit.startswith(checkout):
         return None
     tree = state_dir / "worktrees" / commit
     if not tree.exists():

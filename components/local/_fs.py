@@ -41,8 +41,31 @@ def hash_dir(path: Path) -> str:
     return hash_files(files)
 
 
-def write_files(target: Path, files: dict[str, str]) -> None:
-    """Replace ``target`` with exactly ``files`` (written next to it, then renamed)."""
+def confined(path: Path, root: Path) -> Path:
+    """``path`` when it resolves strictly below ``root``; else ValueError. A
+    config value that becomes part of a path (``app_version``) must never
+    reach outside the resource's own directory, whatever the registry
+    validation let through."""
+    resolved = Path(os.path.realpath(path))
+    if Path(os.path.realpath(root)) not in resolved.parents:
+        raise ValueError(f"refusing to touch {path}: it resolves to {resolved}, outside {root}")
+    return path
+
+
+def release_dir_name(app_version: str) -> str:
+    """``app_version`` when it is a safe single directory name; else ValueError."""
+    if (not isinstance(app_version, str) or not app_version or len(app_version) > 128
+            or app_version.startswith((".", "-")) or ".." in app_version
+            or not all(c.isascii() and (c.isalnum() or c in "._+-") for c in app_version)):
+        raise ValueError(f"invalid app_version {app_version!r}: letters, digits, '.', '-', '_', '+' only")
+    return app_version
+
+
+def write_files(target: Path, files: dict[str, str], *, within: Path | None = None) -> None:
+    """Replace ``target`` with exactly ``files`` (written next to it, then
+    renamed); with ``within``, only when ``target`` resolves below it."""
+    if within is not None:
+        confined(target, within)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     if staging.exists():

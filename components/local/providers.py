@@ -409,8 +409,9 @@ class ReleaseProvider(_Provider):
 
     def apply(self, props, olds):
         base = Path(props["base"])
-        release_rel = f"releases/{props['app_version']}"
-        _fs.write_files(base / release_rel, self._files(props))
+        release_rel = f"releases/{_fs.release_dir_name(props['app_version'])}"
+        # never replace anything outside this target's own releases/ folder
+        _fs.write_files(base / release_rel, self._files(props), within=base / "releases")
         _fs.point_current(base, release_rel)
 
     def delete(self, _id, props):

@@ -21,6 +21,7 @@ from .models import (
     Wave,
     is_valid_id,
 )
+from .paths import LABEL_PATTERN, LABEL_RULE, PathPolicy, is_label, label_problem
 from .schema import RESERVED_KEYS, ConfigKey, load_config_schema
 from .selection import (
     Selection,
@@ -35,6 +36,9 @@ from .selection import (
 __all__ = [
     "ConfigKey",
     "Environment",
+    "LABEL_PATTERN",
+    "LABEL_RULE",
+    "PathPolicy",
     "RESERVED_KEYS",
     "Registry",
     "RegistryError",
@@ -48,6 +52,8 @@ __all__ = [
     "Tenant",
     "Wave",
     "format_errors",
+    "is_label",
+    "label_problem",
     "is_valid_id",
     "load_config_schema",
     "load_registry",

@@ -159,7 +159,7 @@ def load_database_registry(url: str, schema: Mapping[str, ConfigKey]) -> Registr
         return len(loc) >= 3 and loc[0] == "tenants" and (loc[1], loc[2]) in failed
 
     document = {**base, "tenants": tenants}
-    registry = validate_document(document, schema, locate, skip=skip, extra=extra)
+    registry = validate_document(document, schema, locate, skip=skip, extra=extra, base_dir=base_dir)
     return registry.with_origin(target.display, base_dir)
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from ._text import did_you_mean, quote_hint, show, type_name
 from .errors import RegistryError
 from .models import Registry
+from .paths import PathPolicy
 from .schema import PROJECT_DIR, ConfigKey, load_config_schema
 from .yamldoc import YamlDoc, YamlSyntaxError, load_yaml
 
@@ -62,8 +63,10 @@ def load_registry(
             f"{display}:{doc.line}: the registry must be a mapping with the keys {_TOP_KEYS}, "
             f"got {type_name(doc.data)}"
         ])
-    registry = validate_document(doc.data, schema, yaml_locator(display, doc))
-    return registry.with_origin(display, path.resolve().parent)
+    base_dir = path.resolve().parent
+    registry = validate_document(doc.data, schema, yaml_locator(display, doc), base_dir=base_dir,
+                                 paths=PathPolicy.from_env(project_dir))
+    return registry.with_origin(display, base_dir)
 
 
 def read_yaml_file(path: Path, display: str) -> YamlDoc:
@@ -91,12 +94,14 @@ def read_yaml_file(path: Path, display: str) -> YamlDoc:
 
 def validate_document(data: dict[str, Any], schema: Mapping[str, ConfigKey], locate: Locator,
                       *, skip: Callable[[Loc], bool] | None = None,
-                      extra: list[tuple[Loc, str]] = ()) -> Registry:
+                      extra: list[tuple[Loc, str]] = (), base_dir: Path | None = None,
+                      paths: PathPolicy | None = None) -> Registry:
     """Validate ``data``; on failure raise RegistryError with every problem,
     plus ``extra`` problems found before validation (e.g. invalid JSON in a
     database column); ``skip`` drops errors that follow from those."""
     try:
-        registry = Registry.model_validate(data, context={"schema": dict(schema)})
+        registry = Registry.model_validate(data, context={"schema": dict(schema), "base_dir": base_dir,
+                                                          "paths": paths or PathPolicy.from_env()})
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not (skip and skip(e["loc"]))]
         raise RegistryError(format_errors(errors, locate, extra)) from None

@@ -34,6 +34,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._text import did_you_mean, show, type_name
 from .errors import SelectionError
+from .paths import LABEL_KEYS, PATH_KEYS, PathPolicy, label_problem
 from .schema import (
     RESERVED_KEYS,
     ConfigKey,
@@ -302,7 +303,9 @@ class Registry(_Model):
         schema = context.get("schema")
         if schema is None:
             schema = default_schema()
-        problems = cross_check(data, schema) if isinstance(data, dict) else []
+        paths = context.get("paths") or PathPolicy.from_env()
+        base_dir = Path(context.get("base_dir") or Path.cwd())
+        problems = cross_check(data, schema, paths, base_dir) if isinstance(data, dict) else []
         try:
             registry = handler(data)
         except ValidationError as exc:
@@ -370,7 +373,8 @@ Problem = tuple[tuple[Any, ...], str, dict[str, Any]]
 
 
 def _check_config_block(
-    loc: tuple[Any, ...], block: Any, schema: Mapping[str, ConfigKey], problems: list[Problem]
+    loc: tuple[Any, ...], block: Any, schema: Mapping[str, ConfigKey], problems: list[Problem],
+    paths: PathPolicy | None = None,
 ) -> None:
     if not isinstance(block, dict):
         return
@@ -391,12 +395,17 @@ def _check_config_block(
             ))
         else:
             message = check_config_value(schema[key], value)
+            if not message and key in LABEL_KEYS and isinstance(value, str):
+                message = label_problem(value, key)  # it becomes a directory name
+            if not message and key in PATH_KEYS and paths is not None:
+                message = paths.path_problem(key, value)
             if message:
                 problems.append((where, message, {}))
 
 
 def _check_secret_keys(
-    loc: tuple[Any, ...], secrets: Any, config: Any, schema: Mapping[str, ConfigKey], problems: list[Problem]
+    loc: tuple[Any, ...], secrets: Any, config: Any, schema: Mapping[str, ConfigKey], problems: list[Problem],
+    paths: PathPolicy | None = None, base_dir: Path | None = None,
 ) -> None:
     if not isinstance(secrets, dict):
         return
@@ -404,6 +413,12 @@ def _check_secret_keys(
         if not isinstance(key, str):
             continue
         where = (*loc, key)
+        ref = secrets[key]
+        file = ref.get("file") if isinstance(ref, dict) else None
+        if paths is not None and isinstance(file, str) and file and "\x00" not in file:
+            _, why = paths.secret_file(file, base_dir or Path.cwd())
+            if why:
+                problems.append(((*where, "file"), why, {}))
         if key in RESERVED_KEYS:
             problems.append((where, f"{key!r} is set by the runner and cannot be set in the registry", {}))
         elif key not in schema:
@@ -414,7 +429,8 @@ def _check_secret_keys(
             problems.append((where, f"{key!r} is set both in config and in secrets", {}))
 
 
-def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey]) -> list[Problem]:
+def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey], paths: PathPolicy | None = None,
+                base_dir: Path | None = None) -> list[Problem]:
     """Checks across the document, on the raw data (plain dicts and lists, as
     loaded from YAML or a database) so that they run even when
     some entries are malformed (those are reported by the field validators).
@@ -442,7 +458,7 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey]) -> lis
                 known.append(name)
 
     defaults = data.get("defaults")
-    _check_config_block(("defaults",), defaults, schema, problems)
+    _check_config_block(("defaults",), defaults, schema, problems, paths)
     required = [k for k, spec in schema.items() if spec.required and k not in RESERVED_KEYS]
 
     tenants = data.get("tenants")
@@ -482,8 +498,8 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey]) -> lis
                     seen.add(env)
             config = tenant.get("config")
             secrets = tenant.get("secrets")
-            _check_config_block(("tenants", index, "config"), config, schema, problems)
-            _check_secret_keys(("tenants", index, "secrets"), secrets, config, schema, problems)
+            _check_config_block(("tenants", index, "config"), config, schema, problems, paths)
+            _check_secret_keys(("tenants", index, "secrets"), secrets, config, schema, problems, paths, base_dir)
             if required:
                 blocks = [b if b is not None else {} for b in (defaults, config, secrets)]
                 if all(isinstance(b, dict) for b in blocks):

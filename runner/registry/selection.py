@@ -17,6 +17,7 @@ from typing import Any
 from ._text import did_you_mean, plural, show
 from .errors import SecretError, SelectionError
 from .models import ID_RULE, Registry, SecretRef, Tenant, is_valid_id, unknown_environment_message
+from .paths import PathPolicy
 
 __all__ = [
     "Selection",
@@ -235,6 +236,9 @@ def resolve_secrets(target: Target, base_dir: str | Path) -> dict[str, str]:
             path = Path(ref.file).expanduser()
             if not path.is_absolute():
                 path = Path(base_dir) / path
+            _, refused = PathPolicy.from_env().secret_file(ref.file, Path(base_dir))
+            if refused:  # checked at load time too; again here, right before reading
+                raise SecretError(target.tenant, key, refused)
             try:
                 value = path.read_text(encoding="utf-8")
             except FileNotFoundError:

@@ -45,6 +45,8 @@ class Sandbox:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "PULUMI_", "GITHUB_", "CI_"))}
         env.update(RUNNER_STATE_DIR=str(self.state), RUNNER_REGISTRY=str(self.registry_path),
                    RUNNER_PULUMI_ROOT=str(self.engine_bin.parent), **extra)
+        # the platform root and migrations live in this temp dir, outside the project: allowed explicitly
+        env.setdefault("RUNNER_PLATFORM_ROOTS", str(self.root))
         return env
 
     def write_registry(self, tenants: list[dict], *, environments=None, defaults=None, rollout=None) -> Path:

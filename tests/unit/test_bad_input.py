@@ -70,7 +70,7 @@ def cli(tmp_path, engine_bin):
             env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "PULUMI_", "GITHUB_"))}
             env.update(RUNNER_STATE_DIR=str(state), RUNNER_REGISTRY=str(registry),
                        RUNNER_PULUMI_ROOT=str(fake_root), PATH=f"{fake_root / 'bin'}:{env.get('PATH', '')}",
-                       **(extra_env or {}))
+                       RUNNER_PLATFORM_ROOTS=str(work), **(extra_env or {}))
             proc = subprocess.run([RUNNER, *args], capture_output=True, text=True, cwd=PROJECT_DIR, env=env,
                                   timeout=120)
             created = _tree(tmp_path) - before_root - {str(record)}
@@ -200,6 +200,19 @@ BAD_REGISTRIES = {
         "environment variable"),
     "hostile platform_root type": (_registry("  - {id: shop-1, name: S, environments: [staging]}\n",
                                              "{platform: local, platform_root: [1]}"), "platform_root"),
+    # #15.3: values that become paths
+    "path escape app_version": (_registry(
+        "  - {id: shop-1, name: S, environments: [staging], config: {app_version: '../../../../customer-2'}}\n"),
+        "tenants.yaml:4: tenants[0].config.app_version: invalid app_version '../../../../customer-2'"),
+    "path escape platform_root": (_registry("  - {id: shop-1, name: S, environments: [staging]}\n",
+                                            "{platform: local, platform_root: /etc}"),
+                                  "tenants.yaml:1: defaults.platform_root: platform_root '/etc' resolves to /etc"),
+    "path escape migrations_dir": (_registry(
+        "  - {id: shop-1, name: S, environments: [staging], config: {migrations_dir: ../../..}}\n"),
+        "tenants[0].config.migrations_dir: migrations_dir '../../..' resolves to"),
+    "path escape file secret": (_registry(
+        "  - {id: shop-1, name: S, environments: [staging], secrets: {db_password: {file: .runner/passphrase}}}\n"),
+        "tenants[0].secrets.db_password.file: file '.runner/passphrase' is inside the runner's state directory"),
 }
 for _i, _hostile in enumerate(["../x", "--force", "a/b", "a" * 300, "ünï", "a\\0b", "a\\nb"]):
     BAD_REGISTRIES[f"hostile tenant id #{_i}"] = (
@@ -240,3 +253,28 @@ def test_missing_secret_variable_is_a_usage_error_naming_the_reference(cli):
     text = _registry("  - {id: shop-1, name: S, environments: [staging], secrets: {db_password: {env: NOPE_PW_VAR}}}\n")
     proc = cli.run("up", "--all-tenants", "--yes", registry_text=text)
     assert_usage_error(proc, "NOPE_PW_VAR")
+
+
+@pytest.mark.parametrize("option,hostile", [("--release", "../../../../customer-2"), ("--release", "a/b"),
+                                            ("--release", ".."), ("--run-id", "../.."), ("--run-id", "../../x"),
+                                            ("--run-id", "a/b"), ("--run-id", "<!channel>")])
+def test_hostile_labels_on_the_command_line(cli, option, hostile):
+    """#15.3 / #15.11: --release and --run-id become directory names (releases/, logs/<run id>)."""
+    assert_usage_error(cli.run("up", "--all-tenants", option, hostile, "--yes"), f"error: {option}: invalid")
+
+
+def test_hostile_run_id_from_the_environment(cli):
+    assert_usage_error(cli.run("up", "--all-tenants", "--yes", extra_env={"RUNNER_RUN_ID": "../../escape"}),
+                       "invalid run id '../../escape'")
+
+
+@pytest.mark.parametrize("variable,value,message", [
+    ("RUNNER_PASSPHRASE_FILE", "{root}/missing/passphrase", "error: RUNNER_PASSPHRASE_FILE {root}/missing/passphrase does not exist"),
+    ("RUNNER_PASSPHRASE", "", "error: RUNNER_PASSPHRASE is set but empty"),
+])
+def test_unusable_master_passphrase_is_a_usage_error_not_a_new_master(cli, variable, value, message):
+    """#15.5: it used to generate a new master silently (no existing stack readable any more)."""
+    proc = cli.run("up", "--all-tenants", "--yes", extra_env={variable: value.format(root=cli.root)})
+    assert_usage_error(proc, message.format(root=cli.root))
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (cli.state_dir / "passphrase").exists() and not (cli.root / "missing").exists()

@@ -297,6 +297,33 @@ def test_release_current_link_and_drift(tmp_path):
     assert not base.exists()
 
 
+@pytest.mark.parametrize("version", ["../../../../customer-2", "..", "a/b", "/abs", "", ".hidden"])
+def test_release_never_replaces_anything_outside_its_own_releases(tmp_path, version):
+    """#15.3 defence in depth: customer-1's release step with app_version
+    ../../../../customer-2 used to rmtree accounts/customer-2 (database included)."""
+    accounts = tmp_path / "accounts"
+    victim = accounts / "customer-2"
+    (victim / "staging" / "backend").mkdir(parents=True)
+    (victim / "staging" / "backend" / "db.sqlite3").write_text("customer-2 data")
+    prov = P.ReleaseProvider()
+    props = {"base": str(accounts / "customer-1" / "staging" / "backend"), "app_version": version,
+             "templates": {"app.json": "{}"}, "values": {}}
+    with pytest.raises(ValueError, match="app_version|refusing"):
+        prov.create(dict(props))
+    assert (victim / "staging" / "backend" / "db.sqlite3").read_text() == "customer-2 data"
+
+
+def test_write_files_refuses_a_target_outside_its_root(tmp_path):
+    from components.local import _fs
+
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "f").write_text("x")
+    with pytest.raises(ValueError, match="outside"):
+        _fs.write_files(tmp_path / "root" / "releases" / ".." / ".." / "keep", {"a": "b"},
+                        within=tmp_path / "root" / "releases")
+    assert (tmp_path / "keep" / "f").read_text() == "x"
+
+
 def test_cache_purge_appends_a_line_per_change(tmp_path):
     prov = P.CachePurgeProvider()
     props = {"log_path": str(tmp_path / "cache-purges.log"), "release": "r1", "app_version": "1", "trigger": "aaa"}

@@ -3,6 +3,7 @@ database registries, frozen models, and the id pattern as a property."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import textwrap
@@ -756,3 +757,174 @@ def test_postgres_url_is_converted_to_psycopg_and_password_hidden():
     assert target.url == "postgresql+psycopg://runner:s3cret@127.0.0.1:5432/fleet?sslmode=disable"
     assert "s3cret" not in target.display
     assert target.table == "tenants"
+
+
+# --- #15.3: values that become paths stay under their roots ------------------
+
+ESCAPE = HEAD + "  - id: customer-1\n    environments: [staging]\n"  # config goes on line 11
+PATH_SCHEMA = {**SCHEMA, **{k: ConfigKey(name=k, type="string", default="", has_default=True)
+                            for k in ("platform_root", "migrations_dir")}}
+
+
+@pytest.fixture
+def confined(tmp_path, monkeypatch):
+    """A project dir and a registry dir inside tmp; no roots or secrets dir configured."""
+    for var in ("RUNNER_PLATFORM_ROOTS", "RUNNER_SECRETS_DIR", "RUNNER_STATE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    project = tmp_path / "project"
+    (project / ".runner").mkdir(parents=True)
+    (project / ".runner" / "passphrase").write_text("master\n")
+    (project / "stacks").mkdir()
+    monkeypatch.chdir(project / "stacks")
+
+    def errors(text: str) -> list[str]:
+        write(project / "stacks", text)
+        with pytest.raises(RegistryError) as info:
+            load_registry("tenants.yaml", schema=PATH_SCHEMA, project_dir=project)
+        return info.value.errors
+
+    def loads(text: str) -> Registry:
+        write(project / "stacks", text)
+        return load_registry("tenants.yaml", schema=PATH_SCHEMA, project_dir=project)
+
+    return project, errors, loads
+
+
+def test_app_version_escaping_the_tenant_dir_is_refused(confined):
+    """The reproduction: customer-1's app_version pointed its release step at accounts/customer-2."""
+    _, errors, _ = confined
+    assert errors(ESCAPE + '    config: {app_version: "../../../../customer-2"}\n') == [
+        "tenants.yaml:11: tenants[0].config.app_version: invalid app_version '../../../../customer-2': use "
+        "1-128 characters: letters, digits, '.', '-', '_' and '+', starting with a letter or digit, no '..'"]
+
+
+@pytest.mark.parametrize("bad", ["a/b", "..", "1..2", ".hidden", "-rf", "/abs", "a b", "v1\\n", "", "x" * 129,
+                                 "ünï", "a\\\\b", "~root"])
+def test_label_pattern_refuses(confined, bad):
+    _, errors, _ = confined
+    lines = errors(f'defaults: {{platform: local, app_version: "{bad}"}}\n' + ESCAPE[len("defaults:\n  platform: local\n"):])
+    assert len(lines) == 1 and lines[0].startswith("tenants.yaml:1: defaults.app_version: invalid app_version"), lines
+
+
+@pytest.mark.parametrize("good", ["1.0.0", "v2", "2.0.0-rc.1+build.7", "R4", "abc123def456-dirty", "x" * 128, "1_2"])
+def test_label_pattern_accepts(confined, good):
+    _, _, loads = confined
+    assert loads(ESCAPE + f'    config: {{app_version: "{good}"}}\n').tenants[0].config["app_version"] == good
+
+
+@pytest.mark.parametrize("key,value", [
+    ("platform_root", "/etc"), ("platform_root", "../../outside"), ("platform_root", "~"),
+    ("migrations_dir", "/tmp"), ("migrations_dir", "../.."),
+])
+def test_paths_outside_the_project_are_refused(confined, key, value):
+    project, errors, _ = confined
+    lines = errors(ESCAPE + f'    config: {{{key}: "{value}"}}\n')
+    assert len(lines) == 1 and lines[0].startswith(f"tenants.yaml:11: tenants[0].config.{key}: {key} '{value}' "
+                                                   "resolves to "), lines
+    assert "outside the project" in lines[0] and "RUNNER_PLATFORM_ROOTS" in lines[0]
+
+
+def test_paths_in_defaults_are_checked_too(confined):
+    _, errors, _ = confined
+    lines = errors('defaults: {platform: local, platform_root: /var}\n' + ESCAPE[len("defaults:\n  platform: local\n"):])
+    assert lines[0].startswith("tenants.yaml:1: defaults.platform_root: platform_root '/var' resolves to")
+
+
+def test_a_symlink_out_of_the_project_is_refused(confined, tmp_path):
+    project, errors, _ = confined
+    (tmp_path / "elsewhere").mkdir()
+    (project / "link").symlink_to(tmp_path / "elsewhere")
+    assert "outside the project" in errors(ESCAPE + "    config: {platform_root: link/platform}\n")[0]
+
+
+def test_paths_inside_the_project_or_an_allowed_root_pass(confined, tmp_path, monkeypatch):
+    project, errors, loads = confined
+    loads(ESCAPE + f"    config: {{platform_root: .runner/platform, migrations_dir: {project}/stacks/m}}\n")
+    allowed = tmp_path / "platforms"
+    monkeypatch.setenv("RUNNER_PLATFORM_ROOTS", f"/nonexistent-root:{allowed}")
+    loads(ESCAPE + f"    config: {{platform_root: {allowed}/a, migrations_dir: {allowed}}}\n")
+    assert errors(ESCAPE + f"    config: {{platform_root: {allowed}/../x}}\n")[0].startswith(
+        "tenants.yaml:11: tenants[0].config.platform_root: ")
+    monkeypatch.setenv("RUNNER_PLATFORM_ROOTS", "relative/root")
+    assert errors(ESCAPE + "    config: {platform_root: .runner/platform}\n") == [
+        "tenants.yaml:11: tenants[0].config.platform_root: RUNNER_PLATFORM_ROOTS: 'relative/root' is not an "
+        "absolute path"]
+
+
+@pytest.mark.parametrize("file,why", [("../.runner/passphrase", "is inside the runner's state directory"),
+                                      ("../../x", "resolves outside the secrets directory"),
+                                      ("/etc/passwd", "resolves outside the secrets directory")])
+def test_file_secrets_outside_the_secrets_dir_are_refused(confined, file, why):
+    _, errors, _ = confined
+    lines = errors(ESCAPE + f'    secrets: {{db_password: {{file: "{file}"}}}}\n')
+    assert len(lines) == 1 and lines[0].startswith(
+        f"tenants.yaml:11: tenants[0].secrets.db_password.file: file '{file}' {why}"), lines
+
+
+def test_file_secrets_never_under_the_state_dir(confined, monkeypatch):
+    """Even when the secrets dir (here: the project) holds the state dir."""
+    project, errors, _ = confined
+    monkeypatch.setenv("RUNNER_SECRETS_DIR", str(project))
+    lines = errors(ESCAPE + '    secrets: {db_password: {file: "../.runner/passphrase"}}\n')
+    assert lines == ["tenants.yaml:11: tenants[0].secrets.db_password.file: file '../.runner/passphrase' is inside "
+                     f"the runner's state directory {project / '.runner'}"]
+    state = project / "stacks" / "state"
+    monkeypatch.setenv("RUNNER_STATE_DIR", str(state))
+    assert "state directory" in errors(ESCAPE + '    secrets: {db_password: {file: "state/passphrase"}}\n')[0]
+
+
+def test_file_secrets_under_the_secrets_dir_resolve(confined, tmp_path, monkeypatch):
+    from runner.registry import resolve_secrets
+
+    project, errors, loads = confined
+    (project / "stacks" / "pw.txt").write_text("s3cret\n")
+    registry = loads(ESCAPE + "    secrets: {db_password: {file: pw.txt}}\n")
+    target = select_targets(registry, all_tenants=True).targets[0]
+    assert resolve_secrets(target, registry.base_dir) == {"db_password": "s3cret"}
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    (vault / "pw").write_text("v\n")
+    monkeypatch.setenv("RUNNER_SECRETS_DIR", str(vault))
+    registry = loads(ESCAPE + f"    secrets: {{db_password: {{file: {vault}/pw}}}}\n")
+    assert resolve_secrets(select_targets(registry, all_tenants=True).targets[0], registry.base_dir) == {
+        "db_password": "v"}
+    assert "outside the secrets directory" in errors(ESCAPE + "    secrets: {db_password: {file: pw.txt}}\n")[0]
+
+
+def test_file_secret_escape_is_refused_when_read_too(confined, monkeypatch):
+    """Defence in depth: a target built from a registry loaded under another policy."""
+    from runner.registry import SecretError, resolve_secrets
+
+    project, _, loads = confined
+    (project / "stacks" / "pw.txt").write_text("s3cret\n")
+    registry = loads(ESCAPE + "    secrets: {db_password: {file: pw.txt}}\n")
+    target = select_targets(registry, all_tenants=True).targets[0]
+    bad = dataclasses.replace(target, secrets={"db_password": SecretRef(file="../.runner/passphrase")})
+    with pytest.raises(SecretError, match="outside the secrets directory"):
+        resolve_secrets(bad, registry.base_dir)
+
+
+# --- #15.7: config keys declared `secret: true` in Pulumi.yaml ----------------
+
+
+def test_db_password_is_declared_secret_in_the_real_program():
+    assert load_config_schema(PROJECT)["db_password"].secret is True
+
+
+@pytest.mark.parametrize("where,line,path", [
+    ("tenant", 11, "tenants[0].config.db_password"), ("defaults", 1, "defaults.db_password")])
+def test_plaintext_db_password_is_refused_pointing_to_secrets(tmp_path, monkeypatch, where, line, path):
+    monkeypatch.chdir(tmp_path)
+    body = HEAD[len("defaults:\n  platform: local\n"):] + "  - id: customer-1\n    environments: [staging]\n"
+    if where == "tenant":
+        text = "defaults: {platform: local}\n" + body + "    config: {db_password: hunter2-plain}\n"
+        line = 10
+    else:
+        text = "defaults: {platform: local, db_password: hunter2-plain}\n" + body
+    write(tmp_path, text)
+    with pytest.raises(RegistryError) as info:
+        load_registry("tenants.yaml", project_dir=PROJECT)
+    assert info.value.errors == [
+        f"tenants.yaml:{line}: {path}: 'db_password' is declared secret in Pulumi.yaml: "
+        "give it under secrets as {env: VAR} or {file: PATH}"]
+    assert "hunter2" not in str(info.value)
