@@ -362,7 +362,7 @@ def _lean_stack_class():
     return LeanStack
 
 
-def _workspace(settings: EngineSettings, stack: str):
+def _workspace(settings: EngineSettings, stack: str, pythonpath: str | None = None):
     from pulumi import automation as auto
 
     (settings.work_area(stack) / "home").mkdir(parents=True, exist_ok=True)
@@ -370,6 +370,9 @@ def _workspace(settings: EngineSettings, stack: str):
         work_dir=str(settings.program_dir),
         pulumi_home=str(settings.work_area(stack) / "home"),
         pulumi_command=_command(settings.bin_dir),
+        # The program (and its dynamic providers) import stacks/ and components/ from
+        # the project being deployed (or an older commit's worktree), not the runner's install.
+        env_vars={"PYTHONPATH": pythonpath} if pythonpath else None,
     )
 
 
@@ -472,11 +475,12 @@ def list_stacks(settings: EngineSettings) -> list[str]:
 def run_operation(settings: EngineSettings, *, stack: str, operation: str,
                   config: Mapping[str, Any] | None = None, secret_values: Mapping[str, str] | None = None,
                   on_progress: Callable[[dict], None] | None = None,
-                  remove_stack: bool = False, refresh: bool = False) -> OperationResult:
+                  remove_stack: bool = False, refresh: bool = False,
+                  pythonpath: str | None = None) -> OperationResult:
     """Run one operation on one stack. Raises an :class:`EngineError`."""
     from pulumi import automation as auto
 
-    workspace = _workspace(settings, stack)
+    workspace = _workspace(settings, stack, pythonpath)
     collector = _Collector(on_progress)
     try:
         known = "encryptionsalt" in _read_text(stack_config_path(settings, stack))

@@ -152,10 +152,11 @@ class Fleet:
             "stack": job.stack, "operation": "up" if job.operation == "rollback" else job.operation,
             "config": dict(job.config),
             "secret_values": dict(job.secret_values), "remove_stack": job.details.get("remove_stack", False), "refresh": job.details.get("refresh", False),
+            # the program's own tree first (stacks/, components/); the worker itself keeps the installed runner
+            "pythonpath": program["dir"] if program else str(self.settings.project_dir),
         })
         env = engine.worker_environment(
-            self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials,
-            pythonpath=program["dir"] if program else None)
+            self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials)
         log_dir.mkdir(parents=True, exist_ok=True)
         outcome: dict[str, Any] = {}
         # The ledger row starts when the engine holds the stack's lock (its first event), so rows of
@@ -163,7 +164,7 @@ class Fleet:
         op_id, begun = None, None
         with open(log_dir / f"{job.stack}.{job.operation}.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [sys.executable, "-P", "-m", "runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=log, env=env, cwd=self.project_dir, text=True,
             )
             with self._lock:

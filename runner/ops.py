@@ -49,7 +49,9 @@ class Selectors:
 class Context:
     """Where things are: the project, registry, state backend and ledger."""
 
-    project_dir: Path = PROJECT_DIR
+    # RUNNER_PROJECT_DIR: run another checkout of the project (its Pulumi.yaml,
+    # stacks/, components/ and git history) with this installation of the runner.
+    project_dir: Path = field(default_factory=lambda: Path(os.environ.get("RUNNER_PROJECT_DIR") or PROJECT_DIR).resolve())
     registry: str | None = None
     backend: str | None = None
     ledger: str | None = None
@@ -57,7 +59,7 @@ class Context:
 
     @property
     def registry_source(self) -> str:
-        return self.registry or os.environ.get("RUNNER_REGISTRY") or str(DEFAULT_REGISTRY)
+        return self.registry or os.environ.get("RUNNER_REGISTRY") or str(self.project_dir / "stacks" / "tenants.yaml")
 
     @property
     def runner_dir(self) -> Path:

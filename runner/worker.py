@@ -38,6 +38,7 @@ def run(job: dict) -> dict:
             config=job.get("config"), secret_values=job.get("secret_values"),
             on_progress=lambda data: _emit("progress", **data),
             remove_stack=job.get("remove_stack", False), refresh=job.get("refresh", False),
+            pythonpath=job.get("pythonpath"),
         )
     except engine.EngineError as exc:
         return {"ok": False, "error": exc.to_dict()}
