@@ -235,7 +235,7 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         if release is None and operation in ("preview", "drift", "refresh"):
             jobs = [replace(j, config={**j.config, "release": deployed_release(ledger, j.stack, commit)}) for j in jobs]
         jobs = [replace(j, details={
-            "program_commit": commit,
+            "program_commit": commit, "program_fingerprint": program,
             "config_fingerprint": config_fingerprint(dict(j.config), dict(j.secret_values), fleet.master, program),
             "remove_stack": settings.remove_stacks,
         }) for j in jobs]
@@ -270,7 +270,8 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
             """--on-failure rollback: the failed target goes back to its last good release."""
             try:
                 row = releases.rollback_point(ledger, job.stack, current=job.config.get("release"))
-                program = releases.program_at(ctx.project_dir, ctx.runner_dir, row.program_commit, commit)
+                program = releases.program_at(ctx.project_dir, ctx.runner_dir, row.program_commit, commit,
+                                              row=row, fingerprint=job.details.get("program_fingerprint"))
             except releases.RollbackImpossible as exc:
                 failed.details["rollback"] = str(exc)
                 return []
@@ -420,7 +421,8 @@ def plan_rollbacks(fleet: Fleet, ledger, jobs: list[Job], to: str | None, commit
     for job in jobs:
         try:
             row = releases.rollback_point(ledger, job.stack, to=to)
-            program = releases.program_at(fleet.project_dir, fleet.state_dir, row.program_commit, commit)
+            program = releases.program_at(fleet.project_dir, fleet.state_dir, row.program_commit, commit,
+                                          row=row, fingerprint=job.details.get("program_fingerprint"))
         except releases.RollbackImpossible as exc:
             impossible.append((job, str(exc)))
             continue
