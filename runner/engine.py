@@ -28,6 +28,7 @@ from typing import Any
 
 PROJECT = "runner"
 SECRET_MASK = "[secret]"
+STACK_REFERENCE = "pulumi:pulumi:StackReference"
 
 # Offline by default (DESIGN.md, "The engine").
 OFFLINE_ENV = {
@@ -90,6 +91,11 @@ class Step:
     def component(self) -> str | None:
         return component_of(self.urn)
 
+    @property
+    def type(self) -> str:
+        parts = self.urn.split("::")
+        return parts[2].rsplit("$", 1)[-1] if len(parts) >= 4 else ""
+
     def to_dict(self) -> dict[str, Any]:
         return {"urn": self.urn, "name": self.name, "component": self.component, "op": self.op, "keys": list(self.keys)}
 
@@ -102,6 +108,8 @@ class OperationResult:
     # drift only: steps of the refresh preview (reality vs state) and of the preview (program vs state)
     drift: list[Step] = field(default_factory=list)
     pending: list[Step] = field(default_factory=list)
+    # drift only: references to other stacks (shared) whose outputs changed: not this stack's drift
+    behind: list[Step] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,7 @@ class _Collector:
         self.errors: list[tuple[str | None, str]] = []
         self.failed_urn: str | None = None
         self.stack_outputs: dict[str, Any] | None = None
+        self.compare = "inputs"  # what differs in a step: the inputs (code vs state) or outputs (a refresh)
 
     def __call__(self, event) -> None:
         if event.prelude_event is not None:  # the engine holds the stack's lock from here on
@@ -251,8 +260,7 @@ class _Collector:
             op = getattr(meta.op, "value", str(meta.op))
             if meta.type == "pulumi:pulumi:Stack" and meta.new is not None:
                 self.stack_outputs = dict(meta.new.outputs or {})
-            keys = tuple(meta.diffs or meta.keys or ())
-            self.steps.append(Step(meta.urn, op, keys))
+            self.steps.append(Step(meta.urn, op, _changed_keys(meta, self.compare)))
             if op not in ("same", "read"):
                 self._progress({"urn": meta.urn, "op": op, "phase": "done"})
         elif event.summary_event:
@@ -274,6 +282,43 @@ class _Collector:
             if message and "update failed" not in message:
                 return OperationFailed(message, urn=diag_urn or urn, component=component_of(diag_urn or urn))
         return OperationFailed(fallback, urn=urn, component=component_of(urn))
+
+
+def _changed_keys(meta, compare: str = "inputs") -> tuple[str, ...]:
+    """The properties a step changes. The engine's keys/diffs are empty for
+    dynamic providers' refresh and preview steps, so compare old and new
+    state: the outputs for a refresh (reality vs state), the inputs first for
+    a preview (code vs state)."""
+    if meta.diffs or meta.keys:
+        return tuple(meta.diffs or meta.keys or ())
+    if meta.detailed_diff:
+        return tuple(sorted(meta.detailed_diff))
+    if meta.old is None or meta.new is None:
+        return ()
+    if meta.type == STACK_REFERENCE:  # which of the referenced stack's outputs changed
+        old, new = (meta.old.outputs or {}).get("outputs") or {}, (meta.new.outputs or {}).get("outputs") or {}
+        return tuple(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
+    pairs = [(meta.old.inputs, meta.new.inputs), (meta.old.outputs, meta.new.outputs)]
+    if compare == "outputs":
+        pairs.reverse()
+    for old, new in pairs:
+        old, new = old or {}, new or {}
+        keys = sorted(k for k in set(old) | set(new) if k != "__provider" and old.get(k) != new.get(k))
+        if keys:
+            return tuple(keys)
+    return ()
+
+
+def _own_step(step: Step) -> bool:
+    """A step of the stack's own resources: not `same`/`read`, not a provider
+    (`pulumi:providers:*` default updates follow config) and not a reference to
+    another stack (the shared stack's outputs changing is not this stack's drift)."""
+    return step.op not in ("same", "read") and not step.type.startswith(("pulumi:providers:", STACK_REFERENCE))
+
+
+def _reference_changes(steps: list[Step]) -> list[Step]:
+    """Stack references whose outputs changed since this stack was deployed."""
+    return [s for s in steps if s.type == STACK_REFERENCE and s.keys]
 
 
 def _clean(message: str) -> str:
@@ -507,11 +552,15 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
             if remove_stack:
                 workspace.remove_stack(stack)
         elif operation == "drift":
+            collector.compare = "outputs"
             handle.preview_refresh(show_secrets=False, **common)
-            result.drift = [s for s in collector.steps if s.op not in ("same", "read")]
-            collector.steps = []
+            result.drift = [s for s in collector.steps if _own_step(s)]
+            result.behind = _reference_changes(collector.steps)
+            collector.steps, collector.compare = [], "inputs"
             handle.preview(**common)
-            result.pending = [s for s in collector.steps if s.op not in ("same", "read")]
+            result.pending = [s for s in collector.steps if _own_step(s)]
+            if not result.behind:
+                result.behind = _reference_changes(collector.steps)
         elif operation == "outputs":
             result.outputs = _masked_outputs(handle.outputs())
         elif operation == "recover":

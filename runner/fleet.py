@@ -241,6 +241,10 @@ class Fleet:
             result.status = {(False, False): rpt.IN_SYNC, (True, False): rpt.DRIFTED,
                              (False, True): rpt.PENDING, (True, True): rpt.DRIFTED_PENDING}[(bool(drift), bool(pending))]
             result.details.update(drift=drift, pending=pending)
+            behind = [*result.details.get("behind", []), *({**s, "note": f"{s['name']} stack outputs changed: "
+                                                             f"{', '.join(s['keys'])}"} for s in outcome.get("behind") or [])]
+            if behind:  # not drift of this target: what it has not received yet (shared outputs, newer code)
+                result.details["behind"] = behind
         elif outcome.get("steps"):
             result.details["steps"] = outcome["steps"]
         if job.operation in ("up", "rollback") and job.stack != SHARED_STACK:

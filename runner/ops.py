@@ -241,6 +241,8 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         }) for j in jobs]
         report = rpt.Report(run_id=run_id, command=operation, release=options.release,
                             detailed_exitcode=settings.detailed_exitcode)
+        if operation == "drift":  # each target against the code of its deployed release
+            jobs = [releases.at_deployed_program(ledger, j, ctx.project_dir, ctx.runner_dir, commit) for j in jobs]
         if operation == "rollback":
             jobs, impossible = plan_rollbacks(fleet, ledger, jobs, settings.rollback_to, commit)
             skipped += impossible
@@ -285,6 +287,9 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
                   after_failure=roll_back if settings.on_failure == "rollback" else None)
         if operation == "drift" and settings.remediate:
             remediate(fleet, jobs, report, settings.remediate, options)
+        if operation == "drift" and (behind := [t.stack for t in report.targets if t.details.get("behind")]):
+            report.notes.append(f"{len(behind)} target(s) behind (newer code or shared stack outputs they have "
+                                f"not received; not drift, see details.behind): {', '.join(behind)}")
         ledger.finish_run(run_id, "interrupted" if report.interrupted else "finished", report.counts)
     return report
 

@@ -111,7 +111,8 @@ class LiveProgress(LineProgress):
 
 def summary_table(report: rpt.Report) -> Table:
     table = Table(title=f"runner {report.command} (run {report.run_id})", title_justify="left")
-    for column in ("target", "operation", "status", "changes", "duration", "error"):
+    last = "findings / error" if report.command == "drift" else "error"  # drift rows hold what was found
+    for column in ("target", "operation", "status", "changes", "duration", last):
         table.add_column(column, overflow="fold")
     for t in report.targets:
         duration = f"{t.duration:.1f}s" if t.duration is not None else ""

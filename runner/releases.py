@@ -117,3 +117,27 @@ def rollback_job(job: Job, row, program: dict | None) -> Job:
         config = anchored_config(config, Path(program["project_dir"]), Path(program["dir"]))
     return replace(job, operation="rollback", config=config, details=details)
 
+
+def at_deployed_program(ledger, job: Job, project_dir: Path, state_dir: Path, commit: str | None) -> Job:
+    """A drift check compares reality and the state with the code *at the target's
+    deployed release*: when that came from another commit (or the work tree
+    changed since), the job runs that commit's program from a worktree, and
+    `details.behind` says the project is ahead. Newer code the target has not
+    received is not drift."""
+    row = ledger.last_good_release(job.stack)
+    if row is None:
+        return job
+    try:
+        program = program_at(project_dir, state_dir, row.program_commit, commit, row=row,
+                             fingerprint=job.details.get("program_fingerprint"))
+    except RollbackImpossible as exc:
+        return replace(job, details={**job.details, "behind": [
+            {"name": "program", "note": f"deployed from {row.program_commit}; checked with the project's code ({exc})"}]})
+    if program is None:
+        return job
+    note = (f"deployed from commit {row.program_commit}, the project is at {commit or 'an unknown commit'}"
+            f"{' (uncommitted changes)' if (commit or '').endswith('-dirty') or row.program_commit == commit else ''}")
+    details = {**job.details, "program": program, "program_commit": row.program_commit,
+               "program_fingerprint": (row.details or {}).get("program_fingerprint"),
+               "behind": [{"name": "program", "deployed": row.program_commit, "project": commit, "note": note}]}
+    return replace(job, config=anchored_config(dict(job.config), project_dir, Path(program["dir"])), details=details)

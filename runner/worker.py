@@ -49,6 +49,7 @@ def run(job: dict) -> dict:
         "steps": [s.to_dict() for s in result.steps if s.op not in ("same", "read")],
         "drift": [s.to_dict() for s in result.drift],
         "pending": [s.to_dict() for s in result.pending],
+        "behind": [s.to_dict() for s in result.behind],
     }
 
 
