@@ -527,9 +527,15 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
 
     workspace = _workspace(settings, stack, pythonpath)
     collector = _Collector(on_progress)
+    created = False  # a preview of a stack that does not exist yet: removed again afterwards
     try:
         known = "encryptionsalt" in _read_text(stack_config_path(settings, stack))
-        if operation in ("up", "preview") and not known:
+        if operation == "preview" and not known:
+            try:
+                handle = auto.Stack.select(stack, workspace)
+            except auto.StackNotFoundError:
+                handle, created = auto.Stack.create(stack, workspace), True
+        elif operation in ("up", "preview") and not known:
             handle = auto.Stack.create_or_select(stack, workspace)  # first time here: init if new
         elif operation == "outputs":
             handle = auto.Stack.select(stack, workspace)
@@ -569,9 +575,23 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
             raise OperationFailed(f"unknown operation {operation!r}")
     except Exception as exc:  # every engine failure becomes a typed error here, and only here
         raise classify(exc, collector) from None
+    finally:
+        if created:  # a preview leaves no empty stack (nor its config) behind
+            _remove_new_stack(settings, workspace, stack)
     result.changes = collector.changes or {}
     result.steps = collector.steps
     return result
+
+
+def _remove_new_stack(settings: EngineSettings, workspace, stack: str) -> None:
+    """Remove a stack that a preview created (it has no resources: `stack rm` without --force)."""
+    try:
+        workspace.remove_stack(stack)
+    except Exception:  # e.g. another runner deployed it meanwhile: it is not ours to remove then
+        return
+    path = stack_config_path(settings, stack)
+    for leftover in (path, path.with_name(f".{path.name}.secrets")):
+        leftover.unlink(missing_ok=True)
 
 
 def _read_text(path: Path) -> str:

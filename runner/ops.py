@@ -198,7 +198,7 @@ class RunSettings:
 def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=None,
               make_progress=None) -> rpt.Report:
     """up / preview / refresh / destroy / drift / rollback over the selected targets."""
-    from runner import releases
+    from runner import engine, releases
 
     registry = load(ctx)
     if settings.rerun_failed and not (sel.tenants or sel.all_tenants or sel.untenanted):
@@ -267,6 +267,12 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
                                                  operation, status, error=reason, details={"reason": reason}))
             fleet._ledger_record(run_id, result, options.release)
         shared = fleet.shared_job(registry.defaults, options) if operation == "up" and jobs else None
+        if operation == "preview" and jobs:  # the shared stack first; before its first deploy,
+            shared = fleet.shared_job(registry.defaults, options)
+            shared = replace(shared, operation="preview", config={  # its config as deployed, unless --release
+                **shared.config, "release": options.release or deployed_release(ledger, "shared", commit)})
+            if "shared" not in engine.list_stacks(fleet.settings):  # tenants read its outputs as unknown
+                jobs = [replace(j, config={**j.config, "shared_planned": True}) for j in jobs]
 
         def roll_back(job: Job, failed: rpt.TargetResult) -> list[rpt.TargetResult]:
             """--on-failure rollback: the failed target goes back to its last good release."""
