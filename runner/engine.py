@@ -148,7 +148,10 @@ def prepare_program_dir(settings: EngineSettings) -> Path:
     config_dir.mkdir(parents=True, exist_ok=True)
     if settings.program_name != "program" and not (settings.program_dir / "stacks").exists():
         settings.program_dir.mkdir(parents=True, exist_ok=True)
-        (settings.program_dir / "stacks").symlink_to(config_dir)
+        try:  # drift and rollback jobs of one commit prepare its program dir concurrently
+            (settings.program_dir / "stacks").symlink_to(config_dir)
+        except FileExistsError:
+            pass
     from io import StringIO
 
     buffer = StringIO()

@@ -9,11 +9,15 @@ never imports old state.
 from __future__ import annotations
 
 import subprocess
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from runner.fleet import Job
+
+
+_WORKTREES = threading.Lock()
 
 
 class RollbackImpossible(Exception):
@@ -68,11 +72,12 @@ def program_at(project_dir: Path, state_dir: Path, commit: str | None, checkout:
         return None  # deployed from uncommitted changes, nothing changed since (best effort)
     commit = _base(commit)
     tree = state_dir / "worktrees" / commit
-    if not tree.exists():
-        proc = subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=project_dir,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RollbackImpossible(f"cannot check out program commit {commit}: {proc.stderr.strip()}")
+    with _WORKTREES:  # --on-failure rollback: failed targets of one commit go back concurrently
+        if not tree.exists():
+            proc = subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=project_dir,
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RollbackImpossible(f"cannot check out program commit {commit}: {proc.stderr.strip()}")
     return {"dir": str(tree), "name": f"program-{commit}", "project_dir": str(project_dir)}
 
 
