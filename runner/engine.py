@@ -31,6 +31,7 @@ from runner.problems import UsageProblem
 
 PROJECT = "runner"
 SECRET_MASK = "[secret]"
+STACK_REFERENCE = "pulumi:pulumi:StackReference"
 
 # Offline by default (DESIGN.md, "The engine").
 OFFLINE_ENV = {
@@ -93,6 +94,11 @@ class Step:
     def component(self) -> str | None:
         return component_of(self.urn)
 
+    @property
+    def type(self) -> str:
+        parts = self.urn.split("::")
+        return parts[2].rsplit("$", 1)[-1] if len(parts) >= 4 else ""
+
     def to_dict(self) -> dict[str, Any]:
         return {"urn": self.urn, "name": self.name, "component": self.component, "op": self.op, "keys": list(self.keys)}
 
@@ -105,6 +111,8 @@ class OperationResult:
     # drift only: steps of the refresh preview (reality vs state) and of the preview (program vs state)
     drift: list[Step] = field(default_factory=list)
     pending: list[Step] = field(default_factory=list)
+    # drift only: references to other stacks (shared) whose outputs changed: not this stack's drift
+    behind: list[Step] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -150,7 +158,10 @@ def prepare_program_dir(settings: EngineSettings) -> Path:
     config_dir.mkdir(parents=True, exist_ok=True)
     if settings.program_name != "program" and not (settings.program_dir / "stacks").exists():
         settings.program_dir.mkdir(parents=True, exist_ok=True)
-        (settings.program_dir / "stacks").symlink_to(config_dir)
+        try:  # drift and rollback jobs of one commit prepare its program dir concurrently
+            (settings.program_dir / "stacks").symlink_to(config_dir)
+        except FileExistsError:
+            pass
     from io import StringIO
 
     buffer = StringIO()
@@ -317,6 +328,7 @@ class _Collector:
         self.errors: list[tuple[str | None, str]] = []
         self.failed_urn: str | None = None
         self.stack_outputs: dict[str, Any] | None = None
+        self.compare = "inputs"  # what differs in a step: the inputs (code vs state) or outputs (a refresh)
 
     def __call__(self, event) -> None:
         if event.prelude_event is not None:  # the engine holds the stack's lock from here on
@@ -338,8 +350,7 @@ class _Collector:
             op = getattr(meta.op, "value", str(meta.op))
             if meta.type == "pulumi:pulumi:Stack" and meta.new is not None:
                 self.stack_outputs = dict(meta.new.outputs or {})
-            keys = tuple(meta.diffs or meta.keys or ())
-            self.steps.append(Step(meta.urn, op, keys))
+            self.steps.append(Step(meta.urn, op, _changed_keys(meta, self.compare)))
             if op not in ("same", "read"):
                 self._progress({"urn": meta.urn, "op": op, "phase": "done"})
         elif event.summary_event:
@@ -380,6 +391,43 @@ class _Collector:
             if message and "update failed" not in message:
                 return OperationFailed(message, urn=diag_urn or urn, component=component_of(diag_urn or urn))
         return OperationFailed(fallback, urn=urn, component=component_of(urn))
+
+
+def _changed_keys(meta, compare: str = "inputs") -> tuple[str, ...]:
+    """The properties a step changes. The engine's keys/diffs are empty for
+    dynamic providers' refresh and preview steps, so compare old and new
+    state: the outputs for a refresh (reality vs state), the inputs first for
+    a preview (code vs state)."""
+    if meta.diffs or meta.keys:
+        return tuple(meta.diffs or meta.keys or ())
+    if meta.detailed_diff:
+        return tuple(sorted(meta.detailed_diff))
+    if meta.old is None or meta.new is None:
+        return ()
+    if meta.type == STACK_REFERENCE:  # which of the referenced stack's outputs changed
+        old, new = (meta.old.outputs or {}).get("outputs") or {}, (meta.new.outputs or {}).get("outputs") or {}
+        return tuple(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
+    pairs = [(meta.old.inputs, meta.new.inputs), (meta.old.outputs, meta.new.outputs)]
+    if compare == "outputs":
+        pairs.reverse()
+    for old, new in pairs:
+        old, new = old or {}, new or {}
+        keys = sorted(k for k in set(old) | set(new) if k != "__provider" and old.get(k) != new.get(k))
+        if keys:
+            return tuple(keys)
+    return ()
+
+
+def _own_step(step: Step) -> bool:
+    """A step of the stack's own resources: not `same`/`read`, not a provider
+    (`pulumi:providers:*` default updates follow config) and not a reference to
+    another stack (the shared stack's outputs changing is not this stack's drift)."""
+    return step.op not in ("same", "read") and not step.type.startswith(("pulumi:providers:", STACK_REFERENCE))
+
+
+def _reference_changes(steps: list[Step]) -> list[Step]:
+    """Stack references whose outputs changed since this stack was deployed."""
+    return [s for s in steps if s.type == STACK_REFERENCE and s.keys]
 
 
 def _clean(message: str) -> str:
@@ -468,7 +516,7 @@ def _lean_stack_class():
     return LeanStack
 
 
-def _workspace(settings: EngineSettings, stack: str):
+def _workspace(settings: EngineSettings, stack: str, pythonpath: str | None = None):
     from pulumi import automation as auto
 
     (settings.work_area(stack) / "home").mkdir(parents=True, exist_ok=True)
@@ -476,6 +524,9 @@ def _workspace(settings: EngineSettings, stack: str):
         work_dir=str(settings.program_dir),
         pulumi_home=str(settings.work_area(stack) / "home"),
         pulumi_command=_command(settings.bin_dir),
+        # The program (and its dynamic providers) import stacks/ and components/ from
+        # the project being deployed (or an older commit's worktree), not the runner's install.
+        env_vars={"PYTHONPATH": pythonpath} if pythonpath else None,
     )
 
 
@@ -579,7 +630,7 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
                   config: Mapping[str, Any] | None = None, secret_values: Mapping[str, str] | None = None,
                   on_progress: Callable[[dict], None] | None = None,
                   remove_stack: bool = False, refresh: bool = False,
-                  log: Callable[[str], None] | None = None) -> OperationResult:
+                  log: Callable[[str], None] | None = None, pythonpath: str | None = None) -> OperationResult:
     """Run one operation on one stack. Raises an :class:`EngineError`.
 
     `log` receives the engine's output for the target's log: its stdout lines
@@ -587,11 +638,17 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
     resource steps, failures, the summary); the caller masks secret values."""
     from pulumi import automation as auto
 
-    workspace = _workspace(settings, stack)
+    workspace = _workspace(settings, stack, pythonpath)
     collector = _Collector(on_progress, log)
+    created = False  # a preview of a stack that does not exist yet: removed again afterwards
     try:
         known = "encryptionsalt" in _read_text(stack_config_path(settings, stack))
-        if operation in ("up", "preview") and not known:
+        if operation == "preview" and not known:
+            try:
+                handle = auto.Stack.select(stack, workspace)
+            except auto.StackNotFoundError:
+                handle, created = auto.Stack.create(stack, workspace), True
+        elif operation in ("up", "preview") and not known:
             handle = auto.Stack.create_or_select(stack, workspace)  # first time here: init if new
         elif operation == "outputs":
             handle = auto.Stack.select(stack, workspace)
@@ -616,11 +673,15 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
             if remove_stack:
                 workspace.remove_stack(stack)
         elif operation == "drift":
+            collector.compare = "outputs"
             handle.preview_refresh(show_secrets=False, **common)
-            result.drift = [s for s in collector.steps if s.op not in ("same", "read")]
-            collector.steps = []
+            result.drift = [s for s in collector.steps if _own_step(s)]
+            result.behind = _reference_changes(collector.steps)
+            collector.steps, collector.compare = [], "inputs"
             handle.preview(**common)
-            result.pending = [s for s in collector.steps if s.op not in ("same", "read")]
+            result.pending = [s for s in collector.steps if _own_step(s)]
+            if not result.behind:
+                result.behind = _reference_changes(collector.steps)
         elif operation == "outputs":
             result.outputs = _masked_outputs(handle.outputs())
         elif operation == "recover":
@@ -631,9 +692,23 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
         if log is not None and not hasattr(exc, "stderr"):  # a CLI failure's stderr is logged already
             log(f"[error] {type(exc).__name__}: {exc}")
         raise classify(exc, collector) from None
+    finally:
+        if created:  # a preview leaves no empty stack (nor its config) behind
+            _remove_new_stack(settings, workspace, stack)
     result.changes = collector.changes or {}
     result.steps = collector.steps
     return result
+
+
+def _remove_new_stack(settings: EngineSettings, workspace, stack: str) -> None:
+    """Remove a stack that a preview created (it has no resources: `stack rm` without --force)."""
+    try:
+        workspace.remove_stack(stack)
+    except Exception:  # e.g. another runner deployed it meanwhile: it is not ours to remove then
+        return
+    path = stack_config_path(settings, stack)
+    for leftover in (path, path.with_name(f".{path.name}.secrets")):
+        leftover.unlink(missing_ok=True)
 
 
 def _read_text(path: Path) -> str:

@@ -153,10 +153,11 @@ class Fleet:
             "stack": job.stack, "operation": "up" if job.operation == "rollback" else job.operation,
             "config": dict(job.config),
             "secret_values": dict(job.secret_values), "remove_stack": job.details.get("remove_stack", False), "refresh": job.details.get("refresh", False),
+            # the program's own tree first (stacks/, components/); the worker itself keeps the installed runner
+            "pythonpath": program["dir"] if program else str(self.settings.project_dir),
         })
         env = engine.worker_environment(
-            self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials,
-            pythonpath=program["dir"] if program else None)
+            self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials)
         log_dir.mkdir(parents=True, exist_ok=True)
         outcome: dict[str, Any] = {}
         # The ledger row starts when the engine holds the stack's lock (its first event), so rows of
@@ -165,7 +166,7 @@ class Fleet:
         log_path = log_dir / f"{job.stack}.{job.operation}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [sys.executable, "-P", "-m", "runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=log, env=env, cwd=self.project_dir, text=True,
             )
             with self._lock:
@@ -254,6 +255,10 @@ class Fleet:
             result.status = {(False, False): rpt.IN_SYNC, (True, False): rpt.DRIFTED,
                              (False, True): rpt.PENDING, (True, True): rpt.DRIFTED_PENDING}[(bool(drift), bool(pending))]
             result.details.update(drift=drift, pending=pending)
+            behind = [*result.details.get("behind", []), *({**s, "note": f"{s['name']} stack outputs changed: "
+                                                             f"{', '.join(s['keys'])}"} for s in outcome.get("behind") or [])]
+            if behind:  # not drift of this target: what it has not received yet (shared outputs, newer code)
+                result.details["behind"] = behind
         elif outcome.get("steps"):
             result.details["steps"] = outcome["steps"]
         if job.operation in ("up", "rollback") and job.stack != SHARED_STACK:

@@ -50,7 +50,9 @@ class Selectors:
 class Context:
     """Where things are: the project, registry, state backend and ledger."""
 
-    project_dir: Path = PROJECT_DIR
+    # RUNNER_PROJECT_DIR: run another checkout of the project (its Pulumi.yaml,
+    # stacks/, components/ and git history) with this installation of the runner.
+    project_dir: Path = field(default_factory=lambda: Path(os.environ.get("RUNNER_PROJECT_DIR") or PROJECT_DIR).resolve())
     registry: str | None = None
     backend: str | None = None
     ledger: str | None = None
@@ -58,7 +60,7 @@ class Context:
 
     @property
     def registry_source(self) -> str:
-        return self.registry or os.environ.get("RUNNER_REGISTRY") or str(DEFAULT_REGISTRY)
+        return self.registry or os.environ.get("RUNNER_REGISTRY") or str(self.project_dir / "stacks" / "tenants.yaml")
 
     @property
     def runner_dir(self) -> Path:
@@ -314,7 +316,7 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
               confirm: Callable[[list[str]], bool] | None = None) -> rpt.Report:
     """up / preview / refresh / destroy / drift / rollback over the selected targets.
     destroy: listed, limited and confirmed first (guard_destroy; announce/confirm)."""
-    from runner import releases
+    from runner import engine, releases
 
     registry = load(ctx)
     if settings.rerun_failed and not (sel.tenants or sel.all_tenants or sel.untenanted):
@@ -362,12 +364,14 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         if release is None and operation in ("preview", "drift", "refresh"):
             jobs = [replace(j, config={**j.config, "release": deployed_release(ledger, j.stack, commit)}) for j in jobs]
         jobs = [replace(j, details={
-            "program_commit": full_commit,
+            "program_commit": full_commit, "program_fingerprint": program,
             "config_fingerprint": config_fingerprint(dict(j.config), dict(j.secret_values), fleet.master, program),
             "remove_stack": settings.remove_stacks,
         }) for j in jobs]
         report = rpt.Report(run_id=run_id, command=operation, release=options.release,
                             detailed_exitcode=settings.detailed_exitcode)
+        if operation == "drift":  # each target against the code of its deployed release
+            jobs = [releases.at_deployed_program(ledger, j, ctx.project_dir, ctx.runner_dir, commit) for j in jobs]
         if operation == "rollback":
             jobs, impossible = plan_rollbacks(fleet, ledger, jobs, settings.rollback_to, commit)
             skipped += impossible
@@ -399,12 +403,19 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
                                                  operation, status, error=reason, details=details))
             fleet._ledger_record(run_id, result, options.release)
         shared = fleet.shared_job(registry.defaults, options) if operation == "up" and jobs else None
+        if operation == "preview" and jobs:  # the shared stack first; before its first deploy,
+            shared = fleet.shared_job(registry.defaults, options)
+            shared = replace(shared, operation="preview", config={  # its config as deployed, unless --release
+                **shared.config, "release": options.release or deployed_release(ledger, "shared", commit)})
+            if "shared" not in engine.list_stacks(fleet.settings):  # tenants read its outputs as unknown
+                jobs = [replace(j, config={**j.config, "shared_planned": True}) for j in jobs]
 
         def roll_back(job: Job, failed: rpt.TargetResult) -> list[rpt.TargetResult]:
             """--on-failure rollback: the failed target goes back to its last good release."""
             try:
                 row = releases.rollback_point(ledger, job.stack, current=job.config.get("release"))
-                program = releases.program_at(ctx.project_dir, ctx.runner_dir, row.program_commit, commit)
+                program = releases.program_at(ctx.project_dir, ctx.runner_dir, row.program_commit, commit,
+                                              row=row, fingerprint=job.details.get("program_fingerprint"))
             except releases.RollbackImpossible as exc:
                 failed.details["rollback"] = str(exc)
                 return []
@@ -418,6 +429,9 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
                   after_failure=roll_back if settings.on_failure == "rollback" else None)
         if operation == "drift" and settings.remediate:
             remediate(fleet, jobs, report, settings.remediate, options)
+        if operation == "drift" and (behind := [t.stack for t in report.targets if t.details.get("behind")]):
+            report.notes.append(f"{len(behind)} target(s) behind (newer code or shared stack outputs they have "
+                                f"not received; not drift, see details.behind): {', '.join(behind)}")
         ledger.finish_run(run_id, "interrupted" if report.interrupted else "finished", report.counts)
     return report
 
@@ -583,7 +597,8 @@ def plan_rollbacks(fleet: Fleet, ledger, jobs: list[Job], to: str | None, commit
     for job in jobs:
         try:
             row = releases.rollback_point(ledger, job.stack, to=to)
-            program = releases.program_at(fleet.project_dir, fleet.state_dir, row.program_commit, commit)
+            program = releases.program_at(fleet.project_dir, fleet.state_dir, row.program_commit, commit,
+                                          row=row, fingerprint=job.details.get("program_fingerprint"))
         except releases.RollbackImpossible as exc:
             impossible.append((job, str(exc)))
             continue

@@ -118,8 +118,9 @@ def summary_table(report: rpt.Report) -> Table:
     table = Table(title=f"runner {report.command} (run {report.run_id})", title_justify="left")
     # A dry run (sync --dry-run) runs nothing: its rows are plans, shown in their own column.
     planned = any(t.details.get("plan") for t in report.targets)
-    columns = ("target", "operation", "status", "plan", "changes", "duration", "error") if planned else (
-        "target", "operation", "status", "changes", "duration", "error")
+    last = "findings / error" if report.command == "drift" else "error"  # drift rows hold what was found
+    columns = ("target", "operation", "status", "plan", "changes", "duration", last) if planned else (
+        "target", "operation", "status", "changes", "duration", last)
     for column in columns:
         table.add_column(column, overflow="fold")
     for t in report.targets:

@@ -91,6 +91,10 @@ class TargetResult:
                     f"{s['name']}" + (f" [{', '.join(s['keys'])}]" if s.get("keys") else "") + ("" if key == "drift" else f" ({s['op']})")
                     for s in steps)
                 parts.append(f"{label}: {names}")
+        behind = [b.get("note") or b.get("name", "") for b in self.details.get("behind") or []
+                  if self.operation == "drift"]
+        if behind:  # not drift: what the target has not received yet
+            parts.append(f"behind: {'; '.join(behind)}")
         return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,7 +175,7 @@ class Report:
             "",
             f"Run `{self.run_id}`" + (f", release `{self.release}`" if self.release else ""),
             "",
-            "| target | status | changes | duration | error |",
+            f"| target | status | changes | duration | {'findings / error' if self.command == 'drift' else 'error'} |",
             "| --- | --- | --- | --- | --- |",
         ]
         for t in self.targets:

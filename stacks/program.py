@@ -81,6 +81,17 @@ def stack_reference(target_stack: str, name: str = "shared") -> pulumi.StackRefe
     return pulumi.StackReference(name, stack_name=f"{org}/{pulumi.get_project()}/{target_stack}")
 
 
+def shared_git_urls(settings: "Settings") -> Any:
+    """``git_urls`` of the shared stack. Before the shared stack's first deploy
+    a preview (``shared_planned``, set by the runner) reads them as unknown, as
+    the engine shows values an update computes; outside a preview that is refused."""
+    if settings.shared_planned:
+        if not pulumi.runtime.is_dry_run():
+            raise ValueError("config shared_planned is for previews only: deploy the shared stack first")
+        return pulumi.Output.from_input(pulumi.output.UNKNOWN)
+    return stack_reference(SHARED_STACK).get_output("git_urls")
+
+
 def resolve(path: str) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else (PROJECT_ROOT / p)
@@ -99,6 +110,7 @@ class Settings:
     purge_data: bool = False
     account_email_domain: str = "example.com"
     smoke_text: str = ""
+    shared_planned: bool = False
 
     @classmethod
     def from_config(cls, config: pulumi.Config) -> "Settings":
@@ -109,6 +121,7 @@ class Settings:
             value = config.get(key)
             values[key] = value if value else getattr(defaults, key)
         values["purge_data"] = bool(config.get_bool("purge_data") or False)
+        values["shared_planned"] = bool(config.get_bool("shared_planned") or False)
         settings = cls(**values)
         if settings.platform not in PLATFORMS:
             raise ValueError(f"config platform={settings.platform!r}: expected one of {', '.join(PLATFORMS)}")
@@ -169,7 +182,7 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
     migrations = load_migrations(resolve(settings.migrations_dir))
     app_files = load_files(PROJECT_ROOT / "stacks" / "app" / "backend")
     template = (PROJECT_ROOT / "stacks" / "app" / "frontend" / "index.html").read_text(encoding="utf-8")
-    shared = stack_reference(SHARED_STACK)
+    git_urls = shared_git_urls(settings)
     common = dict(tenant_id=t.tenant_id, environment=t.environment, release=settings.release,
                   app_version=settings.app_version)
 
@@ -240,7 +253,7 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
             "release": settings.release,
             "account_id": account.account_id,
             "account_dir": account.account_dir,
-            "git_urls": shared.get_output("git_urls"),
+            "git_urls": git_urls,
             "backend_url": backend.backend_url,
             "database_path": backend.database_path,
             "schema_version": backend.schema_version,

@@ -30,7 +30,7 @@ __all__ = [
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 #: Config keys the runner sets on every stack; the registry cannot set them.
-RESERVED_KEYS = frozenset({"release", "tenant_name"})
+RESERVED_KEYS = frozenset({"release", "tenant_name", "shared_planned"})
 
 #: Keys whose value is one of a fixed set. Pulumi.yaml has no enum type, so
 #: this lives here.

@@ -41,13 +41,29 @@ class Sandbox:
         self.registry_path = root / "tenants.yaml"
         self.engine_bin = engine_bin
 
+    project: Path | None = None  # RUNNER_PROJECT_DIR: a clone of the project (see project_clone)
+
     def env(self, **extra) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "PULUMI_", "GITHUB_", "CI_"))}
         env.update(RUNNER_STATE_DIR=str(self.state), RUNNER_REGISTRY=str(self.registry_path),
                    RUNNER_PULUMI_ROOT=str(self.engine_bin.parent), **extra)
         # the platform root and migrations live in this temp dir, outside the project: allowed explicitly
         env.setdefault("RUNNER_PLATFORM_ROOTS", str(self.root))
+        if self.project is not None:
+            env.setdefault("RUNNER_PROJECT_DIR", str(self.project))
         return env
+
+    def git(self, *args: str) -> str:
+        """git in the project clone (never in the real project)."""
+        assert self.project is not None and self.project != PROJECT_DIR
+        return subprocess.run(["git", "-C", str(self.project), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    def commit(self, message: str) -> str:
+        """Commit everything in the clone; returns the short commit (the default release label)."""
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message)
+        return self.git("rev-parse", "--short=12", "HEAD")
 
     def write_registry(self, tenants: list[dict], *, environments=None, defaults=None, rollout=None) -> Path:
         doc = {
@@ -78,6 +94,30 @@ class Sandbox:
     def popen(self, *args: str, env: dict | None = None) -> subprocess.Popen:
         return subprocess.Popen([RUNNER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=PROJECT_DIR, env=self.env(**(env or {})), start_new_session=True)
+
+
+def project_clone(root: Path) -> Path:
+    """A temporary git clone of the project, plus the work tree's uncommitted
+    changes (committed in the clone), so tests can commit breaks without ever
+    touching the real repository. Point the runner at it with RUNNER_PROJECT_DIR."""
+    clone = root / "project"
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(PROJECT_DIR), str(clone)], check=True)
+    for key, value in (("user.name", "runner tests"), ("user.email", "tests@localhost"), ("commit.gpgsign", "false")):
+        subprocess.run(["git", "-C", str(clone), "config", key, value], check=True)
+    listing = subprocess.run(["git", "-C", str(PROJECT_DIR), "ls-files", "-z", "--modified", "--others",
+                              "--deleted", "--exclude-standard"], capture_output=True, text=True, check=True).stdout
+    for rel in sorted(set(filter(None, listing.split("\0")))):
+        source, dest = PROJECT_DIR / rel, clone / rel
+        if source.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest)
+        elif dest.exists():
+            dest.unlink()
+    if subprocess.run(["git", "-C", str(clone), "status", "--porcelain"], capture_output=True, text=True,
+                      check=True).stdout.strip():
+        subprocess.run(["git", "-C", str(clone), "add", "-A"], check=True)
+        subprocess.run(["git", "-C", str(clone), "commit", "-q", "-m", "the work tree under test"], check=True)
+    return clone
 
 
 def tenant(tid: str, envs=("staging",), **extra) -> dict:
