@@ -11,8 +11,10 @@ import sys
 import threading
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from runner import report as rpt
 from runner.fleet import Job, Progress
@@ -88,13 +90,14 @@ class LiveProgress(LineProgress):
 
     def started(self, job: Job) -> None:
         with self._lock:
-            self.tasks[job.stack] = self.view.add_task(f"{job.stack} {job.operation}: starting", total=None)
+            # task descriptions are rich markup: every untrusted part is escaped
+            self.tasks[job.stack] = self.view.add_task(escape(f"{job.stack} {job.operation}: starting"), total=None)
 
     def event(self, job: Job, data: dict) -> None:
         with self._lock:
             if "urn" in data and (task := self.tasks.get(job.stack)) is not None:
                 name = data["urn"].rsplit("::", 1)[-1]
-                self.view.update(task, description=f"{job.stack} {job.operation}: {data['op']} {name}")
+                self.view.update(task, description=escape(f"{job.stack} {job.operation}: {data['op']} {name}"))
 
     def finished(self, result: rpt.TargetResult) -> None:
         with self._lock:
@@ -103,20 +106,23 @@ class LiveProgress(LineProgress):
             self.view.advance(self.overall)
             style = STATUS_STYLE.get(result.status, "")
             error = f": {result.error_line}" if result.error else ""
-            self.view.console.print(f"[{style}]{result.stack} {result.operation} {result.status}[/]{error}", markup=True)
+            line = Text(f"{result.stack} {result.operation} {result.status}", style=style)
+            line.append(error)  # plain text: an error may hold anything, `[/tmp]` included
+            self.view.console.print(line)
 
     def note(self, message: str) -> None:
         self.view.console.print(message, markup=False)
 
 
 def summary_table(report: rpt.Report) -> Table:
-    table = Table(title=f"runner {report.command} (run {report.run_id})", title_justify="left")
+    # Untrusted strings (errors, drift keys `name [key]`, run ids) are Text, never markup.
+    table = Table(title=Text(f"runner {report.command} (run {report.run_id})"), title_justify="left")
     for column in ("target", "operation", "status", "changes", "duration", "error"):
         table.add_column(column, overflow="fold")
     for t in report.targets:
         duration = f"{t.duration:.1f}s" if t.duration is not None else ""
-        table.add_row(t.stack, t.operation, f"[{STATUS_STYLE.get(t.status, '')}]{t.status}[/]",
-                      rpt.format_changes(t.changes), duration, t.summary_line)
+        table.add_row(Text(t.stack), Text(t.operation), Text(t.status, style=STATUS_STYLE.get(t.status, "")),
+                      Text(rpt.format_changes(t.changes)), duration, Text(t.summary_line))
     return table
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -198,8 +199,19 @@ def format_changes(changes: dict[str, int]) -> str:
     return ", ".join(parts)
 
 
+_XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(value: str) -> str:
+    """`value` with the characters XML 1.0 cannot hold (control characters, NUL,
+    lone surrogates) written as visible `\\xNN` escapes, so the file stays parseable."""
+    return _XML_INVALID.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", value)
+
+
 def junit_xml(report: Report) -> bytes:
-    """One testcase per target; failures carry the attributed error."""
+    """One testcase per target; failures carry the attributed error. Every string
+    goes through `xml_text`: an error may hold any character."""
     failures = sum(t.status in FAILURES | CHANGED | {LOCKED} and not t.details.get("superseded")
                    for t in report.targets)
     skipped = sum(t.status == SKIPPED for t in report.targets)
@@ -210,15 +222,15 @@ def junit_xml(report: Report) -> bytes:
         "time": f"{total_time:.3f}", "timestamp": _iso(report.started) or "",
     })
     props = ET.SubElement(suite, "properties")
-    ET.SubElement(props, "property", {"name": "run_id", "value": report.run_id})
+    ET.SubElement(props, "property", {"name": "run_id", "value": xml_text(report.run_id)})
     for t in report.targets:
         case = ET.SubElement(suite, "testcase", {
-            "classname": f"{report.command}.{t.tenant or 'untenanted'}",
-            "name": t.stack, "time": f"{t.duration or 0:.3f}",
+            "classname": xml_text(f"{report.command}.{t.tenant or 'untenanted'}"),
+            "name": xml_text(t.stack), "time": f"{t.duration or 0:.3f}",
         })
         if t.status == SKIPPED:
-            ET.SubElement(case, "skipped", {"message": t.error_line or "skipped"})
+            ET.SubElement(case, "skipped", {"message": xml_text(t.error_line or "skipped")})
         elif t.status in FAILURES | CHANGED | {LOCKED} and not t.details.get("superseded"):
-            failure = ET.SubElement(case, "failure", {"type": t.status, "message": t.summary_line or t.status})
-            failure.text = json.dumps({k: v for k, v in t.details.items() if k in ("drift", "pending", "reason")}, indent=1)
+            failure = ET.SubElement(case, "failure", {"type": t.status, "message": xml_text(t.summary_line or t.status)})
+            failure.text = xml_text(json.dumps({k: v for k, v in t.details.items() if k in ("drift", "pending", "reason")}, indent=1))
     return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)
