@@ -121,12 +121,12 @@ def emit_report(report: rpt.Report, *, as_json: bool, report_json: str | None, j
     sys.exit(report.exit_code)
 
 
-def make_progress_factory(log_format: str):
+def make_progress_factory(log_format: str, operation: str | None = None):
     from runner.progress import LineProgress, LiveProgress
 
     def make(run_id: str, total: int):
         if log_format == "text" and sys.stderr.isatty():
-            return LiveProgress(run_id, total)
+            return LiveProgress(run_id, total, operation=operation)
         return LineProgress(run_id, log_format)
 
     return make
@@ -151,7 +151,7 @@ def run_fleet_command(operation: str, kw: dict, **settings) -> None:
                         exclude=kw["exclude"], untenanted=kw["untenanted"], shard=kw["shard"])
     run = ops.RunSettings(operation=operation, concurrency=kw["concurrency"], lock_timeout=kw["lock_timeout"],
                           run_id=kw["run_id"], argv=sys.argv[1:], **settings)
-    make = make_progress_factory(kw["log_format"])
+    make = make_progress_factory(kw["log_format"], operation)
     holder = {}
 
     def factory(run_id, total):

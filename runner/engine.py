@@ -244,8 +244,8 @@ class _Collector:
         elif event.resource_pre_event:
             meta = event.resource_pre_event.metadata
             op = getattr(meta.op, "value", str(meta.op))
-            if op not in ("same", "read"):
-                self._progress({"urn": meta.urn, "op": op, "phase": "start"})
+            # every step, unchanged ones too: the live view shows steps done out of those announced
+            self._progress({"urn": meta.urn, "op": op, "phase": "start"})
         elif event.res_outputs_event:
             meta = event.res_outputs_event.metadata
             op = getattr(meta.op, "value", str(meta.op))
@@ -253,8 +253,7 @@ class _Collector:
                 self.stack_outputs = dict(meta.new.outputs or {})
             keys = tuple(meta.diffs or meta.keys or ())
             self.steps.append(Step(meta.urn, op, keys))
-            if op not in ("same", "read"):
-                self._progress({"urn": meta.urn, "op": op, "phase": "done"})
+            self._progress({"urn": meta.urn, "op": op, "phase": "done"})
         elif event.summary_event:
             self.changes = {
                 getattr(k, "value", str(k)): v for k, v in (event.summary_event.resource_changes or {}).items()

@@ -309,6 +309,7 @@ class Fleet:
         try:
             if shared is not None:
                 result = self._run_shared(shared, run_id, log_dir, options)
+                report.shared = result  # shown in the summary; `targets` keeps tenant targets only
                 if result.status != rpt.SUCCEEDED:
                     report.add(result)
                     for job in jobs:

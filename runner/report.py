@@ -118,6 +118,9 @@ class Report:
     detailed_exitcode: bool = False
     notes: list[str] = field(default_factory=list)
     waves: list[dict[str, Any]] = field(default_factory=list)
+    # The shared stack's result when it was deployed first (`up`). Kept out of
+    # `targets` and `counts` (tenant targets only), shown under its own key.
+    shared: TargetResult | None = None
 
     def add(self, result: TargetResult) -> TargetResult:
         self.targets.append(result)
@@ -145,6 +148,11 @@ class Report:
             return EXIT_CHANGES
         return EXIT_OK
 
+    def rows(self) -> list[TargetResult]:
+        """What the summaries show: the shared stack first (when not already a row), then the targets."""
+        shared = [self.shared] if self.shared is not None and self.shared not in self.targets else []
+        return shared + self.targets
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
@@ -157,6 +165,7 @@ class Report:
             "notes": self.notes,
             "waves": self.waves,
             "targets": [t.to_dict() for t in self.targets],
+            "shared": self.shared.to_dict() if self.shared is not None else None,
         }
 
     def write_json(self, path: str | Path) -> None:
@@ -175,10 +184,10 @@ class Report:
             "| target | status | changes | duration | error |",
             "| --- | --- | --- | --- | --- |",
         ]
-        for t in self.targets:
+        for t in self.rows():
             duration = f"{t.duration:.1f}s" if t.duration is not None else ""
             error = t.summary_line.replace("|", "\\|")
-            lines.append(f"| {t.stack} | {t.status} | {format_changes(t.changes)} | {duration} | {error} |")
+            lines.append(f"| {row_label(t, self)} | {t.status} | {format_changes(t.changes)} | {duration} | {error} |")
         return "\n".join(lines) + "\n"
 
     def write_step_summary(self) -> None:
@@ -186,6 +195,10 @@ class Report:
         if path := os.environ.get("GITHUB_STEP_SUMMARY"):
             with open(path, "a") as handle:
                 handle.write(self.markdown())
+
+
+def row_label(result: TargetResult, report: Report) -> str:
+    return f"{result.stack} (shared stack)" if result is report.shared else result.stack
 
 
 def _has_changes(changes: dict[str, int]) -> bool:
@@ -212,9 +225,9 @@ def xml_text(value: str) -> str:
 def junit_xml(report: Report) -> bytes:
     """One testcase per target; failures carry the attributed error. Every string
     goes through `xml_text`: an error may hold any character."""
-    failures = sum(t.status in FAILURES | CHANGED | {LOCKED} and not t.details.get("superseded")
+    failures = sum(t.status in (FAILURES - {NOT_STARTED}) | CHANGED | {LOCKED} and not t.details.get("superseded")
                    for t in report.targets)
-    skipped = sum(t.status == SKIPPED for t in report.targets)
+    skipped = sum(t.status in (SKIPPED, NOT_STARTED) for t in report.targets)
     total_time = sum(t.duration or 0 for t in report.targets)
     suite = ET.Element("testsuite", {
         "name": f"runner {report.command}", "tests": str(len(report.targets)),
@@ -228,8 +241,8 @@ def junit_xml(report: Report) -> bytes:
             "classname": xml_text(f"{report.command}.{t.tenant or 'untenanted'}"),
             "name": xml_text(t.stack), "time": f"{t.duration or 0:.3f}",
         })
-        if t.status == SKIPPED:
-            ET.SubElement(case, "skipped", {"message": xml_text(t.error_line or "skipped")})
+        if t.status in (SKIPPED, NOT_STARTED):  # never ran: not a failure of the target itself
+            ET.SubElement(case, "skipped", {"message": xml_text(t.error_line or t.status)})
         elif t.status in FAILURES | CHANGED | {LOCKED} and not t.details.get("superseded"):
             failure = ET.SubElement(case, "failure", {"type": t.status, "message": xml_text(t.summary_line or t.status)})
             failure.text = xml_text(json.dumps({k: v for k, v in t.details.items() if k in ("drift", "pending", "reason")}, indent=1))

@@ -93,3 +93,64 @@ def test_live_and_line_progress_print_untrusted_text_as_is(capsys):
     line = progress.LineProgress("run-1")
     line.finished(result)
     assert "boom [/tmp] [red]" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- #22.8: shared stack, progress, JUnit
+
+
+def test_junit_marks_not_started_targets_skipped_not_failed():
+    report = rpt.Report(run_id="r", command="up")
+    report.add(rpt.TargetResult("a", "staging", "a.staging", "up", rpt.FAILED, error="boom"))
+    report.add(rpt.TargetResult("b", "staging", "b.staging", "up", rpt.NOT_STARTED, error="the run was interrupted"))
+    suite = ET.fromstring(rpt.junit_xml(report))
+    assert suite.get("failures") == "1" and suite.get("skipped") == "1"
+    skipped = suite.find("testcase[@name='b.staging']/skipped")
+    assert skipped is not None and "interrupted" in skipped.get("message")
+    assert suite.find("testcase[@name='b.staging']/failure") is None
+    assert report.exit_code == rpt.EXIT_FAILED  # the exit code contract is unchanged
+
+
+def test_the_shared_stack_is_in_the_summary_and_under_its_own_json_key():
+    report = _report("plain")
+    report.shared = rpt.TargetResult(None, "shared", "shared", "up", rpt.SUCCEEDED, changes={"same": 3})
+    doc = report.to_dict()
+    assert [t["stack"] for t in doc["targets"]] == ["t-0.staging", "t-1.staging"]
+    assert doc["counts"]["total"] == 2
+    assert doc["shared"]["stack"] == "shared" and doc["shared"]["status"] == rpt.SUCCEEDED
+    text = _render(progress.summary_table(report))
+    assert "shared (shared stack)" in text
+    assert "shared" in report.markdown()
+    assert rpt.Report(run_id="r", command="drift").to_dict()["shared"] is None
+
+
+def test_live_progress_counts_tenant_targets_only_and_bars_show_steps():
+    live = progress.LiveProgress("run-1", 2, operation="up")
+    live.view.console.file = io.StringIO()
+    overall = next(t for t in live.view.tasks if t.id == live.overall)
+    shared = Job(None, "shared", "shared", "up", {}, {})
+    live.started(shared)
+    live.finished(rpt.TargetResult(None, "shared", "shared", "up", rpt.SUCCEEDED))
+    assert (overall.completed, overall.total) == (0, 2)
+    job = Job("t-1", "staging", "t-1.staging", "up", {}, {})
+    recover = Job("t-1", "staging", "t-1.staging", "recover", {}, {})
+    live.started(recover)  # the recovery step before an up is not a target of its own
+    live.finished(rpt.TargetResult("t-1", "staging", "t-1.staging", "recover", rpt.SUCCEEDED))
+    live.started(job)
+    for op, phase in (("create", "start"), ("same", "start"), ("create", "done"), ("update", "start")):
+        live.event(job, {"urn": f"urn:pulumi:s::p::t::{op}", "op": op, "phase": phase})
+    bar = next(t for t in live.view.tasks if t.id == live.tasks["t-1.staging"])
+    assert (bar.completed, bar.total) == (1, 3)
+    assert overall.completed == 0
+    live.finished(rpt.TargetResult("t-1", "staging", "t-1.staging", "up", rpt.LOCKED))
+    live.started(job)  # a retry after a lock wait
+    live.finished(rpt.TargetResult("t-1", "staging", "t-1.staging", "up", rpt.SUCCEEDED))
+    assert overall.completed == 1
+
+
+def test_line_progress_leaves_unchanged_resources_out(capsys):
+    line = progress.LineProgress("run-1")
+    job = Job("t-1", "staging", "t-1.staging", "up", {}, {})
+    line.event(job, {"urn": "urn:pulumi:s::p::t::kept", "op": "same", "phase": "done"})
+    line.event(job, {"urn": "urn:pulumi:s::p::t::made", "op": "create", "phase": "done"})
+    err = capsys.readouterr().err
+    assert "made" in err and "kept" not in err
