@@ -90,6 +90,14 @@ def handle_problems(f):
             raise UsageFailure(str(exc)) from None
         except ops.CommandProblem as exc:
             raise CommandFailure(str(exc)) from None
+        except Exception as exc:
+            from sqlalchemy.exc import SQLAlchemyError
+
+            from runner.ledger import LedgerError
+
+            if isinstance(exc, (LedgerError, SQLAlchemyError)):  # before/after the run: one line, exit 1
+                raise CommandFailure(f"ledger: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}") from None
+            raise
 
     return wrapper
 

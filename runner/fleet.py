@@ -122,6 +122,7 @@ class Fleet:
         self._procs: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self.ledger_errors: list[str] = []  # moved into the report's notes/errors by `run`
 
     @classmethod
     def open(cls, project_dir: str | Path = ".", **kwargs) -> "Fleet":
@@ -208,7 +209,8 @@ class Fleet:
         done = recovery.remove_dead_locks(self.settings.backend_url, job.stack)
         # `interrupted`: set at the start of each run by ledger.mark_interrupted_runs for rows whose
         # process on this host is dead; a row still running elsewhere belongs to a live operation.
-        last = self.ledger.history(job.stack, limit=1) if self.ledger is not None else []
+        last = self._ledger_call(f"reading the history of {job.stack}", self.ledger.history, job.stack, limit=1,
+                                 default=[]) if self.ledger is not None else []
         interrupted = bool(last) and last[0].status == rpt.FAILED and last[0].error == "interrupted"
         if done or interrupted:
             check = self.run_job(replace(job, operation="recover", config={}, secret_values={}), run_id, log_dir)
@@ -278,7 +280,8 @@ class Fleet:
         me = (socket.gethostname(), os.getpid())
 
         def once(*args, **kwargs) -> rpt.TargetResult:
-            rows = [row for row in (self.ledger.run_operations(run_id) if self.ledger is not None else [])
+            rows = [row for row in (self._ledger_call(f"reading this run's {SHARED_STACK} rows", self.ledger.run_operations,
+                                                      run_id, default=[]) if self.ledger is not None else [])
                     if row.stack == SHARED_STACK and row.operation == "up"]
             if any(row.status == rpt.SUCCEEDED for row in rows):
                 return rpt.TargetResult(None, SHARED_STACK, SHARED_STACK, "up", rpt.SUCCEEDED,
@@ -326,8 +329,16 @@ class Fleet:
                 schedule(batch)
         finally:
             self._restore_signal_handlers(previous)
+            self.flush_ledger_errors(report)
             report.ended = rpt.now()
         return report
+
+    def flush_ledger_errors(self, report: rpt.Report) -> None:
+        """Ledger failures of this run become notes and run errors of the report (exit 1)."""
+        with self._lock:
+            errors, self.ledger_errors = self.ledger_errors, []
+        report.notes.extend(errors)
+        report.errors.extend(errors)
 
     def run_batch(self, jobs: list[Job], options: FleetOptions, report: rpt.Report, log_dir: Path,
                   after_failure: Callable[[Job, rpt.TargetResult], list[rpt.TargetResult]] | None = None,
@@ -348,11 +359,15 @@ class Fleet:
             nonlocal failures
             with gate:
                 reason = should_start()
-            if reason:
-                result = self._not_started(job, reason)
-                self._ledger_record(report.run_id, result, options.release)
-            else:
-                result = self._run_with_lock_wait(job, report.run_id, log_dir, options)
+            try:
+                if reason:
+                    result = self._not_started(job, reason)
+                    self._ledger_record(report.run_id, result, options.release)
+                else:
+                    result = self._run_with_lock_wait(job, report.run_id, log_dir, options)
+            except Exception as exc:  # noqa: BLE001 - one target's unexpected error never aborts the others
+                result = rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.FAILED,
+                                          ended=rpt.now(), error=f"runner error: {type(exc).__name__}: {exc}")
             with gate:
                 if result.status in (rpt.FAILED, rpt.ERROR):
                     failures += 1
@@ -407,10 +422,22 @@ class Fleet:
 
     # ------------------------------------------------------------------ ledger
 
+    def _ledger_call(self, what: str, method, *args, default=None, **kwargs):
+        """A ledger call that cannot abort the run: a failure (database locked,
+        read-only, unreachable) is collected for the report, and `default` returned."""
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any driver error; the report says which
+            message = (f"ledger error while {what}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                       f"(this report holds the outcome; the next run marks unfinished ledger rows interrupted)")
+            with self._lock:
+                self.ledger_errors.append(message)
+            return default
+
     def _ledger_start(self, run_id: str, job: Job, release: str | None, started=None):
         if self.ledger is None:
             return None
-        return self.ledger.record_start(
+        return self._ledger_call(f"recording the start of {job.stack}", self.ledger.record_start,
             run_id, tenant=job.tenant, environment=job.environment, stack=job.stack, operation=job.operation,
             started=started,
             release=job.config.get("release") or release, program_commit=job.details.get("program_commit"),
@@ -421,13 +448,15 @@ class Fleet:
         if self.ledger is None or op_id is None:
             return
         details = {k: v for k, v in result.details.items() if k not in ("program_commit", "config_fingerprint")}
-        self.ledger.record_end(op_id, result.status, changes=result.changes, error=result.error,
-                               error_resource=result.error_resource, error_component=result.error_component,
-                               details=details, ended=ended)
+        self._ledger_call(f"recording the result of {result.stack}", self.ledger.record_end,
+                          op_id, result.status, changes=result.changes, error=result.error,
+                          error_resource=result.error_resource, error_component=result.error_component,
+                          details=details, ended=ended)
 
     def _ledger_record(self, run_id: str, result: rpt.TargetResult, release: str | None) -> None:
         if self.ledger is None:
             return
-        self.ledger.record(run_id, tenant=result.tenant, environment=result.environment, stack=result.stack,
-                           operation=result.operation, status=result.status, release=release,
-                           error=result.error, details=result.details)
+        self._ledger_call(f"recording the result of {result.stack}", self.ledger.record,
+                          run_id, tenant=result.tenant, environment=result.environment, stack=result.stack,
+                          operation=result.operation, status=result.status, release=release,
+                          error=result.error, details=result.details)

@@ -121,6 +121,9 @@ class Report:
     # The shared stack's result when it was deployed first (`up`). Kept out of
     # `targets` and `counts` (tenant targets only), shown under its own key.
     shared: TargetResult | None = None
+    # Run-level errors that are no single target's outcome (the ledger failed
+    # mid-run): each is also a note, and any of them makes the exit code 1.
+    errors: list[str] = field(default_factory=list)
 
     def add(self, result: TargetResult) -> TargetResult:
         self.targets.append(result)
@@ -138,7 +141,7 @@ class Report:
         statuses = {t.status for t in self.targets if not t.details.get("superseded")}
         if self.interrupted:
             return EXIT_INTERRUPTED
-        if statuses & FAILURES:
+        if statuses & FAILURES or self.errors:
             return EXIT_FAILED
         if LOCKED in statuses:
             return EXIT_LOCKED
@@ -163,6 +166,7 @@ class Report:
             "exit_code": self.exit_code,
             "counts": self.counts,
             "notes": self.notes,
+            "errors": self.errors,
             "waves": self.waves,
             "targets": [t.to_dict() for t in self.targets],
             "shared": self.shared.to_dict() if self.shared is not None else None,
