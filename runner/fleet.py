@@ -227,6 +227,8 @@ class Fleet:
         if not outcome:
             result.status = rpt.FAILED
             result.error = f"worker exited with code {returncode} without a result (see the target's log)"
+            if self._stopping.is_set():
+                result.error = f"interrupted: {result.error}"
             return result
         if not outcome["ok"]:
             error = outcome["error"]
@@ -234,6 +236,8 @@ class Fleet:
                              else rpt.ERROR if job.operation == "drift" else rpt.FAILED)
             result.error, result.error_resource, result.error_component = (
                 error["message"], error["urn"], error["component"])
+            if self._stopping.is_set():  # the engine cancelled on our interrupt: say so
+                result.error = f"interrupted: {result.error}"
             return result
         result.changes = outcome.get("changes") or {}
         result.outputs = outcome.get("outputs") or {}

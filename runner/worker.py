@@ -51,9 +51,23 @@ def run(job: dict) -> dict:
     }
 
 
+_interrupted: list[int] = []  # the stop signals received so far
+
+
 def _stop_engine(signum, frame) -> None:
-    """The orchestrator sends one SIGTERM on interrupt: ask the engine to stop
-    gracefully (SIGINT makes `pulumi` cancel and release its lock)."""
+    """Stop the engine gracefully, exactly once: `pulumi` cancels on its first
+    SIGINT (no new steps, in-flight steps finish, lock released) but a second
+    SIGINT makes it quit at once, which leaves the lock and pending operations.
+
+    SIGINT here means Ctrl-C at a terminal (or a kill of the process group):
+    the engine processes are in the same group and got that very signal, so
+    nothing is forwarded. SIGTERM is the orchestrator asking (it got a SIGINT
+    or SIGTERM of its own): the engine is sent its SIGINT then, unless the
+    group's SIGINT already reached it. Python runs pending handlers in signal
+    number order, so a group SIGINT is seen before the orchestrator's SIGTERM."""
+    _interrupted.append(signum)
+    if signum != signal.SIGTERM or _interrupted.count(signal.SIGINT) or _interrupted.count(signal.SIGTERM) > 1:
+        return
     for pid in descendants(os.getpid()):
         try:
             os.kill(pid, signal.SIGINT)
@@ -62,7 +76,10 @@ def _stop_engine(signum, frame) -> None:
 
 
 def main() -> int:
+    # SIGINT too: a Ctrl-C reaches every process of the group, the worker included;
+    # without a handler it died with -2 and the target's result was lost.
     signal.signal(signal.SIGTERM, _stop_engine)
+    signal.signal(signal.SIGINT, _stop_engine)
     job = json.loads(sys.stdin.read())
     _emit("result", **run(job))
     return 0

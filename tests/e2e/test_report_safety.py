@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import xml.etree.ElementTree as ET
+
+import pytest
 
 from tests.e2e.conftest import PROJECT_DIR, tenant
 
@@ -32,3 +37,70 @@ def test_an_error_with_markup_and_a_control_character_still_writes_every_report(
     assert "shop-2.staging" in step.read_text()
     summary_row = next(line for line in result.stderr.splitlines() if "shop-2.staging" in line and "[/tmp]" in line)
     assert "failed" in summary_row
+
+
+# ---------------------------------------------------------------- #15.10: Ctrl-C
+
+
+def _export(sandbox, stack: str) -> dict:
+    """The stack's state, exported by the engine itself."""
+    home = sandbox.root / "export-home"
+    home.mkdir(exist_ok=True)
+    env = {"PATH": f"{sandbox.engine_bin}:/usr/bin:/bin", "PULUMI_HOME": str(home),
+           "PULUMI_BACKEND_URL": (sandbox.state / "state").resolve().as_uri(),
+           "PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_CONFIG_PASSPHRASE": ""}
+    proc = subprocess.run(["pulumi", "stack", "export", "--stack", f"organization/runner/{stack}"],
+                          capture_output=True, text=True, env=env, cwd=sandbox.root, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["deployment"]
+
+
+@pytest.mark.parametrize("send", [
+    lambda pid: os.killpg(pid, signal.SIGINT),  # what Ctrl-C at a terminal does: the whole group
+    lambda pid: os.kill(pid, signal.SIGTERM),  # CI cancelling a job, Kubernetes stopping a pod: the runner only
+], ids=["sigint-to-group", "sigterm-to-runner"])
+def test_ctrl_c_to_the_process_group_cancels_engines_gracefully_and_a_rerun_completes(sandbox, send):
+    sandbox.write_registry([tenant(f"shop-{i}") for i in range(1, 5)])
+    proc = sandbox.popen("up", "--all-tenants", "--yes", "--json", "--log-format", "json", "--concurrency", "1")
+    lines = []
+    for line in proc.stderr:  # progress lines: wait until a tenant's engine is mid-update
+        lines.append(line)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if (record.get("stack") or "shared") != "shared" and record.get("op") == "create":
+            send(proc.pid)
+            break
+    else:
+        raise AssertionError("no tenant update was seen:\n" + "".join(lines))
+    stdout, stderr = proc.communicate(timeout=600)
+    stderr = "".join(lines) + stderr
+
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    doc = json.loads(stdout)
+    statuses = {t["stack"]: t["status"] for t in doc["targets"]}
+    assert "not-started" in statuses.values(), statuses  # nothing new started after the signal
+    for target in doc["targets"]:
+        assert "worker exited" not in (target["error"] or ""), target
+        if target["status"] == "failed":
+            assert "interrupted" in target["error"], target
+    locks = sandbox.state / "state" / ".pulumi" / "locks"
+    assert not [p for p in locks.rglob("*.json")] if locks.exists() else True
+    stacks = ["shared", *statuses]
+    for stack in stacks:
+        stack_file = sandbox.state / "state" / ".pulumi" / "stacks" / "runner" / f"{stack}.json"
+        if stack_file.exists():
+            assert not _export(sandbox, stack).get("pending_operations"), stack
+
+    again = sandbox.run("up", "--all-tenants", "--yes", "--json")
+
+    assert again.code == 0, again.stderr
+    assert {t["status"] for t in again.json["targets"]} == {"succeeded"}
+    counts = set()
+    for stack in statuses:
+        urns = [r["urn"] for r in _export(sandbox, stack)["resources"]]
+        assert len(urns) == len(set(urns)), stack
+        counts.add(len(urns))
+    assert len(counts) == 1, counts  # every tenant holds the same resources, none twice
