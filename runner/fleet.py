@@ -133,11 +133,12 @@ class Fleet:
     def run_job(self, job: Job, run_id: str, log_dir: Path, *, release: str | None = None) -> rpt.TargetResult:
         """Run one job in a worker process; returns its result (never raises for engine errors)."""
         started = rpt.now()
-        recovered = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack)
+        holders = recovery.holders_dir(self.settings.work_root)
+        recovered = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack, holders_dir=holders)
         if job.operation in WRITING:
             recovered += self._recover_first(job, run_id, log_dir)
         elif job.operation == "recover":
-            recovered += recovery.remove_dead_locks(self.settings.backend_url, job.stack)
+            recovered += recovery.remove_dead_locks(self.settings.backend_url, job.stack, holders)
         if recovered:
             job = replace(job, details={**job.details, "recovered": recovered, "refresh": job.operation == "up"})
         self.progress.started(job)
@@ -189,7 +190,8 @@ class Fleet:
                     self._procs.pop(proc.pid, None)
         if (outcome.get("error") or {}).get("kind") == "checkpoint" and not job.details.get("repaired"):
             # the engine cannot read the checkpoint: a kill mid-write; repair once and run again
-            repaired = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack, stale_after=0)
+            repaired = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack, stale_after=0,
+                                                        holders_dir=holders)
             if repaired:
                 self._ledger_end(op_id, self._result(job, outcome, proc.returncode, started), ended=rpt.now())
                 return self.run_job(replace(job, details={**job.details, "repaired": True,
@@ -206,7 +208,8 @@ class Fleet:
         """Before a writing operation: remove locks of dead holders on this host and,
         when the target's last operation was interrupted, clear the pending
         operations it left in the state. Returns what was done."""
-        done = recovery.remove_dead_locks(self.settings.backend_url, job.stack)
+        done = recovery.remove_dead_locks(self.settings.backend_url, job.stack,
+                                          recovery.holders_dir(self.settings.work_root))
         # `interrupted`: set at the start of each run by ledger.mark_interrupted_runs for rows whose
         # process on this host is dead; a row still running elsewhere belongs to a live operation.
         last = self._ledger_call(f"reading the history of {job.stack}", self.ledger.history, job.stack, limit=1,
@@ -275,6 +278,9 @@ class Fleet:
         except RetryError as exc:
             result = exc.last_attempt.result()
             result.error = f"still locked by another operation after {options.lock_timeout:.0f}s"
+            if hint := recovery.kept_locks_hint(self.settings.backend_url, job.stack,
+                                                recovery.holders_dir(self.settings.work_root)):
+                result.error += f": {hint}"  # a lock not provably dead is kept: say how to clear it by hand
             return result
 
     def _run_shared(self, job: Job, run_id: str, log_dir: Path, options: FleetOptions) -> rpt.TargetResult:

@@ -16,9 +16,42 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
-from runner import engine
+from runner import engine, recovery
+
+
+class HolderRecorder:
+    """Records the processes this worker starts (the engine holds the stack's lock
+    under its own pid) with their start times, host, PID namespace and boot, so
+    that recovery can later prove a lock's holder dead (runner.recovery). Polls
+    often: the engine takes the lock well after it starts. Removed at the end."""
+
+    INTERVAL_S = 0.02
+
+    def __init__(self, directory: Path, stack: str):
+        self.directory, self.stack, self.pids = directory, stack, {}
+        self.path = recovery.write_holder_record(directory, stack, {})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.INTERVAL_S):
+            new = {pid: recovery.start_time(pid) for pid in descendants(os.getpid()) if pid not in self.pids}
+            new = {pid: t for pid, t in new.items() if t is not None}
+            if new:
+                self.pids.update(new)  # never forget one: a dead engine's lock is proven by this record
+                try:
+                    recovery.write_holder_record(self.directory, self.stack, self.pids)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
 
 
 def _emit(kind: str, **data) -> None:
@@ -32,6 +65,7 @@ def run(job: dict) -> dict:
         backend_url=job["backend_url"], work_root=Path(job["work_root"]),
         program_name=job.get("program_name", "program"),
     )
+    recorder = HolderRecorder(recovery.holders_dir(Path(job["work_root"])), job["stack"])
     try:
         result = engine.run_operation(
             settings, stack=job["stack"], operation=job["operation"],
@@ -41,6 +75,8 @@ def run(job: dict) -> dict:
         )
     except engine.EngineError as exc:
         return {"ok": False, "error": exc.to_dict()}
+    finally:
+        recorder.close()
     return {
         "ok": True,
         "changes": result.changes,
