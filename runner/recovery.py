@@ -18,12 +18,14 @@ Pending operations left in the state by an interrupted update
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlencode, urlparse, urlsplit, urlunsplit
 
 PROJECT = "runner"
 STALE_AFTER_S = 2.0
@@ -116,22 +118,92 @@ def holder_state(lock: dict, records: list[dict], me: dict | None = None) -> tup
     return True, f"pid {pid} on {host} has exited"
 
 
-def locks(backend_url: str, stack: str, holders_dir: Path | None = None) -> list[dict]:
-    """Each lock of the stack: its file, holder pid and host, and whether its holder
-    may be alive (`alive`: not provably dead) with the reason."""
+def _file_locks(backend_url: str, stack: str) -> list[dict]:
     directory = lock_dir(backend_url, stack)
     if directory is None or not directory.is_dir():
         return []
-    records = [r for _, r in _holder_records(holders_dir, stack)]
-    me = identity()
     found = []
     for path in sorted(directory.glob("*.json")):
         try:
             content = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+
+        def remove(path=path) -> None:
+            for each in (path, path.with_name(path.name + ".attrs")):
+                each.unlink(missing_ok=True)
+
+        found.append({"path": path, "content": content, "remove": remove, "manual": f"rm '{path}'"})
+    return found
+
+
+def _postgres_table(backend_url: str) -> tuple[str, str]:
+    """The connection URL (without the engine's own `table` parameter) and the state table."""
+    parts = urlsplit(backend_url)
+    query = parse_qs(parts.query)
+    table = (query.pop("table", None) or ["pulumi_state"])[0]
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", table):
+        raise ValueError(f"unexpected state table name {table!r}")
+    return urlunsplit(parts._replace(query=urlencode(query, doseq=True))), table
+
+
+def _postgres_locks(backend_url: str, stack: str) -> list[dict]:
+    """The lock rows of a postgres:// DIY backend: one row per lock, key
+    `<database>/.pulumi/locks/organization/<project>/<stack>/<id>.json` (the engine
+    prefixes every key with the URL's path), data {"data": base64}."""
+    import psycopg
+
+    url, table = _postgres_table(backend_url)
+    root = urlsplit(backend_url).path.strip("/")
+    prefix = (f"{root}/" if root else "") + f".pulumi/locks/organization/{PROJECT}/{stack}/"
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]
+        if exists is None:  # the engine creates its table on first use
+            return []
+        rows = conn.execute(f"SELECT key, data FROM {table} WHERE key LIKE %s ORDER BY key",  # noqa: S608
+                            (prefix.replace("_", "\\_") + "%",)).fetchall()
+    found = []
+    for key, data in rows:
+        if not key.endswith(".json") or "/" in key[len(prefix):]:
+            continue
+        try:
+            data = json.loads(data) if isinstance(data, str) else data
+            content = json.loads(base64.b64decode(data["data"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+
+        def remove(key=key) -> None:
+            with psycopg.connect(url, connect_timeout=10) as conn:
+                conn.execute(f"DELETE FROM {table} WHERE key = %s", (key,))  # noqa: S608
+
+        found.append({"path": key, "content": content, "remove": remove,
+                      "manual": f"DELETE FROM {table} WHERE key = '{key}'; (in the state database)"})
+    return found
+
+
+def _raw_locks(backend_url: str, stack: str) -> list[dict] | None:
+    """The stack's locks, or None for a backend whose locks the runner cannot read."""
+    if backend_url.startswith("file://"):
+        return _file_locks(backend_url, stack)
+    if backend_url.startswith("postgres://"):
+        return _postgres_locks(backend_url, stack)
+    return None
+
+
+def locks(backend_url: str, stack: str, holders_dir: Path | None = None) -> list[dict]:
+    """Each lock of the stack: where it is, holder pid and host, and whether its holder
+    may be alive (`alive`: not provably dead) with the reason."""
+    try:
+        raw = _raw_locks(backend_url, stack) or []
+    except Exception:  # noqa: BLE001 - unreadable (database down): nothing is removed; the engine will say
+        raw = []
+    records = [r for _, r in _holder_records(holders_dir, stack)]
+    me = identity()
+    found = []
+    for lock in raw:
+        content = lock["content"]
         dead, why = holder_state(content, records, me)
-        found.append({"path": path, "pid": content.get("pid"), "hostname": content.get("hostname"),
+        found.append({**lock, "pid": content.get("pid"), "hostname": content.get("hostname"),
                       "timestamp": content.get("timestamp"), "local": content.get("hostname") == me["hostname"],
                       "alive": not dead, "why": why})
     return found
@@ -142,8 +214,7 @@ def remove_dead_locks(backend_url: str, stack: str, holders_dir: Path | None = N
     removed = []
     for lock in locks(backend_url, stack, holders_dir):
         if not lock["alive"]:
-            for path in (lock["path"], lock["path"].with_name(lock["path"].name + ".attrs")):
-                path.unlink(missing_ok=True)
+            lock["remove"]()
             removed.append(f"lock of dead pid {lock['pid']} on {lock['hostname']} ({lock['why']})")
     _prune_holder_records(holders_dir, stack)
     return removed
@@ -164,16 +235,18 @@ def kept_locks_hint(backend_url: str, stack: str, holders_dir: Path | None = Non
     """For a target reported `locked`: who holds the lock, why it was kept, and how to
     clear it by hand once sure no operation runs (never `pulumi cancel`, which
     deletes every lock of the stack)."""
-    if lock_dir(backend_url, stack) is None:
+    try:
+        raw = _raw_locks(backend_url, stack)
+    except Exception as exc:  # noqa: BLE001 - a hint must not turn a locked target into a crash
+        return f"the locks could not be read ({type(exc).__name__})"
+    if raw is None:
         scheme = backend_url.split(":", 1)[0]
         return (f"locks of a {scheme}:// backend are not checked or removed by the runner; once sure no "
                 f"operation runs on {stack}, remove its lock by hand (`pulumi cancel --stack "
                 f"organization/{PROJECT}/{stack}` removes every lock of the stack)")
     held = locks(backend_url, stack, holders_dir)
-    if not held:
-        return ""
     return "; ".join(f"{lock['why']}, since {lock['timestamp']}; if no operation runs there, remove it with "
-                     f"`rm '{lock['path']}'`" for lock in held)
+                     f"`{lock['manual']}`" for lock in held)
 
 
 def repair_checkpoint_files(backend_url: str, stack: str, stale_after: float = STALE_AFTER_S,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
 
+from runner import recovery
 from tests.e2e.conftest import PROJECT_DIR, tenant
 
 
@@ -104,3 +108,54 @@ def test_ctrl_c_to_the_process_group_cancels_engines_gracefully_and_a_rerun_comp
         assert len(urns) == len(set(urns)), stack
         counts.add(len(urns))
     assert len(counts) == 1, counts  # every tenant holds the same resources, none twice
+
+
+# ---------------------------------------------------------------- #15.8: locks of a postgres:// state backend
+
+
+@pytest.fixture
+def pg_backend(postgres_server) -> str:
+    state_db = postgres_server.create_database(f"state_{uuid.uuid4().hex[:12]}")
+    return postgres_server.url(state_db).replace("postgresql://", "postgres://", 1) + "?sslmode=disable"
+
+
+@pytest.mark.postgres
+def test_postgres_state_locks_are_kept_unless_provably_dead_and_removed_when_they_are(sandbox, pg_backend):
+    import psycopg
+
+    sandbox.write_registry([tenant("pg-1")])
+    assert sandbox.run("up", "--tenant", "pg-1", "--yes", "--backend", pg_backend).code == 0
+    holder = subprocess.Popen(["sleep", "60"])
+    started = recovery.start_time(holder.pid)
+    holder.kill()
+    holder.wait()
+    database = pg_backend.split("?")[0].rsplit("/", 1)[1]  # the engine prefixes its keys with the URL's path
+    key = f"{database}/.pulumi/locks/organization/runner/pg-1.staging/{uuid.uuid4()}.json"
+    content = json.dumps({"pid": holder.pid, "username": "root", "hostname": socket.gethostname(),
+                          "timestamp": "2026-11-27T12:00:00Z"}).encode()
+    url = pg_backend.split("?")[0]
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO pulumi_state (key, data) VALUES (%s, %s)",
+                     (key, json.dumps({"data": base64.b64encode(content).decode()})))
+
+    def lock_rows() -> list:
+        with psycopg.connect(url) as conn:
+            return conn.execute("SELECT key FROM pulumi_state WHERE key = %s", (key,)).fetchall()
+
+    kept = sandbox.run("up", "--tenant", "pg-1", "--yes", "--json", "--backend", pg_backend, "--lock-timeout", "2")
+
+    assert kept.code == 4, kept.stderr[-2000:]
+    error = kept.by_stack()["pg-1.staging"]["error"]
+    assert "not known to have run in this PID namespace" in error and f"WHERE key = '{key}'" in error, error
+    assert lock_rows()
+
+    # what a worker of this runner would have recorded of the engine it started
+    recovery.write_holder_record(recovery.holders_dir(sandbox.state / "work"), "pg-1.staging",
+                                 {holder.pid: started})
+    recovered = sandbox.run("up", "--tenant", "pg-1", "--yes", "--json", "--backend", pg_backend,
+                            "--lock-timeout", "2")
+
+    assert recovered.code == 0, recovered.stderr[-2000:]
+    assert not lock_rows()
+    assert any(f"dead pid {holder.pid}" in line
+               for line in recovered.by_stack()["pg-1.staging"]["details"].get("recovered", []))
