@@ -383,7 +383,10 @@ class Fleet:
                     failures += 1
             extra = []
             if after_failure and result.status == rpt.FAILED and not self._stopping.is_set():
-                extra = after_failure(job, result)
+                try:
+                    extra = after_failure(job, result)
+                except Exception as exc:  # noqa: BLE001 - e.g. the ledger unreadable: the run goes on
+                    result.details["rollback"] = f"not rolled back: {type(exc).__name__}: {exc}"
             return [result, *extra]
 
         with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:

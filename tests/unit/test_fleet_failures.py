@@ -50,9 +50,12 @@ class FlakyLedger:
 @pytest.fixture
 def fleet(tmp_path, monkeypatch):
     real_popen = subprocess.Popen
-    answer = [json.dumps({"type": "progress", "phase": "begin"}),
-              json.dumps({"type": "result", "ok": True, "changes": {"same": 2}, "outputs": {}})]
-    script = "import sys; sys.stdin.read(); print(" + repr("\n".join(answer)) + ")"
+    ok = [json.dumps({"type": "progress", "phase": "begin"}),
+          json.dumps({"type": "result", "ok": True, "changes": {"same": 2}, "outputs": {}})]
+    failed = json.dumps({"type": "result", "ok": False, "error": {
+        "kind": "failed", "message": "boom", "urn": None, "component": None}})
+    script = ("import json, sys; job = json.load(sys.stdin); "
+              f"print({failed!r} if job['stack'].startswith('bad') else {chr(10).join(ok)!r})")
 
     def fake_worker(args, **kwargs):
         assert args[1:] == ["-m", "runner.worker"]
@@ -89,3 +92,16 @@ def test_a_ledger_error_while_recording_a_not_started_target_does_not_abort_the_
     report = fleet.run(_jobs("a", "b"), FleetOptions(operation="preview", concurrency=1, run_id="run-1"))
     assert [t.status for t in report.targets] == [rpt.NOT_STARTED, rpt.NOT_STARTED]
     assert any("database is locked" in note for note in report.notes)
+
+
+def test_a_ledger_error_while_planning_a_rollback_does_not_abort_the_run(fleet):
+    fleet.ledger = FlakyLedger("none")
+
+    def roll_back(job, result):
+        raise RuntimeError("(sqlite3.OperationalError) unable to open database file")
+
+    report = fleet.run(_jobs("bad", "good"), FleetOptions(operation="preview", concurrency=1, run_id="run-1"),
+                       after_failure=roll_back)
+    assert [(t.stack, t.status) for t in report.targets] == [("bad.staging", rpt.FAILED),
+                                                             ("good.staging", rpt.SUCCEEDED)]
+    assert "unable to open database file" in report.targets[0].details["rollback"]
