@@ -34,6 +34,7 @@ class HolderRecorder:
         self.directory, self.stack, self.pids = directory, stack, {}
         self.path = recovery.write_holder_record(directory, stack, {})
         self._stop = threading.Event()
+        self._writing = threading.Lock()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
@@ -43,15 +44,19 @@ class HolderRecorder:
             new = {pid: t for pid, t in new.items() if t is not None}
             if new:
                 self.pids.update(new)  # never forget one: a dead engine's lock is proven by this record
-                try:
-                    recovery.write_holder_record(self.directory, self.stack, self.pids)
-                except OSError:
-                    pass
+                with self._writing:
+                    if self._stop.is_set():
+                        return
+                    try:
+                        recovery.write_holder_record(self.directory, self.stack, self.pids)
+                    except OSError:
+                        pass
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.path.unlink(missing_ok=True)
+        """Stop and remove the record, without waiting for the poller (the result is not delayed)."""
+        with self._writing:
+            self._stop.set()
+            self.path.unlink(missing_ok=True)
 
 
 def _emit(kind: str, **data) -> None:
