@@ -90,6 +90,14 @@ def handle_problems(f):
             raise UsageFailure(str(exc)) from None
         except ops.CommandProblem as exc:
             raise CommandFailure(str(exc)) from None
+        except Exception as exc:
+            from sqlalchemy.exc import SQLAlchemyError
+
+            from runner.ledger import LedgerError
+
+            if isinstance(exc, (LedgerError, SQLAlchemyError)):  # before/after the run: one line, exit 1
+                raise CommandFailure(f"ledger: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}") from None
+            raise
 
     return wrapper
 
@@ -98,18 +106,24 @@ def emit_report(report: rpt.Report, *, as_json: bool, report_json: str | None, j
                 notify_targets=()) -> None:
     from runner.progress import print_summary
 
-    print_summary(report)
+    # The files first: whatever text a target's error holds, a failing terminal
+    # summary must not cost the JSON report, JUnit, step summary or notification.
+    if report_json:
+        report.write_json(report_json)
+    if junit:
+        report.write_junit(junit)
+    report.write_step_summary()
+    try:
+        print_summary(report)
+    except Exception as exc:  # noqa: BLE001 - the summary is a view; the reports above are the record
+        click.echo(f"summary could not be shown ({type(exc).__name__}: {exc}); "
+                   f"{report.counts['total']} target(s), exit code {report.exit_code}", err=True)
     if notify_targets:
         from runner.notify import notify
 
         for outcome in notify(report, notify_targets):
             if not outcome.ok:  # reported, never fails the run
                 click.echo(f"notification failed: {outcome}", err=True)
-    if report_json:
-        report.write_json(report_json)
-    if junit:
-        report.write_junit(junit)
-    report.write_step_summary()
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     sys.exit(report.exit_code)
@@ -138,12 +152,12 @@ def max_destroy_option(f):
                              "[default: 5; raise it here on the command line].")(f)
 
 
-def make_progress_factory(log_format: str):
+def make_progress_factory(log_format: str, operation: str | None = None):
     from runner.progress import LineProgress, LiveProgress
 
     def make(run_id: str, total: int):
         if log_format == "text" and sys.stderr.isatty():
-            return LiveProgress(run_id, total)
+            return LiveProgress(run_id, total, operation=operation)
         return LineProgress(run_id, log_format)
 
     return make
@@ -168,7 +182,7 @@ def run_fleet_command(operation: str, kw: dict, guard: dict | None = None, **set
                         exclude=kw["exclude"], untenanted=kw["untenanted"], shard=kw["shard"])
     run = ops.RunSettings(operation=operation, concurrency=kw["concurrency"], lock_timeout=kw["lock_timeout"],
                           run_id=kw["run_id"], argv=sys.argv[1:], **settings)
-    make = make_progress_factory(kw["log_format"])
+    make = make_progress_factory(kw["log_format"], operation)
     holder = {}
 
     def factory(run_id, total):
@@ -296,6 +310,7 @@ def recover(**kw):
 def history(tenant, env, limit, as_json, **kw):
     """A target's operations, newest first: release, status, changes, error."""
     from rich.table import Table
+    from rich.text import Text
 
     from runner import ops
     from runner.progress import console
@@ -306,8 +321,9 @@ def history(tenant, env, limit, as_json, **kw):
         return
     table = Table("when", "operation", "release", "status", "changes", "run", "error", title=f"{tenant}.{env}")
     for r in rows:
-        table.add_row(r.started.strftime("%Y-%m-%d %H:%M:%S"), r.operation, r.release or "", r.status,
-                      rpt.format_changes(r.changes or {}), r.run_id, (r.error or "").splitlines()[0] if r.error else "")
+        table.add_row(*map(Text, (  # ledger text is untrusted: plain Text, never markup
+            r.started.strftime("%Y-%m-%d %H:%M:%S"), r.operation, r.release or "", r.status,
+            rpt.format_changes(r.changes or {}), r.run_id, (r.error or "").splitlines()[0] if r.error else "")))
     console().print(table)
 
 
@@ -446,6 +462,7 @@ def tenants():
 def tenants_list(registry, as_json):
     """List tenants: id, name, environments, tags, enabled."""
     from rich.table import Table
+    from rich.text import Text
 
     from runner import ops, registry as reg
     from runner.progress import console
@@ -456,8 +473,9 @@ def tenants_list(registry, as_json):
         return
     table = Table("id", "name", "environments", "tags", "enabled")
     for row in rows:
-        table.add_row(row["id"], row["name"], ", ".join(row["environments"]),
-                      ", ".join(f"{k}={v}" for k, v in row["tags"].items()), "yes" if row["enabled"] else "no")
+        table.add_row(*map(Text, (row["id"], row["name"], ", ".join(row["environments"]),
+                                  ", ".join(f"{k}={v}" for k, v in row["tags"].items()),
+                                  "yes" if row["enabled"] else "no")))
     console().print(table)
 
 

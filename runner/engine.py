@@ -343,16 +343,15 @@ class _Collector:
         elif event.resource_pre_event:
             meta = event.resource_pre_event.metadata
             op = getattr(meta.op, "value", str(meta.op))
-            if op not in ("same", "read"):
-                self._progress({"urn": meta.urn, "op": op, "phase": "start"})
+            # every step, unchanged ones too: the live view shows steps done out of those announced
+            self._progress({"urn": meta.urn, "op": op, "phase": "start"})
         elif event.res_outputs_event:
             meta = event.res_outputs_event.metadata
             op = getattr(meta.op, "value", str(meta.op))
             if meta.type == "pulumi:pulumi:Stack" and meta.new is not None:
                 self.stack_outputs = dict(meta.new.outputs or {})
             self.steps.append(Step(meta.urn, op, _changed_keys(meta, self.compare)))
-            if op not in ("same", "read"):
-                self._progress({"urn": meta.urn, "op": op, "phase": "done"})
+            self._progress({"urn": meta.urn, "op": op, "phase": "done"})
         elif event.summary_event:
             self.changes = {
                 getattr(k, "value", str(k)): v for k, v in (event.summary_event.resource_changes or {}).items()

@@ -123,6 +123,7 @@ class Fleet:
         self._procs: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self.ledger_errors: list[str] = []  # moved into the report's notes/errors by `run`
 
     @classmethod
     def open(cls, project_dir: str | Path = ".", **kwargs) -> "Fleet":
@@ -133,11 +134,12 @@ class Fleet:
     def run_job(self, job: Job, run_id: str, log_dir: Path, *, release: str | None = None) -> rpt.TargetResult:
         """Run one job in a worker process; returns its result (never raises for engine errors)."""
         started = rpt.now()
-        recovered = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack)
+        holders = recovery.holders_dir(self.settings.work_root)
+        recovered = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack, holders_dir=holders)
         if job.operation in WRITING:
             recovered += self._recover_first(job, run_id, log_dir)
         elif job.operation == "recover":
-            recovered += recovery.remove_dead_locks(self.settings.backend_url, job.stack)
+            recovered += recovery.remove_dead_locks(self.settings.backend_url, job.stack, holders)
         if recovered:
             job = replace(job, details={**job.details, "recovered": recovered, "refresh": job.operation == "up"})
         self.progress.started(job)
@@ -191,13 +193,14 @@ class Fleet:
                     self._procs.pop(proc.pid, None)
         if (outcome.get("error") or {}).get("kind") == "checkpoint" and not job.details.get("repaired"):
             # the engine cannot read the checkpoint: a kill mid-write; repair once and run again
-            repaired = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack, stale_after=0)
+            repaired = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack, stale_after=0,
+                                                        holders_dir=holders)
             if repaired:
                 self._ledger_end(op_id, self._result(job, outcome, proc.returncode, started), ended=rpt.now())
                 return self.run_job(replace(job, details={**job.details, "repaired": True,
                                                           "recovered": [*recovered, *repaired]}),
                                     run_id, log_dir, release=release)
-            if any(lock["alive"] for lock in recovery.locks(self.settings.backend_url, job.stack)):
+            if any(lock["alive"] for lock in recovery.locks(self.settings.backend_url, job.stack, holders)):
                 # The engine reads the checkpoint before it locks, and the file backend rewrites the
                 # `.attrs` sidecar in place: we read while a live holder wrote. Wait as for its lock.
                 outcome["error"] = {**outcome["error"], "kind": "locked",
@@ -216,10 +219,12 @@ class Fleet:
         """Before a writing operation: remove locks of dead holders on this host and,
         when the target's last operation was interrupted, clear the pending
         operations it left in the state. Returns what was done."""
-        done = recovery.remove_dead_locks(self.settings.backend_url, job.stack)
+        done = recovery.remove_dead_locks(self.settings.backend_url, job.stack,
+                                          recovery.holders_dir(self.settings.work_root))
         # `interrupted`: set at the start of each run by ledger.mark_interrupted_runs for rows whose
         # process on this host is dead; a row still running elsewhere belongs to a live operation.
-        last = self.ledger.history(job.stack, limit=1) if self.ledger is not None else []
+        last = self._ledger_call(f"reading the history of {job.stack}", self.ledger.history, job.stack, limit=1,
+                                 default=[]) if self.ledger is not None else []
         interrupted = bool(last) and last[0].status == rpt.FAILED and last[0].error == "interrupted"
         if done or interrupted:
             check = self.run_job(replace(job, operation="recover", config={}, secret_values={}), run_id, log_dir)
@@ -236,6 +241,8 @@ class Fleet:
         if not outcome:
             result.status = rpt.FAILED
             result.error = f"worker exited with code {returncode} without a result (see the target's log)"
+            if self._stopping.is_set():
+                result.error = f"interrupted: {result.error}"
             return result
         if not outcome["ok"]:
             error = outcome["error"]
@@ -247,6 +254,8 @@ class Fleet:
                              else rpt.ERROR if job.operation == "drift" else rpt.FAILED)
             result.error, result.error_resource, result.error_component = (
                 error["message"], error["urn"], error["component"])
+            if self._stopping.is_set():  # the engine cancelled on our interrupt: say so
+                result.error = f"interrupted: {result.error}"
             return result
         result.changes = outcome.get("changes") or {}
         result.outputs = outcome.get("outputs") or {}
@@ -288,6 +297,9 @@ class Fleet:
         except RetryError as exc:
             result = exc.last_attempt.result()
             result.error = f"still locked by another operation after {options.lock_timeout:.0f}s"
+            if hint := recovery.kept_locks_hint(self.settings.backend_url, job.stack,
+                                                recovery.holders_dir(self.settings.work_root)):
+                result.error += f": {hint}"  # a lock not provably dead is kept: say how to clear it by hand
             return result
 
     def _run_shared(self, job: Job, run_id: str, log_dir: Path, options: FleetOptions) -> rpt.TargetResult:
@@ -297,7 +309,8 @@ class Fleet:
         me = (socket.gethostname(), os.getpid())
 
         def once(*args, **kwargs) -> rpt.TargetResult:
-            rows = [row for row in (self.ledger.run_operations(run_id) if self.ledger is not None else [])
+            rows = [row for row in (self._ledger_call(f"reading this run's {SHARED_STACK} rows", self.ledger.run_operations,
+                                                      run_id, default=[]) if self.ledger is not None else [])
                     if row.stack == SHARED_STACK and row.operation == "up"]
             if any(row.status == rpt.SUCCEEDED for row in rows):
                 return rpt.TargetResult(None, SHARED_STACK, SHARED_STACK, "up", rpt.SUCCEEDED,
@@ -333,6 +346,7 @@ class Fleet:
             # every target is blocked or skipped leaves `shared` alone.
             if some and pending_shared:
                 result = self._run_shared(pending_shared.pop(), run_id, log_dir, options)
+                report.shared = result  # shown in the summary; `targets` keeps tenant targets only
                 if result.status != rpt.SUCCEEDED:
                     report.add(result)
                     shared_failed.append(result)
@@ -355,8 +369,16 @@ class Fleet:
                 schedule(batch)
         finally:
             self._restore_signal_handlers(previous)
+            self.flush_ledger_errors(report)
             report.ended = rpt.now()
         return report
+
+    def flush_ledger_errors(self, report: rpt.Report) -> None:
+        """Ledger failures of this run become notes and run errors of the report (exit 1)."""
+        with self._lock:
+            errors, self.ledger_errors = self.ledger_errors, []
+        report.notes.extend(errors)
+        report.errors.extend(errors)
 
     def run_batch(self, jobs: list[Job], options: FleetOptions, report: rpt.Report, log_dir: Path,
                   after_failure: Callable[[Job, rpt.TargetResult], list[rpt.TargetResult]] | None = None,
@@ -377,17 +399,24 @@ class Fleet:
             nonlocal failures
             with gate:
                 reason = should_start()
-            if reason:
-                result = self._not_started(job, reason)
-                self._ledger_record(report.run_id, result, options.release)
-            else:
-                result = self._run_with_lock_wait(job, report.run_id, log_dir, options)
+            try:
+                if reason:
+                    result = self._not_started(job, reason)
+                    self._ledger_record(report.run_id, result, options.release)
+                else:
+                    result = self._run_with_lock_wait(job, report.run_id, log_dir, options)
+            except Exception as exc:  # noqa: BLE001 - one target's unexpected error never aborts the others
+                result = rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.FAILED,
+                                          ended=rpt.now(), error=f"runner error: {type(exc).__name__}: {exc}")
             with gate:
                 if result.status in (rpt.FAILED, rpt.ERROR):
                     failures += 1
             extra = []
             if after_failure and result.status == rpt.FAILED and not self._stopping.is_set():
-                extra = after_failure(job, result)
+                try:
+                    extra = after_failure(job, result)
+                except Exception as exc:  # noqa: BLE001 - e.g. the ledger unreadable: the run goes on
+                    result.details["rollback"] = f"not rolled back: {type(exc).__name__}: {exc}"
             return [result, *extra]
 
         with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
@@ -436,10 +465,22 @@ class Fleet:
 
     # ------------------------------------------------------------------ ledger
 
+    def _ledger_call(self, what: str, method, *args, default=None, **kwargs):
+        """A ledger call that cannot abort the run: a failure (database locked,
+        read-only, unreachable) is collected for the report, and `default` returned."""
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any driver error; the report says which
+            message = (f"ledger error while {what}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                       f"(this report holds the outcome; the next run marks unfinished ledger rows interrupted)")
+            with self._lock:
+                self.ledger_errors.append(message)
+            return default
+
     def _ledger_start(self, run_id: str, job: Job, release: str | None, started=None):
         if self.ledger is None:
             return None
-        return self.ledger.record_start(
+        return self._ledger_call(f"recording the start of {job.stack}", self.ledger.record_start,
             run_id, tenant=job.tenant, environment=job.environment, stack=job.stack, operation=job.operation,
             started=started,
             release=job.config.get("release") or release, program_commit=job.details.get("program_commit"),
@@ -450,13 +491,15 @@ class Fleet:
         if self.ledger is None or op_id is None:
             return
         details = {k: v for k, v in result.details.items() if k not in ("program_commit", "config_fingerprint")}
-        self.ledger.record_end(op_id, result.status, changes=result.changes, error=result.error,
-                               error_resource=result.error_resource, error_component=result.error_component,
-                               details=details, ended=ended)
+        self._ledger_call(f"recording the result of {result.stack}", self.ledger.record_end,
+                          op_id, result.status, changes=result.changes, error=result.error,
+                          error_resource=result.error_resource, error_component=result.error_component,
+                          details=details, ended=ended)
 
     def _ledger_record(self, run_id: str, result: rpt.TargetResult, release: str | None) -> None:
         if self.ledger is None:
             return
-        self.ledger.record(run_id, tenant=result.tenant, environment=result.environment, stack=result.stack,
-                           operation=result.operation, status=result.status, release=release,
-                           error=result.error, details=result.details)
+        self._ledger_call(f"recording the result of {result.stack}", self.ledger.record,
+                          run_id, tenant=result.tenant, environment=result.environment, stack=result.stack,
+                          operation=result.operation, status=result.status, release=release,
+                          error=result.error, details=result.details)

@@ -432,7 +432,9 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         if operation == "drift" and (behind := [t.stack for t in report.targets if t.details.get("behind")]):
             report.notes.append(f"{len(behind)} target(s) behind (newer code or shared stack outputs they have "
                                 f"not received; not drift, see details.behind): {', '.join(behind)}")
-        ledger.finish_run(run_id, "interrupted" if report.interrupted else "finished", report.counts)
+        fleet._ledger_call("finishing the run", ledger.finish_run, run_id,
+                           "interrupted" if report.interrupted else "finished", report.counts)
+        fleet.flush_ledger_errors(report)  # a ledger failure mid-run: notes, exit 1, never a traceback
     return report
 
 
@@ -467,8 +469,10 @@ def up_schedule(fleet: Fleet, ledger, registry, selection, jobs: list[Job], repo
                     continue
                 allowed = []
                 for job in wave.jobs:
-                    why = None if settings.ignore_lifecycle else plan.lifecycle_block(
-                        ledger, envs, connected, job, options.release)
+                    why = None if settings.ignore_lifecycle else fleet._ledger_call(
+                        f"checking the lifecycle gates of {job.stack}", plan.lifecycle_block,
+                        ledger, envs, connected, job, options.release,
+                        default="lifecycle gates not checked: the ledger could not be read")
                     if why:
                         refuse(job, rpt.BLOCKED, why)
                     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -121,6 +122,12 @@ class Report:
     detailed_exitcode: bool = False
     notes: list[str] = field(default_factory=list)
     waves: list[dict[str, Any]] = field(default_factory=list)
+    # The shared stack's result when it was deployed first (`up`). Kept out of
+    # `targets` and `counts` (tenant targets only), shown under its own key.
+    shared: TargetResult | None = None
+    # Run-level errors that are no single target's outcome (the ledger failed
+    # mid-run): each is also a note, and any of them makes the exit code 1.
+    errors: list[str] = field(default_factory=list)
 
     def add(self, result: TargetResult) -> TargetResult:
         self.targets.append(result)
@@ -138,7 +145,7 @@ class Report:
         statuses = {t.status for t in self.targets if not t.details.get("superseded")}
         if self.interrupted:
             return EXIT_INTERRUPTED
-        if statuses & FAILURES:
+        if statuses & FAILURES or self.errors:
             return EXIT_FAILED
         if LOCKED in statuses:
             return EXIT_LOCKED
@@ -147,6 +154,11 @@ class Report:
         if self.detailed_exitcode and any(_has_changes(t.changes) for t in self.targets):
             return EXIT_CHANGES
         return EXIT_OK
+
+    def rows(self) -> list[TargetResult]:
+        """What the summaries show: the shared stack first (when not already a row), then the targets."""
+        shared = [self.shared] if self.shared is not None and self.shared not in self.targets else []
+        return shared + self.targets
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,8 +170,10 @@ class Report:
             "exit_code": self.exit_code,
             "counts": self.counts,
             "notes": self.notes,
+            "errors": self.errors,
             "waves": self.waves,
             "targets": [t.to_dict() for t in self.targets],
+            "shared": self.shared.to_dict() if self.shared is not None else None,
         }
 
     def write_json(self, path: str | Path) -> None:
@@ -178,10 +192,10 @@ class Report:
             f"| target | status | changes | duration | {'findings / error' if self.command == 'drift' else 'error'} |",
             "| --- | --- | --- | --- | --- |",
         ]
-        for t in self.targets:
+        for t in self.rows():
             duration = f"{t.duration:.1f}s" if t.duration is not None else ""
             error = t.summary_line.replace("|", "\\|")
-            lines.append(f"| {t.stack} | {t.status} | {format_changes(t.changes)} | {duration} | {error} |")
+            lines.append(f"| {row_label(t, self)} | {t.status} | {format_changes(t.changes)} | {duration} | {error} |")
         return "\n".join(lines) + "\n"
 
     def write_step_summary(self) -> None:
@@ -189,6 +203,10 @@ class Report:
         if path := os.environ.get("GITHUB_STEP_SUMMARY"):
             with open(path, "a") as handle:
                 handle.write(self.markdown())
+
+
+def row_label(result: TargetResult, report: Report) -> str:
+    return f"{result.stack} (shared stack)" if result is report.shared else result.stack
 
 
 def _has_changes(changes: dict[str, int]) -> bool:
@@ -202,11 +220,22 @@ def format_changes(changes: dict[str, int]) -> str:
     return ", ".join(parts)
 
 
+_XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(value: str) -> str:
+    """`value` with the characters XML 1.0 cannot hold (control characters, NUL,
+    lone surrogates) written as visible `\\xNN` escapes, so the file stays parseable."""
+    return _XML_INVALID.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", value)
+
+
 def junit_xml(report: Report) -> bytes:
-    """One testcase per target; failures carry the attributed error."""
-    failures = sum(t.status in FAILURES | CHANGED | {LOCKED} and not t.details.get("superseded")
+    """One testcase per target; failures carry the attributed error. Every string
+    goes through `xml_text`: an error may hold any character."""
+    failures = sum(t.status in (FAILURES - {NOT_STARTED}) | CHANGED | {LOCKED} and not t.details.get("superseded")
                    for t in report.targets)
-    skipped = sum(t.status == SKIPPED for t in report.targets)
+    skipped = sum(t.status in (SKIPPED, NOT_STARTED) for t in report.targets)
     total_time = sum(t.duration or 0 for t in report.targets)
     suite = ET.Element("testsuite", {
         "name": f"runner {report.command}", "tests": str(len(report.targets)),
@@ -214,15 +243,15 @@ def junit_xml(report: Report) -> bytes:
         "time": f"{total_time:.3f}", "timestamp": _iso(report.started) or "",
     })
     props = ET.SubElement(suite, "properties")
-    ET.SubElement(props, "property", {"name": "run_id", "value": report.run_id})
+    ET.SubElement(props, "property", {"name": "run_id", "value": xml_text(report.run_id)})
     for t in report.targets:
         case = ET.SubElement(suite, "testcase", {
-            "classname": f"{report.command}.{t.tenant or 'untenanted'}",
-            "name": t.stack, "time": f"{t.duration or 0:.3f}",
+            "classname": xml_text(f"{report.command}.{t.tenant or 'untenanted'}"),
+            "name": xml_text(t.stack), "time": f"{t.duration or 0:.3f}",
         })
-        if t.status == SKIPPED:
-            ET.SubElement(case, "skipped", {"message": t.error_line or "skipped"})
+        if t.status in (SKIPPED, NOT_STARTED):  # never ran: not a failure of the target itself
+            ET.SubElement(case, "skipped", {"message": xml_text(t.error_line or t.status)})
         elif t.status in FAILURES | CHANGED | {LOCKED} and not t.details.get("superseded"):
-            failure = ET.SubElement(case, "failure", {"type": t.status, "message": t.summary_line or t.status})
-            failure.text = json.dumps({k: v for k, v in t.details.items() if k in ("drift", "pending", "reason")}, indent=1)
+            failure = ET.SubElement(case, "failure", {"type": t.status, "message": xml_text(t.summary_line or t.status)})
+            failure.text = xml_text(json.dumps({k: v for k, v in t.details.items() if k in ("drift", "pending", "reason")}, indent=1))
     return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)

@@ -16,9 +16,47 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
-from runner import engine
+from runner import engine, recovery
+
+
+class HolderRecorder:
+    """Records the processes this worker starts (the engine holds the stack's lock
+    under its own pid) with their start times, host, PID namespace and boot, so
+    that recovery can later prove a lock's holder dead (runner.recovery). Polls
+    often: the engine takes the lock well after it starts. Removed at the end."""
+
+    INTERVAL_S = 0.02
+
+    def __init__(self, directory: Path, stack: str):
+        self.directory, self.stack, self.pids = directory, stack, {}
+        self.path = recovery.write_holder_record(directory, stack, {})
+        self._stop = threading.Event()
+        self._writing = threading.Lock()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.INTERVAL_S):
+            new = {pid: recovery.start_time(pid) for pid in descendants(os.getpid()) if pid not in self.pids}
+            new = {pid: t for pid, t in new.items() if t is not None}
+            if new:
+                self.pids.update(new)  # never forget one: a dead engine's lock is proven by this record
+                with self._writing:
+                    if self._stop.is_set():
+                        return
+                    try:
+                        recovery.write_holder_record(self.directory, self.stack, self.pids)
+                    except OSError:
+                        pass
+
+    def close(self) -> None:
+        """Stop and remove the record, without waiting for the poller (the result is not delayed)."""
+        with self._writing:
+            self._stop.set()
+            self.path.unlink(missing_ok=True)
 
 
 def _emit(kind: str, **data) -> None:
@@ -41,6 +79,7 @@ def run(job: dict) -> dict:
         sys.stderr.write(text.rstrip("\n") + "\n")
         sys.stderr.flush()
 
+    recorder = HolderRecorder(recovery.holders_dir(Path(job["work_root"])), job["stack"])
     try:
         result = engine.run_operation(
             settings, stack=job["stack"], operation=job["operation"],
@@ -52,6 +91,8 @@ def run(job: dict) -> dict:
     except engine.EngineError as exc:
         log(f"[{exc.kind}] {exc.message}" + (f" ({exc.urn})" if exc.urn else ""))
         return {"ok": False, "error": exc.to_dict()}
+    finally:
+        recorder.close()
     return {
         "ok": True,
         "changes": result.changes,
@@ -63,9 +104,23 @@ def run(job: dict) -> dict:
     }
 
 
+_interrupted: list[int] = []  # the stop signals received so far
+
+
 def _stop_engine(signum, frame) -> None:
-    """The orchestrator sends one SIGTERM on interrupt: ask the engine to stop
-    gracefully (SIGINT makes `pulumi` cancel and release its lock)."""
+    """Stop the engine gracefully, exactly once: `pulumi` cancels on its first
+    SIGINT (no new steps, in-flight steps finish, lock released) but a second
+    SIGINT makes it quit at once, which leaves the lock and pending operations.
+
+    SIGINT here means Ctrl-C at a terminal (or a kill of the process group):
+    the engine processes are in the same group and got that very signal, so
+    nothing is forwarded. SIGTERM is the orchestrator asking (it got a SIGINT
+    or SIGTERM of its own): the engine is sent its SIGINT then, unless the
+    group's SIGINT already reached it. Python runs pending handlers in signal
+    number order, so a group SIGINT is seen before the orchestrator's SIGTERM."""
+    _interrupted.append(signum)
+    if signum != signal.SIGTERM or _interrupted.count(signal.SIGINT) or _interrupted.count(signal.SIGTERM) > 1:
+        return
     for pid in descendants(os.getpid()):
         try:
             os.kill(pid, signal.SIGINT)
@@ -74,7 +129,10 @@ def _stop_engine(signum, frame) -> None:
 
 
 def main() -> int:
+    # SIGINT too: a Ctrl-C reaches every process of the group, the worker included;
+    # without a handler it died with -2 and the target's result was lost.
     signal.signal(signal.SIGTERM, _stop_engine)
+    signal.signal(signal.SIGINT, _stop_engine)
     job = json.loads(sys.stdin.read())
     _emit("result", **run(job))
     return 0

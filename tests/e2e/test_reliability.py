@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from runner import recovery
 from runner.ledger import Ledger
 from tests.e2e.conftest import PROJECT_DIR, tenant
 
@@ -257,6 +258,10 @@ def test_a_live_holders_lock_is_never_removed_and_a_dead_ones_is(sandbox):
         assert lock.exists(), "the lock of a live holder was removed"
         recover = sandbox.run("recover", "--tenant", "lock-1")
         assert lock.exists(), f"`runner recover` removed a live holder's lock: {recover.stderr[-1000:]}"
+        # #15.8: what a runner's worker records of the engines it starts (host, PID namespace,
+        # boot, pid and start time) is the proof that the holder ran here and, later, that it is dead
+        recovery.write_holder_record(recovery.holders_dir(sandbox.state / "work"), "lock-1.staging",
+                                     {holder.pid: recovery.start_time(holder.pid)})
     finally:
         holder.kill()
         holder.wait()
@@ -298,10 +303,36 @@ def test_a_checkpoint_read_during_a_live_write_waits_as_for_a_lock(sandbox):
     finally:
         holder.kill()
         holder.wait()
+    lock.unlink()  # a hand-made lock is never provably dead (#15.8): cleared by hand, as the message says
     after = sandbox.run("up", "--tenant", "ckpt-1", "--yes", "--json", "--lock-timeout", "3")
     assert after.code == 0, after.stderr[-2000:]
     assert attrs.stat().st_size > 0 or not attrs.exists()
     assert_state_clean(sandbox, ["shared", "ckpt-1.staging"])
+
+
+def test_a_lock_whose_holder_is_not_provably_dead_is_kept_with_the_command_that_clears_it(sandbox):
+    """#15.8: a lock naming this host name and a pid not running here may belong to a live
+    engine in another PID namespace (a container with the same host name): kept, reported
+    `locked` with the command that clears it by hand; cleared that way, the next up works."""
+    sandbox.write_registry([tenant("lock-2")])
+    assert sandbox.run("up", "--tenant", "lock-2", "--yes").code == 0
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock_dir = sandbox.state / "state" / ".pulumi" / "locks" / "organization" / "runner" / "lock-2.staging"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_dir / f"{uuid.uuid4()}.json"
+    lock.write_text(json.dumps({"pid": gone.pid, "username": "root", "hostname": socket.gethostname(),
+                                "timestamp": datetime.now().astimezone().isoformat()}))
+
+    blocked = sandbox.run("up", "--tenant", "lock-2", "--yes", "--json", "--lock-timeout", "2")
+
+    assert blocked.code == 4, (blocked.code, blocked.stderr[-2000:])
+    target = blocked.by_stack()["lock-2.staging"]
+    assert target["status"] == "locked" and lock.exists()
+    assert "not known to have run in this PID namespace" in target["error"], target["error"]
+    assert f"rm '{lock}'" in target["error"]
+    lock.unlink()  # what the message says to do, once sure
+    assert sandbox.run("up", "--tenant", "lock-2", "--yes").code == 0
 
 
 # --------------------------------------------------------------------------- isolation

@@ -1,0 +1,107 @@
+"""A ledger failure mid-run never aborts the run (#15.9).
+
+The worker process is replaced by a tiny script that answers like one (a
+progress `begin`, then a result): what is under test is the orchestrator's
+handling of the ledger, not the engine (tests/e2e drive the real one)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from runner import engine, fleet as fleet_mod
+from runner import report as rpt
+from runner.fleet import Fleet, FleetOptions, Job
+
+
+class FlakyLedger:
+    """Records like the real ledger; `record_end` of one stack raises, as a locked
+    or read-only database does."""
+
+    def __init__(self, failing_stack: str):
+        self.failing_stack, self.ended, self.ops = failing_stack, [], {}
+        self.lock = threading.Lock()
+
+    def record_start(self, run_id, *, stack, **kw):
+        with self.lock:
+            self.ops[len(self.ops) + 1] = stack
+            return len(self.ops)
+
+    def record_end(self, op_id, status, **kw):
+        if self.ops[op_id] == self.failing_stack:
+            raise RuntimeError("(sqlite3.OperationalError) attempt to write a readonly database")
+        self.ended.append((self.ops[op_id], status))
+
+    def record(self, run_id, **kw):
+        raise RuntimeError("(sqlite3.OperationalError) database is locked")
+
+    def history(self, stack, limit=50):
+        return []
+
+    def run_operations(self, run_id):
+        return []
+
+
+@pytest.fixture
+def fleet(tmp_path, monkeypatch):
+    real_popen = subprocess.Popen
+    ok = [json.dumps({"type": "progress", "phase": "begin"}),
+          json.dumps({"type": "result", "ok": True, "changes": {"same": 2}, "outputs": {}})]
+    failed = json.dumps({"type": "result", "ok": False, "error": {
+        "kind": "failed", "message": "boom", "urn": None, "component": None}})
+    script = ("import json, sys; job = json.load(sys.stdin); "
+              f"print({failed!r} if job['stack'].startswith('bad') else {chr(10).join(ok)!r})")
+
+    def fake_worker(args, **kwargs):
+        assert args[1:] == ["-m", "runner.worker"]
+        return real_popen([sys.executable, "-c", script], **kwargs)
+
+    monkeypatch.setattr(fleet_mod.subprocess, "Popen", fake_worker)
+    monkeypatch.setattr(engine, "prepare_program_dir", lambda settings: None)
+    monkeypatch.setattr(engine, "master_passphrase", lambda state_dir: "master")
+    return Fleet(Path(tmp_path), state_dir=tmp_path / ".runner", bin_dir=tmp_path / "bin",
+                 backend=f"file://{tmp_path / 'state'}")
+
+
+def _jobs(*names):
+    return [Job(n, "staging", f"{n}.staging", "preview", {}, {}) for n in names]
+
+
+def test_a_ledger_error_while_recording_a_result_does_not_abort_the_run(fleet):
+    fleet.ledger = FlakyLedger("b.staging")
+    options = FleetOptions(operation="preview", concurrency=2, run_id="run-1")
+
+    report = fleet.run(_jobs("a", "b", "c"), options)
+
+    assert [(t.stack, t.status) for t in report.targets] == [
+        ("a.staging", rpt.SUCCEEDED), ("b.staging", rpt.SUCCEEDED), ("c.staging", rpt.SUCCEEDED)]
+    assert sorted(fleet.ledger.ended) == [("a.staging", rpt.SUCCEEDED), ("c.staging", rpt.SUCCEEDED)]
+    assert any("ledger" in note and "readonly database" in note and "b.staging" in note for note in report.notes)
+    assert report.errors and report.to_dict()["errors"] == report.errors
+    assert report.exit_code == rpt.EXIT_FAILED
+
+
+def test_a_ledger_error_while_recording_a_not_started_target_does_not_abort_the_run(fleet):
+    fleet.ledger = FlakyLedger("none")
+    fleet._stopping.set()  # as after an interrupt: every target is recorded not-started (ledger.record)
+    report = fleet.run(_jobs("a", "b"), FleetOptions(operation="preview", concurrency=1, run_id="run-1"))
+    assert [t.status for t in report.targets] == [rpt.NOT_STARTED, rpt.NOT_STARTED]
+    assert any("database is locked" in note for note in report.notes)
+
+
+def test_a_ledger_error_while_planning_a_rollback_does_not_abort_the_run(fleet):
+    fleet.ledger = FlakyLedger("none")
+
+    def roll_back(job, result):
+        raise RuntimeError("(sqlite3.OperationalError) unable to open database file")
+
+    report = fleet.run(_jobs("bad", "good"), FleetOptions(operation="preview", concurrency=1, run_id="run-1"),
+                       after_failure=roll_back)
+    assert [(t.stack, t.status) for t in report.targets] == [("bad.staging", rpt.FAILED),
+                                                             ("good.staging", rpt.SUCCEEDED)]
+    assert "unable to open database file" in report.targets[0].details["rollback"]

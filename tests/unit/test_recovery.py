@@ -1,0 +1,128 @@
+"""Lock recovery removes a DIY-backend lock only when its holder is provably dead (#15.8)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from runner import recovery
+from runner.worker import HolderRecorder
+
+STACK = "shop-1.staging"
+
+
+@pytest.fixture
+def backend(tmp_path) -> str:
+    return (tmp_path / "state").as_uri()
+
+
+def _lock(backend: str, pid: int, hostname: str | None = None) -> Path:
+    directory = recovery.lock_dir(backend, STACK)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{uuid.uuid4()}.json"
+    path.write_text(json.dumps({"pid": pid, "username": "root", "hostname": hostname or socket.gethostname(),
+                                "timestamp": "2026-11-27T12:00:00Z"}))
+    return path
+
+
+def _dead_pid() -> tuple[int, int]:
+    """A pid that ran here (with its start time) and has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    started = recovery.start_time(proc.pid)
+    proc.kill()
+    proc.wait()
+    return proc.pid, started
+
+
+def _record(holders: Path, pids: dict[int, int], **identity) -> Path:
+    path = holders / STACK / f"{uuid.uuid4().hex}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**recovery.identity(), **identity, "stack": STACK, "pids": {str(p): t for p, t in pids.items()}}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_a_lock_of_this_host_name_with_an_invisible_pid_is_kept(backend, tmp_path):
+    """A live engine in another PID namespace (a container with the same host name):
+    its pid is not running here, and nothing proves it ever ran here."""
+    pid, _ = _dead_pid()
+    lock = _lock(backend, pid)
+    assert recovery.remove_dead_locks(backend, STACK, tmp_path / "holders") == []
+    assert lock.exists()
+    hint = recovery.kept_locks_hint(backend, STACK, tmp_path / "holders")
+    assert "not known to have run in this PID namespace" in hint and f"rm '{lock}'" in hint
+
+
+def test_a_lock_of_a_recorded_dead_engine_is_removed(backend, tmp_path):
+    pid, started = _dead_pid()
+    lock = _lock(backend, pid)
+    record = _record(tmp_path / "holders", {pid: started})
+    removed = recovery.remove_dead_locks(backend, STACK, tmp_path / "holders")
+    assert len(removed) == 1 and f"dead pid {pid}" in removed[0]
+    assert not lock.exists()
+    assert not record.exists()  # the record of exited processes is pruned too
+
+
+@pytest.mark.parametrize("identity", [{"pidns": "1"}, {"boot_id": "another-boot"}, {"hostname": "elsewhere"}])
+def test_a_record_of_another_namespace_boot_or_host_proves_nothing(backend, tmp_path, identity):
+    pid, started = _dead_pid()
+    lock = _lock(backend, pid)
+    _record(tmp_path / "holders", {pid: started}, **identity)
+    assert recovery.remove_dead_locks(backend, STACK, tmp_path / "holders") == []
+    assert lock.exists()
+
+
+def test_a_live_holder_keeps_its_lock_and_a_reused_pid_does_not(backend, tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock = _lock(backend, live.pid)
+        record = _record(tmp_path / "holders", {live.pid: recovery.start_time(live.pid)})
+        assert recovery.remove_dead_locks(backend, STACK, tmp_path / "holders") == []
+        assert lock.exists() and "is running" in recovery.kept_locks_hint(backend, STACK, tmp_path / "holders")
+        # the same pid number with another start time: the recorded holder exited, the pid was reused
+        record.write_text(json.dumps({**json.loads(record.read_text()),
+                                      "pids": {str(live.pid): recovery.start_time(live.pid) - 1}}))
+        assert len(recovery.remove_dead_locks(backend, STACK, tmp_path / "holders")) == 1
+        assert not lock.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_another_hosts_lock_is_kept(backend, tmp_path):
+    lock = _lock(backend, 1, hostname="another-host")
+    assert recovery.remove_dead_locks(backend, STACK, tmp_path / "holders") == []
+    assert lock.exists() and "another host" in recovery.kept_locks_hint(backend, STACK, tmp_path / "holders")
+
+
+def test_locks_of_an_s3_backend_are_said_to_be_left_alone():
+    backend = "s3://bucket/state"
+    assert recovery.remove_dead_locks(backend, STACK) == []
+    assert "not checked or removed" in recovery.kept_locks_hint(backend, STACK)
+
+
+def test_the_worker_records_its_children_with_start_times_and_removes_the_record(tmp_path):
+    recorder = HolderRecorder(tmp_path / "holders", STACK)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for _ in range(500):
+            record = json.loads(recorder.path.read_text())
+            if str(child.pid) in record["pids"]:
+                break
+            time.sleep(0.02)
+        assert record["pids"][str(child.pid)] == recovery.start_time(child.pid)
+        assert str(os.getpid()) in record["pids"]
+        assert (record["hostname"], record["pidns"], record["boot_id"]) == tuple(recovery.identity().values())
+    finally:
+        child.kill()
+        child.wait()
+        recorder.close()
+    assert not recorder.path.exists()
