@@ -58,7 +58,7 @@ def fleet(tmp_path, monkeypatch):
               f"print({failed!r} if job['stack'].startswith('bad') else {chr(10).join(ok)!r})")
 
     def fake_worker(args, **kwargs):
-        assert args[1:] == ["-m", "runner.worker"]
+        assert args[-2:] == ["-m", "runner.worker"]
         return real_popen([sys.executable, "-c", script], **kwargs)
 
     monkeypatch.setattr(fleet_mod.subprocess, "Popen", fake_worker)
