@@ -22,13 +22,27 @@ from typing import Any, Optional
 
 import pulumi
 
-from components.common import account_id_for, load_files, load_migrations, standard_tags
+from components.common import (
+    account_email,
+    account_id_for,
+    account_name,
+    email_domain_problem,
+    load_files,
+    load_migrations,
+    resource_tags,
+)
 
 SHARED_STACK = "shared"
 SERVICES = ("backend", "frontend")
 UNTENANTED = "untenanted"
 NAME_PART = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
 PLATFORMS = ("local", "aws")
+
+#: Why db_password is refused on aws (the registry says the same).
+AWS_DB_PASSWORD_REFUSED = (
+    "db_password is not used on the aws platform: the database's master password is managed by RDS "
+    "and the app's database user gets a generated password kept in the tenant account; remove it"
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The directory holding Pulumi.yaml: relative config paths resolve here, never against cwd."""
@@ -97,21 +111,35 @@ class Settings:
     release: str = "unreleased"
     tenant_name: str = ""
     purge_data: bool = False
-    account_email_domain: str = "example.com"
+    account_email_domain: str = ""
     smoke_text: str = ""
+    organizational_unit_id: str = ""
+    account_id: str = ""
+    hosted_zone_id: str = ""
+    domain_configured: bool = False
+    """``domain`` was set in config (on aws: a custom domain with TLS)."""
 
     @classmethod
     def from_config(cls, config: pulumi.Config) -> "Settings":
         defaults = cls()
         values: dict[str, Any] = {}
         for key in ("platform", "app_version", "region", "domain", "platform_root", "migrations_dir",
-                    "release", "tenant_name", "account_email_domain", "smoke_text"):
+                    "release", "tenant_name", "account_email_domain", "smoke_text",
+                    "organizational_unit_id", "account_id", "hosted_zone_id"):
             value = config.get(key)
             values[key] = value if value else getattr(defaults, key)
         values["purge_data"] = bool(config.get_bool("purge_data") or False)
+        values["domain_configured"] = bool(values["domain"])
         settings = cls(**values)
         if settings.platform not in PLATFORMS:
             raise ValueError(f"config platform={settings.platform!r}: expected one of {', '.join(PLATFORMS)}")
+        if settings.platform == "aws":
+            # The registry reports these first (with file:line); the program
+            # checks again for a stack run with the plain pulumi CLI.
+            if config.get("db_password"):
+                raise ValueError(f"config {AWS_DB_PASSWORD_REFUSED}")
+            if settings.account_id and not re.fullmatch(r"[0-9]{12}", settings.account_id):
+                raise ValueError(f"config account_id={settings.account_id!r}: expected 12 digits")
         return settings
 
 
@@ -149,10 +177,12 @@ def main(stack: Optional[str] = None, config: Optional[pulumi.Config] = None) ->
 
 def _shared(deployment: Deployment, settings: Settings, platform: ModuleType) -> None:
     urls = {}
+    management = platform.management_provider(settings.region) if settings.platform == "aws" else None
     for service in SERVICES:
         if settings.platform == "aws":
             args = platform.GitRepositoryArgs(
-                service=service, tags={"service": service, "managed-by": "runner", "release": settings.release}
+                service=service, tags={"service": service, "managed-by": "runner"},
+                provider=management,
             )
         else:
             args = platform.GitRepositoryArgs(root=str(resolve(settings.platform_root)), service=service)
@@ -174,14 +204,22 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
                   app_version=settings.app_version)
 
     if settings.platform == "aws":
-        tags = standard_tags(t.tenant_id, t.environment, settings.release)
+        problem = email_domain_problem(settings.account_email_domain)
+        if problem:
+            raise ValueError(f"config {problem}")
+        tags = resource_tags(t.tenant_id, t.environment)
         account = platform.CloudAccount(
             "account",
             platform.CloudAccountArgs(
                 tenant_id=t.tenant_id,
-                email=f"aws+{t.tenant_id}@{settings.account_email_domain}",
+                environment=t.environment,
+                email=account_email(t.tenant_id, t.environment, settings.account_email_domain),
+                name=account_name(t.tenant_id, t.environment),
                 region=settings.region,
                 tags=tags,
+                parent_id=settings.organizational_unit_id or None,
+                account_id=settings.account_id or None,
+                management_provider=platform.management_provider(settings.region),
             ),
         )
         backend = platform.Backend(

@@ -414,6 +414,47 @@ def _check_secret_keys(
             problems.append((where, f"{key!r} is set both in config and in secrets", {}))
 
 
+#: The longest account_email_domain (AWS account emails are at most 64
+#: characters; the rest is the per-tenant-and-environment local part).
+EMAIL_DOMAIN_MAX = 40
+_EMAIL_DOMAIN_RE = re.compile(r"(?=.{4,%d}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}" % EMAIL_DOMAIN_MAX)
+
+
+def _check_platform(
+    index: int, defaults: Any, config: Any, secrets: Any, schema: Mapping[str, ConfigKey], problems: list[Problem]
+) -> None:
+    """Rules of the aws platform that Pulumi.yaml cannot express: a member
+    account's root mail needs a real domain, and db_password has no use there.
+    Applies only when the schema declares the keys involved."""
+    defaults = defaults if isinstance(defaults, dict) else {}
+    config = config if isinstance(config, dict) else {}
+    secrets = secrets if isinstance(secrets, dict) else {}
+    merged = {**defaults, **config}
+    platform_key = schema.get("platform")
+    platform = merged.get("platform", platform_key.default if platform_key else None)
+    if platform != "aws":
+        return
+    if "account_email_domain" in schema:
+        where = (("tenants", index, "config", "account_email_domain") if "account_email_domain" in config
+                 else ("defaults", "account_email_domain") if "account_email_domain" in defaults
+                 else ("tenants", index, "config") if config else ("tenants", index, "id"))
+        domain = merged.get("account_email_domain")
+        if not domain:
+            problems.append((where, "the aws platform needs account_email_domain: the mail domain of the member "
+                             "accounts' root emails (aws+<tenant>-<environment>@<domain>), one whose mail you "
+                             "receive", {}))
+        elif isinstance(domain, str) and not _EMAIL_DOMAIN_RE.fullmatch(domain):
+            problems.append((where, f"account_email_domain {show(domain)} must be a lower-case domain name of "
+                             f"at most {EMAIL_DOMAIN_MAX} characters", {}))
+    if "db_password" in schema:
+        for block, loc in ((secrets, "secrets"), (config, "config")):
+            if "db_password" in block:
+                problems.append((("tenants", index, loc, "db_password"),
+                                 "db_password is not used on the aws platform: the database's master password "
+                                 "is managed by RDS and the app's database user gets a generated password kept "
+                                 "in the tenant account; remove it", {}))
+
+
 def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey]) -> list[Problem]:
     """Checks across the document, on the raw data (plain dicts and lists, as
     loaded from YAML or a database) so that they run even when
@@ -484,6 +525,7 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey]) -> lis
             secrets = tenant.get("secrets")
             _check_config_block(("tenants", index, "config"), config, schema, problems)
             _check_secret_keys(("tenants", index, "secrets"), secrets, config, schema, problems)
+            _check_platform(index, defaults, config, secrets, schema, problems)
             if required:
                 blocks = [b if b is not None else {} for b in (defaults, config, secrets)]
                 if all(isinstance(b, dict) for b in blocks):

@@ -1,0 +1,120 @@
+"""stacks.program on the aws platform under mocks that behave like the
+provider where mocks can (tests/unit/aws_mocks.py): several tenants and
+environments, previews with unknown ids, exact output names (#21.1, #21.6,
+#21.8)."""
+
+from __future__ import annotations
+
+import pulumi
+import pytest
+
+from stacks import program
+from tests.unit.aws_mocks import AwsMocks, RecordingMonitor
+
+DOMAIN = "ops.example.org"
+OUTPUTS = {"tenant", "environment", "platform", "app_version", "release", "account_id", "account_dir", "git_urls",
+           "backend_url", "database_path", "schema_version", "site_dir", "frontend_url", "health_checks"}
+
+
+def run_stack(stack: str, *, preview: bool = False, **config: str):
+    """Run the program for ``stack``; return the monitor and the resolved
+    outputs (None for an unknown one)."""
+    mon = RecordingMonitor(AwsMocks(preview=preview))
+    pulumi.runtime.set_mocks(mon.mocks, project="runner", stack=stack, preview=preview, monitor=mon)
+    cfg = {"platform": "aws", "account_email_domain": DOMAIN, "release": "r7", **config}
+    pulumi.runtime.set_all_config({f"runner:{k}": v for k, v in cfg.items() if v is not None})
+    result: dict = {}
+
+    @pulumi.runtime.test
+    def run():
+        dep = program.main(stack)
+        result["names"] = set(dep.outputs)
+        urns = [c.urn for comp in dep.components.values() for c in vars(comp).values()
+                if isinstance(c, pulumi.Resource)]
+
+        async def collect(_):
+            for key, value in dep.outputs.items():
+                out = pulumi.Output.from_input(value)
+                result[key] = (await out.future()) if await out.is_known() else None
+
+        return pulumi.Output.all(*urns).apply(collect)
+
+    run()
+    return mon, result
+
+
+STACKS = ["customer-1.staging", "customer-1.production", "customer-2.staging", "testing", "staging",
+          f"{'t' * 40}.{'e' * 40}", f"{'t' * 40}.{'e' * 39}f"]
+
+
+def test_one_account_per_tenant_and_environment_without_collisions():
+    emails, names = {}, {}
+    for stack in STACKS:
+        mon, outs = run_stack(stack)
+        assert outs["names"] == OUTPUTS, stack
+        acct = mon.inputs("account-account")
+        assert len(acct["email"]) <= 64 and len(acct["name"]) <= 50, acct
+        assert acct["email"].endswith(f"@{DOMAIN}")
+        emails[acct["email"]] = stack
+        names[acct["name"]] = stack
+        assert outs["account_id"].isdigit() and len(outs["account_id"]) == 12
+    assert len(emails) == len(STACKS) and len(names) == len(STACKS), (emails, names)
+    assert "aws+customer-1-production@ops.example.org" in emails
+    assert "aws+customer-1-staging@ops.example.org" in emails
+    assert "aws+untenanted-testing@ops.example.org" in emails
+
+
+def test_account_under_ou_on_an_explicit_management_provider_without_release_tag():
+    mon, _ = run_stack("customer-1.staging", organizational_unit_id="ou-ab12-cdefgh34", region="eu-west-1")
+    req, _ = mon.requests["account-account"]
+    acct = mon.inputs("account-account")
+    assert acct["parentId"] == "ou-ab12-cdefgh34"
+    assert acct["closeOnDeletion"] is False and req.retainOnDelete is True
+    assert "release" not in acct["tags"]
+    mgmt_urn = mon.requests["management"][1]
+    assert req.provider.startswith(mgmt_urn + "::"), req.provider
+    assert mon.inputs("management")["region"] == "eu-west-1"
+    for prov in ("account-provider", "account-provider-us-east-1"):
+        assert "release" not in mon.inputs(prov)["defaultTags"]
+    assert mon.inputs("account-provider")["region"] == "eu-west-1"
+    assert mon.inputs("account-provider-us-east-1")["region"] == "us-east-1"
+
+
+def test_shared_repositories_on_the_management_provider():
+    mon, _ = run_stack("shared", region="eu-west-1")
+    mgmt_urn = mon.requests["management"][1]
+    for name in ("repo-backend-repo", "repo-frontend-repo"):
+        req, _ = mon.requests[name]
+        assert req.provider.startswith(mgmt_urn + "::")
+        assert "release" not in mon.inputs(name)["tags"]
+
+
+def test_adopted_account_is_not_created_and_its_role_is_assumed():
+    mon, outs = run_stack("customer-1.staging", account_id="210987654321")
+    assert not mon.of_type("aws:organizations/account:Account")
+    assert outs["account_id"] == "210987654321"
+    assert '"roleArn":"arn:aws:iam::210987654321:role/OrganizationAccountAccessRole"' in \
+        mon.inputs("account-provider")["assumeRoles"].replace(" ", "")
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"account_email_domain": None}, "account_email_domain is required on the aws platform"),
+    ({"account_email_domain": "x" * 41 + ".org"}, "at most 40 characters"),
+    ({"db_password": "hunter2"}, "db_password is not used on the aws platform"),
+    ({"account_id": "12345"}, "account_id='12345': expected 12 digits"),
+])
+def test_aws_config_errors(config, message):
+    with pytest.raises(ValueError, match=message):
+        run_stack("customer-1.staging", **config)
+
+
+def test_preview_with_unknown_ids_registers_everything():
+    """A first preview: every id and computed output is unknown."""
+    mon, outs = run_stack("customer-1.staging", preview=True, domain="shop.example.org",
+                          hosted_zone_id="Z123")
+    assert outs["names"] == OUTPUTS
+    assert outs["backend_url"] is None and outs["frontend_url"] is None and outs["account_id"] is None
+    assert outs["tenant"] == "customer-1"
+    created = {r.name for r, _ in mon.requests.values()}
+    assert {"account-account", "backend-db", "backend-migrate", "backend-app", "frontend-cdn",
+            "frontend-invalidate", "frontend-invalidation", "backend-migrations"} <= created

@@ -1,0 +1,58 @@
+"""Registry rules of the aws platform (#21.1, #21.7), against this project's
+own Pulumi.yaml: exit 2 with file:line before anything runs."""
+
+from __future__ import annotations
+
+import textwrap
+
+from click.testing import CliRunner
+
+from runner import cli
+
+HEAD = """\
+defaults:
+  platform: aws
+environments:
+  - name: staging
+  - name: production
+tenants:
+"""  # the first tenant starts on line 7
+
+
+def validate(tmp_path, tenants: str):
+    path = tmp_path / "tenants.yaml"
+    path.write_text(HEAD + textwrap.dedent(tenants), encoding="utf-8")
+    result = CliRunner().invoke(cli.main, ["tenants", "validate", "--registry", str(path)])
+    return result.exit_code, result.output
+
+
+def test_aws_without_account_email_domain_is_exit_2_with_line(tmp_path):
+    code, out = validate(tmp_path, "  - id: shop-1\n    environments: [staging]\n")
+    assert code == 2, out
+    assert "tenants.yaml:7: tenants[0].id: the aws platform needs account_email_domain" in out
+
+
+def test_aws_with_bad_account_email_domain_names_its_line(tmp_path):
+    code, out = validate(tmp_path, "  - id: shop-1\n    environments: [staging]\n"
+                                   "    config:\n      account_email_domain: Example\n")
+    assert code == 2, out
+    assert ("tenants.yaml:10: tenants[0].config.account_email_domain: account_email_domain 'Example' must be "
+            "a lower-case domain name") in out
+
+
+def test_aws_refuses_db_password(tmp_path):
+    code, out = validate(tmp_path, "  - id: shop-1\n    environments: [staging]\n"
+                                   "    config: {account_email_domain: ops.example.org}\n"
+                                   "    secrets: {db_password: {env: PW}}\n")
+    assert code == 2, out
+    assert "tenants.yaml:10: tenants[0].secrets.db_password: db_password is not used on the aws platform" in out
+
+
+def test_aws_with_domain_is_valid_and_local_needs_none(tmp_path):
+    code, out = validate(tmp_path, "  - id: shop-1\n    environments: [staging, production]\n"
+                                   "    config: {account_email_domain: ops.example.org, account_id: '123456789012',"
+                                   " organizational_unit_id: ou-ab12-cdefgh34}\n"
+                                   "  - id: shop-2\n    environments: [staging]\n"
+                                   "    config: {platform: local}\n"
+                                   "    secrets: {db_password: {env: PW}}\n")
+    assert code == 0, out
