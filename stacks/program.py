@@ -44,6 +44,9 @@ AWS_DB_PASSWORD_REFUSED = (
     "and the app's database user gets a generated password kept in the tenant account; remove it"
 )
 
+#: The aws platform's PostgreSQL migrations, a subfolder of migrations_dir.
+POSTGRESQL_MIGRATIONS = "postgresql"
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The directory holding Pulumi.yaml: relative config paths resolve here, never against cwd."""
 
@@ -196,7 +199,12 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
     t = deployment.target
     tenant_name = settings.tenant_name or ("Untenanted" if not t.tenanted else t.tenant_id)
     domain = settings.domain or f"{t.tenant_id}.example.com"
-    migrations = load_migrations(resolve(settings.migrations_dir))
+    # Each platform runs the SQL of its own database: SQLite files in the
+    # folder itself (local), the PostgreSQL set in its postgresql/ (aws).
+    migrations_dir = resolve(settings.migrations_dir)
+    if settings.platform == "aws":
+        migrations_dir = migrations_dir / POSTGRESQL_MIGRATIONS
+    migrations = load_migrations(migrations_dir)
     app_files = load_files(PROJECT_ROOT / "stacks" / "app" / "backend")
     template = (PROJECT_ROOT / "stacks" / "app" / "frontend" / "index.html").read_text(encoding="utf-8")
     shared = stack_reference(SHARED_STACK)
