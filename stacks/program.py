@@ -216,6 +216,7 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
         if problem:
             raise ValueError(f"config {problem}")
         tags = resource_tags(t.tenant_id, t.environment)
+        management = platform.management_provider(settings.region)
         account = platform.CloudAccount(
             "account",
             platform.CloudAccountArgs(
@@ -227,7 +228,7 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
                 tags=tags,
                 parent_id=settings.organizational_unit_id or None,
                 account_id=settings.account_id or None,
-                management_provider=platform.management_provider(settings.region),
+                management_provider=management,
             ),
         )
         backend = platform.Backend(
@@ -239,7 +240,11 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
             "frontend",
             platform.FrontendArgs(provider=account.provider, tags=tags, tenant_name=tenant_name, domain=domain,
                                   backend_url=backend.backend_url, schema_version=backend.schema_version,
-                                  template=template, **common),
+                                  template=template,
+                                  custom_domain=settings.domain if settings.domain_configured else "",
+                                  hosted_zone_id=settings.hosted_zone_id,
+                                  cert_provider=account.provider_us_east_1, dns_provider=management,
+                                  **common),
             pulumi.ResourceOptions(depends_on=[backend]),
         )
         health_checks: Any = pulumi.Output.all(backend.backend_url, frontend.frontend_url).apply(

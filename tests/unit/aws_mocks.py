@@ -32,6 +32,8 @@ def computed(typ: str, name: str, inputs: dict) -> tuple[str, dict]:
         outs["name"] = f"{name}-fn"
     elif typ == "aws:iam/role:Role":
         outs["name"] = f"{name}-role"
+    elif typ == "aws:route53/record:Record":
+        outs["fqdn"] = str(inputs.get("name", "")).rstrip(".")
     elif typ == "aws:cloudwatch/logGroup:LogGroup":
         outs["name"] = inputs.get("name") or f"{name}-1a2b3c"  # autonamed by the provider
     elif typ == "aws:secretsmanager/secret:Secret":
