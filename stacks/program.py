@@ -44,6 +44,8 @@ AWS_DB_PASSWORD_REFUSED = (
     "and the app's database user gets a generated password kept in the tenant account; remove it"
 )
 
+ADOPTED_ACCOUNT = re.compile(r"[a-z][a-z0-9-]{1,38}[a-z0-9]=[0-9]{12}")
+
 #: The aws platform's PostgreSQL migrations, a subfolder of migrations_dir.
 POSTGRESQL_MIGRATIONS = "postgresql"
 
@@ -117,7 +119,8 @@ class Settings:
     account_email_domain: str = ""
     smoke_text: str = ""
     organizational_unit_id: str = ""
-    account_id: str = ""
+    account_ids: tuple[str, ...] = ()
+    """``<environment>=<account id>`` entries: accounts adopted, not created."""
     hosted_zone_id: str = ""
     domain_configured: bool = False
     """``domain`` was set in config (on aws: a custom domain with TLS)."""
@@ -128,11 +131,15 @@ class Settings:
         values: dict[str, Any] = {}
         for key in ("platform", "app_version", "region", "domain", "platform_root", "migrations_dir",
                     "release", "tenant_name", "account_email_domain", "smoke_text",
-                    "organizational_unit_id", "account_id", "hosted_zone_id"):
+                    "organizational_unit_id", "hosted_zone_id"):
             value = config.get(key)
             values[key] = value if value else getattr(defaults, key)
         values["purge_data"] = bool(config.get_bool("purge_data") or False)
         values["domain_configured"] = bool(values["domain"])
+        account_ids = config.get_object("account_ids") or []
+        if not isinstance(account_ids, list) or not all(isinstance(a, str) for a in account_ids):
+            raise ValueError("config account_ids: expected a list of '<environment>=<account id>' strings")
+        values["account_ids"] = tuple(account_ids)
         settings = cls(**values)
         if settings.platform not in PLATFORMS:
             raise ValueError(f"config platform={settings.platform!r}: expected one of {', '.join(PLATFORMS)}")
@@ -141,9 +148,18 @@ class Settings:
             # checks again for a stack run with the plain pulumi CLI.
             if config.get("db_password"):
                 raise ValueError(f"config {AWS_DB_PASSWORD_REFUSED}")
-            if settings.account_id and not re.fullmatch(r"[0-9]{12}", settings.account_id):
-                raise ValueError(f"config account_id={settings.account_id!r}: expected 12 digits")
+            for entry in settings.account_ids:
+                if not ADOPTED_ACCOUNT.fullmatch(entry):
+                    raise ValueError(f"config account_ids: {entry!r} is not '<environment>=<12-digit account id>'")
         return settings
+
+    def adopted_account(self, environment: str) -> str:
+        """The account id adopted for ``environment``, or ""."""
+        for entry in self.account_ids:
+            env, _, account = entry.partition("=")
+            if env == environment:
+                return account
+        return ""
 
 
 @dataclass
@@ -227,7 +243,7 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
                 region=settings.region,
                 tags=tags,
                 parent_id=settings.organizational_unit_id or None,
-                account_id=settings.account_id or None,
+                account_id=settings.adopted_account(t.environment) or None,
                 management_provider=management,
             ),
         )

@@ -420,8 +420,12 @@ EMAIL_DOMAIN_MAX = 40
 _EMAIL_DOMAIN_RE = re.compile(r"(?=.{4,%d}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}" % EMAIL_DOMAIN_MAX)
 
 
+_ADOPTED_RE = re.compile(r"([a-z][a-z0-9-]{1,38}[a-z0-9])=([0-9]{12})")
+
+
 def _check_platform(
-    index: int, defaults: Any, config: Any, secrets: Any, schema: Mapping[str, ConfigKey], problems: list[Problem]
+    index: int, defaults: Any, config: Any, secrets: Any, schema: Mapping[str, ConfigKey], problems: list[Problem],
+    adopted: dict[str, tuple[Any, ...]], envs: Any,
 ) -> None:
     """Rules of the aws platform that Pulumi.yaml cannot express: a member
     account's root mail needs a real domain, and db_password has no use there.
@@ -446,6 +450,24 @@ def _check_platform(
         elif isinstance(domain, str) and not _EMAIL_DOMAIN_RE.fullmatch(domain):
             problems.append((where, f"account_email_domain {show(domain)} must be a lower-case domain name of "
                              f"at most {EMAIL_DOMAIN_MAX} characters", {}))
+    ids = config.get("account_ids")
+    if "account_ids" in schema and isinstance(ids, list):
+        envs = [e for e in envs if isinstance(e, str)] if isinstance(envs, list | tuple) else []
+        for pos, entry in enumerate(ids):
+            where = ("tenants", index, "config", "account_ids", pos)
+            match = _ADOPTED_RE.fullmatch(entry) if isinstance(entry, str) else None
+            if not match:
+                problems.append((where, f"account_ids entry {show(entry)}: expected "
+                                 "'<environment>=<12-digit account id>'", {}))
+                continue
+            env, account = match.groups()
+            if envs and env not in envs:
+                problems.append((where, f"account_ids entry {entry!r}: the tenant has no environment {env!r}", {}))
+            elif account in adopted:
+                problems.append((where, f"account {account} is adopted twice: one member account per tenant "
+                                 "and environment", {"first": adopted[account]}))
+            else:
+                adopted[account] = where
     if "db_password" in schema:
         for block, loc in ((secrets, "secrets"), (config, "config")):
             if "db_password" in block:
@@ -487,6 +509,7 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey]) -> lis
     required = [k for k, spec in schema.items() if spec.required and k not in RESERVED_KEYS]
 
     tenants = data.get("tenants")
+    adopted: dict[str, tuple[Any, ...]] = {}
     if isinstance(tenants, list | tuple):
         first_tenant: dict[str, int] = {}
         for index, tenant in enumerate(tenants):
@@ -525,7 +548,7 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey]) -> lis
             secrets = tenant.get("secrets")
             _check_config_block(("tenants", index, "config"), config, schema, problems)
             _check_secret_keys(("tenants", index, "secrets"), secrets, config, schema, problems)
-            _check_platform(index, defaults, config, secrets, schema, problems)
+            _check_platform(index, defaults, config, secrets, schema, problems, adopted, tenant.get("environments"))
             if required:
                 blocks = [b if b is not None else {} for b in (defaults, config, secrets)]
                 if all(isinstance(b, dict) for b in blocks):

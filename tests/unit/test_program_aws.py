@@ -89,19 +89,30 @@ def test_shared_repositories_on_the_management_provider():
         assert "release" not in mon.inputs(name)["tags"]
 
 
-def test_adopted_account_is_not_created_and_its_role_is_assumed():
-    mon, outs = run_stack("customer-1.staging", account_id="210987654321")
+ADOPTED = '["staging=210987654321", "production=310987654321"]'
+
+
+@pytest.mark.parametrize(("stack", "account"), [("customer-1.staging", "210987654321"),
+                                                ("customer-1.production", "310987654321")])
+def test_adopted_account_per_environment_is_not_created_and_its_role_is_assumed(stack, account):
+    mon, outs = run_stack(stack, account_ids=ADOPTED)
     assert not mon.of_type("aws:organizations/account:Account")
-    assert outs["account_id"] == "210987654321"
-    assert '"roleArn":"arn:aws:iam::210987654321:role/OrganizationAccountAccessRole"' in \
-        mon.inputs("account-provider")["assumeRoles"].replace(" ", "")
+    assert outs["account_id"] == account
+    for prov in ("account-provider", "account-provider-us-east-1"):
+        assert f'"roleArn":"arn:aws:iam::{account}:role/OrganizationAccountAccessRole"' in \
+            mon.inputs(prov)["assumeRoles"].replace(" ", "")
+
+
+def test_environment_without_adopted_account_creates_one():
+    mon, _ = run_stack("customer-1.testing", account_ids='["staging=210987654321"]')
+    assert mon.inputs("account-account")["email"] == "aws+customer-1-testing@ops.example.org"
 
 
 @pytest.mark.parametrize(("config", "message"), [
     ({"account_email_domain": None}, "account_email_domain is required on the aws platform"),
     ({"account_email_domain": "x" * 41 + ".org"}, "at most 40 characters"),
     ({"db_password": "hunter2"}, "db_password is not used on the aws platform"),
-    ({"account_id": "12345"}, "account_id='12345': expected 12 digits"),
+    ({"account_ids": '["staging=12345"]'}, "'staging=12345' is not '<environment>=<12-digit account id>'"),
 ])
 def test_aws_config_errors(config, message):
     with pytest.raises(ValueError, match=message):
@@ -116,5 +127,6 @@ def test_preview_with_unknown_ids_registers_everything():
     assert outs["backend_url"] is None and outs["frontend_url"] is None and outs["account_id"] is None
     assert outs["tenant"] == "customer-1"
     created = {r.name for r, _ in mon.requests.values()}
-    assert {"account-account", "backend-db", "backend-migrate", "backend-app", "frontend-cdn",
+    assert {"account-account", "backend-db", "backend-migrate", "backend-app", "frontend-cdn", "frontend-cert",
+            "frontend-cert-validation", "frontend-cert-issued", "frontend-alias-a", "frontend-alias-aaaa",
             "frontend-invalidate", "frontend-invalidation", "backend-migrations"} <= created

@@ -50,9 +50,23 @@ def test_aws_refuses_db_password(tmp_path):
 
 def test_aws_with_domain_is_valid_and_local_needs_none(tmp_path):
     code, out = validate(tmp_path, "  - id: shop-1\n    environments: [staging, production]\n"
-                                   "    config: {account_email_domain: ops.example.org, account_id: '123456789012',"
-                                   " organizational_unit_id: ou-ab12-cdefgh34}\n"
+                                   "    config: {account_email_domain: ops.example.org, organizational_unit_id: ou-ab12-cdefgh34,"
+                                   " account_ids: [staging=123456789012, production=223456789012]}\n"
                                    "  - id: shop-2\n    environments: [staging]\n"
                                    "    config: {platform: local}\n"
                                    "    secrets: {db_password: {env: PW}}\n")
     assert code == 0, out
+
+
+def test_adopted_accounts_are_checked(tmp_path):
+    code, out = validate(tmp_path, "  - id: shop-1\n    environments: [staging, production]\n"
+                                   "    config:\n      account_email_domain: ops.example.org\n"
+                                   "      account_ids: [staging=123456789012, testing=223456789012, production=1]\n"
+                                   "  - id: shop-2\n    environments: [staging]\n"
+                                   "    config:\n      account_email_domain: ops.example.org\n"
+                                   "      account_ids: [staging=123456789012]\n")
+    assert code == 2, out
+    assert "tenants.yaml:11: tenants[0].config.account_ids[1]: account_ids entry 'testing=223456789012': " \
+           "the tenant has no environment 'testing'" in out
+    assert "tenants.yaml:11: tenants[0].config.account_ids[2]: account_ids entry 'production=1': expected" in out
+    assert "tenants.yaml:16: tenants[1].config.account_ids[0]: account 123456789012 is adopted twice" in out
