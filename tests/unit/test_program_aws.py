@@ -130,3 +130,25 @@ def test_preview_with_unknown_ids_registers_everything():
     assert {"account-account", "backend-db", "backend-migrate", "backend-app", "frontend-cdn", "frontend-cert",
             "frontend-cert-validation", "frontend-cert-issued", "frontend-alias-a", "frontend-alias-aaaa",
             "frontend-invalidate", "frontend-invalidation", "backend-migrations"} <= created
+
+
+def test_exact_resource_types_of_a_tenant_stack():
+    """Exact, not a subset: a resource added or lost shows here."""
+    mon, _ = run_stack("customer-1.staging")
+    types = sorted(r.type for r, _ in mon.requests.values() if r.type.startswith("aws:"))
+    assert types == sorted([
+        "aws:organizations/account:Account",
+        "aws:rds/cluster:Cluster", "aws:rds/clusterInstance:ClusterInstance",
+        "aws:secretsmanager/secret:Secret",
+        "aws:iam/role:Role", "aws:iam/role:Role", "aws:iam/role:Role",
+        "aws:iam/rolePolicy:RolePolicy", "aws:iam/rolePolicy:RolePolicy", "aws:iam/rolePolicy:RolePolicy",
+        "aws:cloudwatch/logGroup:LogGroup", "aws:cloudwatch/logGroup:LogGroup", "aws:cloudwatch/logGroup:LogGroup",
+        "aws:lambda/function:Function", "aws:lambda/function:Function", "aws:lambda/function:Function",
+        "aws:lambda/invocation:Invocation", "aws:lambda/invocation:Invocation",
+        "aws:lambda/permission:Permission", "aws:apigatewayv2/api:Api",
+        "aws:s3/bucket:Bucket", "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+        "aws:s3/bucketPolicy:BucketPolicy", "aws:s3/bucketObjectv2:BucketObjectv2",
+        "aws:cloudfront/originAccessControl:OriginAccessControl", "aws:cloudfront/distribution:Distribution",
+    ])
+    providers = sorted(r.name for r, _ in mon.requests.values() if r.type == "pulumi:providers:aws")
+    assert providers == ["account-provider", "account-provider-us-east-1", "management"]
