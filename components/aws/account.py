@@ -70,11 +70,13 @@ class CloudAccount(pulumi.ComponentResource):
                 iam_user_access_to_billing="DENY",
                 close_on_deletion=False,
                 tags=args.tags,
-                # Removing a tenant never closes its account by accident; the
-                # role name only applies at creation, changing it would replace.
+                # Removing a tenant never closes its account by accident. Email,
+                # role name and billing access only apply at creation: a later
+                # change (a new account_email_domain) must not replace the
+                # account, i.e. create an empty new one.
                 opts=pulumi.ResourceOptions(
                     parent=self, provider=args.management_provider, retain_on_delete=True,
-                    ignore_changes=["role_name", "iam_user_access_to_billing"],
+                    ignore_changes=["email", "role_name", "iam_user_access_to_billing"],
                 ),
             )
             account_id = self.account.id

@@ -70,6 +70,7 @@ def test_account_under_ou_on_an_explicit_management_provider_without_release_tag
     acct = mon.inputs("account-account")
     assert acct["parentId"] == "ou-ab12-cdefgh34"
     assert acct["closeOnDeletion"] is False and req.retainOnDelete is True
+    assert {"email", "roleName", "iamUserAccessToBilling"} <= set(req.ignoreChanges)
     assert "release" not in acct["tags"]
     mgmt_urn = mon.requests["management"][1]
     assert req.provider.startswith(mgmt_urn + "::"), req.provider
