@@ -189,3 +189,14 @@ def test_empty_set_is_a_no_op(tmp_path):
             raise AssertionError(f"database called: {item}")
 
     assert mod.handler(event("app"), None, rds=NoCalls(), secrets=NoCalls()) == {"applied": [], "app_user": "unchanged"}
+
+
+def test_shim_runs_one_statement_per_call_like_the_data_api(db):
+    """So a handler that sent a whole file in one call would fail here too."""
+    _name, _url, shim = db
+    rds = shim()
+    common = {"resourceArn": "arn:c", "secretArn": "arn:s", "database": "x"}
+    assert rds.execute_statement(sql="SELECT '50%' AS x, :v::int AS y", parameters=[
+        {"name": "v", "value": {"longValue": 7}}], **common)["records"] == [[{"stringValue": "50%"}, {"longValue": 7}]]
+    with pytest.raises(Exception, match="BadRequestException"):
+        rds.execute_statement(sql="CREATE TABLE m(x int); CREATE TABLE n(x int)", **common)

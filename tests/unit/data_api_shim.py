@@ -71,15 +71,14 @@ class DataApiShim:
 
     def execute_statement(self, **kwargs):
         self._enter("execute_statement", kwargs)
-        sql = kwargs["sql"]
-        params = None
-        if kwargs.get("parameters"):
-            params = {p["name"]: next(iter(p["value"].values())) for p in kwargs["parameters"]}
-            sql = _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+        # Always the extended protocol (parameters, even none): like the Data
+        # API, one statement per call; a multi-statement string is refused.
+        params = {p["name"]: next(iter(p["value"].values())) for p in kwargs.get("parameters") or []}
+        sql = _PARAM.sub(r"%(\1)s", kwargs["sql"].replace("%", "%%"))
         conn = self.transactions[kwargs["transactionId"]] if kwargs.get("transactionId") else self._auto
         try:
             with conn.cursor() as cur:
-                cur.execute(sql, params, prepare=False)
+                cur.execute(sql, params, prepare=True)
                 rows = cur.fetchall() if cur.description else []
         except psycopg.Error as exc:
             raise DataApiError("BadRequestException", str(exc)) from None
