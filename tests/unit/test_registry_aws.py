@@ -70,3 +70,19 @@ def test_adopted_accounts_are_checked(tmp_path):
            "the tenant has no environment 'testing'" in out
     assert "tenants.yaml:11: tenants[0].config.account_ids[2]: account_ids entry 'production=1': expected" in out
     assert "tenants.yaml:16: tenants[1].config.account_ids[0]: account 123456789012 is adopted twice" in out
+
+
+def test_untenanted_aws_deployment_needs_the_domain_in_defaults(tmp_path):
+    from runner.registry import SelectionError, load_registry, select_targets
+    import pytest
+
+    path = tmp_path / "tenants.yaml"
+    path.write_text(HEAD + "  - id: shop-1\n    environments: [staging]\n"
+                    "    config: {account_email_domain: ops.example.org}\n", encoding="utf-8")
+    registry = load_registry(str(path))
+    with pytest.raises(SelectionError, match="defaults, which lack account_email_domain"):
+        select_targets(registry, untenanted=True, envs=["staging"])
+    path.write_text(HEAD.replace("platform: aws", "platform: aws\n  account_email_domain: ops.example.org")
+                    + "  - id: shop-1\n    environments: [staging]\n", encoding="utf-8")
+    assert [t.stack for t in select_targets(load_registry(str(path)), untenanted=True, envs=["staging"]).targets] \
+        == ["staging"]
