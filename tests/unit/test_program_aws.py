@@ -153,3 +153,10 @@ def test_exact_resource_types_of_a_tenant_stack():
     ])
     providers = sorted(r.name for r, _ in mon.requests.values() if r.type == "pulumi:providers:aws")
     assert providers == ["account-provider", "account-provider-us-east-1", "management"]
+
+
+def test_postgresql_and_sqlite_migration_sets_have_the_same_versions():
+    root = program.PROJECT_ROOT / "stacks" / "migrations"
+    sqlite = [p.stem for p in sorted(root.glob("*.sql"))]
+    postgres = [p.stem for p in sorted((root / program.POSTGRESQL_MIGRATIONS).glob("*.sql"))]
+    assert sqlite and postgres == sqlite
