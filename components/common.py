@@ -4,6 +4,7 @@ components/aws. Nothing here creates resources or knows about the runner."""
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +77,52 @@ def account_id_for(tenant_id: str) -> str:
 
 def standard_tags(tenant_id: str, environment: str, release: str) -> dict[str, str]:
     return {"tenant": tenant_id, "environment": environment, "release": release, "managed-by": MANAGED_BY}
+
+
+def resource_tags(tenant_id: str, environment: str) -> dict[str, str]:
+    """The tags of long-lived resources: no ``release`` (a release would
+    re-tag every resource, the account included, on every deploy)."""
+    return {"tenant": tenant_id, "environment": environment, "managed-by": MANAGED_BY}
+
+
+#: AWS Organizations: an account's email is 6-64 characters, its name 1-50.
+EMAIL_MAX = 64
+ACCOUNT_NAME_MAX = 50
+#: The longest account_email_domain that still leaves room for a unique local part.
+EMAIL_DOMAIN_MAX = 40
+_DOMAIN_RE = re.compile(r"^(?=.{4,%d}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$" % EMAIL_DOMAIN_MAX)
+
+
+def email_domain_problem(domain: str) -> str | None:
+    """Why ``domain`` cannot be an account_email_domain, or None."""
+    if not domain:
+        return "account_email_domain is required on the aws platform (root mail of every member account goes there)"
+    if not _DOMAIN_RE.match(domain):
+        return (f"account_email_domain {domain!r} must be a lower-case domain name of at most "
+                f"{EMAIL_DOMAIN_MAX} characters")
+    return None
+
+
+def _fit(text: str, limit: int, key: str) -> str:
+    """``text`` if it fits in ``limit``, else a prefix plus an 8-hex digest of
+    ``key``: still unique per tenant and environment."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+    return f"{text[:limit - 9].rstrip('-.')}-{digest}"
+
+
+def account_email(tenant_id: str, environment: str, domain: str) -> str:
+    """The member account's root email, unique per tenant AND environment:
+    ``aws+<tenant>-<environment>@<domain>``, shortened with a digest to AWS's
+    64 characters."""
+    problem = email_domain_problem(domain)
+    if problem:
+        raise ValueError(problem)
+    local = _fit(f"aws+{tenant_id}-{environment}", EMAIL_MAX - 1 - len(domain), f"{tenant_id}.{environment}")
+    return f"{local}@{domain}"
+
+
+def account_name(tenant_id: str, environment: str) -> str:
+    """The member account's name, ``<tenant>.<environment>`` within 50 characters."""
+    return _fit(f"{tenant_id}.{environment}", ACCOUNT_NAME_MAX, f"{tenant_id}.{environment}")

@@ -22,13 +22,32 @@ from typing import Any, Optional
 
 import pulumi
 
-from components.common import account_id_for, load_files, load_migrations, standard_tags
+from components.common import (
+    account_email,
+    account_id_for,
+    account_name,
+    email_domain_problem,
+    load_files,
+    load_migrations,
+    resource_tags,
+)
 
 SHARED_STACK = "shared"
 SERVICES = ("backend", "frontend")
 UNTENANTED = "untenanted"
 NAME_PART = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
 PLATFORMS = ("local", "aws")
+
+#: Why db_password is refused on aws (the registry says the same).
+AWS_DB_PASSWORD_REFUSED = (
+    "db_password is not used on the aws platform: the database's master password is managed by RDS "
+    "and the app's database user gets a generated password kept in the tenant account; remove it"
+)
+
+ADOPTED_ACCOUNT = re.compile(r"[a-z][a-z0-9-]{1,38}[a-z0-9]=[0-9]{12}")
+
+#: The aws platform's PostgreSQL migrations, a subfolder of migrations_dir.
+POSTGRESQL_MIGRATIONS = "postgresql"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The directory holding Pulumi.yaml: relative config paths resolve here, never against cwd."""
@@ -108,24 +127,52 @@ class Settings:
     release: str = "unreleased"
     tenant_name: str = ""
     purge_data: bool = False
-    account_email_domain: str = "example.com"
+    account_email_domain: str = ""
     smoke_text: str = ""
     shared_planned: bool = False
+    organizational_unit_id: str = ""
+    account_ids: tuple[str, ...] = ()
+    """``<environment>=<account id>`` entries: accounts adopted, not created."""
+    hosted_zone_id: str = ""
+    domain_configured: bool = False
+    """``domain`` was set in config (on aws: a custom domain with TLS)."""
 
     @classmethod
     def from_config(cls, config: pulumi.Config) -> "Settings":
         defaults = cls()
         values: dict[str, Any] = {}
         for key in ("platform", "app_version", "region", "domain", "platform_root", "migrations_dir",
-                    "release", "tenant_name", "account_email_domain", "smoke_text"):
+                    "release", "tenant_name", "account_email_domain", "smoke_text",
+                    "organizational_unit_id", "hosted_zone_id"):
             value = config.get(key)
             values[key] = value if value else getattr(defaults, key)
         values["purge_data"] = bool(config.get_bool("purge_data") or False)
         values["shared_planned"] = bool(config.get_bool("shared_planned") or False)
+        values["domain_configured"] = bool(values["domain"])
+        account_ids = config.get_object("account_ids") or []
+        if not isinstance(account_ids, list) or not all(isinstance(a, str) for a in account_ids):
+            raise ValueError("config account_ids: expected a list of '<environment>=<account id>' strings")
+        values["account_ids"] = tuple(account_ids)
         settings = cls(**values)
         if settings.platform not in PLATFORMS:
             raise ValueError(f"config platform={settings.platform!r}: expected one of {', '.join(PLATFORMS)}")
+        if settings.platform == "aws":
+            # The registry reports these first (with file:line); the program
+            # checks again for a stack run with the plain pulumi CLI.
+            if config.get("db_password"):
+                raise ValueError(f"config {AWS_DB_PASSWORD_REFUSED}")
+            for entry in settings.account_ids:
+                if not ADOPTED_ACCOUNT.fullmatch(entry):
+                    raise ValueError(f"config account_ids: {entry!r} is not '<environment>=<12-digit account id>'")
         return settings
+
+    def adopted_account(self, environment: str) -> str:
+        """The account id adopted for ``environment``, or ""."""
+        for entry in self.account_ids:
+            env, _, account = entry.partition("=")
+            if env == environment:
+                return account
+        return ""
 
 
 @dataclass
@@ -162,10 +209,12 @@ def main(stack: Optional[str] = None, config: Optional[pulumi.Config] = None) ->
 
 def _shared(deployment: Deployment, settings: Settings, platform: ModuleType) -> None:
     urls = {}
+    management = platform.management_provider(settings.region) if settings.platform == "aws" else None
     for service in SERVICES:
         if settings.platform == "aws":
             args = platform.GitRepositoryArgs(
-                service=service, tags={"service": service, "managed-by": "runner", "release": settings.release}
+                service=service, tags={"service": service, "managed-by": "runner"},
+                provider=management,
             )
         else:
             args = platform.GitRepositoryArgs(root=str(resolve(settings.platform_root)), service=service)
@@ -179,7 +228,12 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
     t = deployment.target
     tenant_name = settings.tenant_name or ("Untenanted" if not t.tenanted else t.tenant_id)
     domain = settings.domain or f"{t.tenant_id}.example.com"
-    migrations = load_migrations(resolve(settings.migrations_dir))
+    # Each platform runs the SQL of its own database: SQLite files in the
+    # folder itself (local), the PostgreSQL set in its postgresql/ (aws).
+    migrations_dir = resolve(settings.migrations_dir)
+    if settings.platform == "aws":
+        migrations_dir = migrations_dir / POSTGRESQL_MIGRATIONS
+    migrations = load_migrations(migrations_dir)
     app_files = load_files(PROJECT_ROOT / "stacks" / "app" / "backend")
     template = (PROJECT_ROOT / "stacks" / "app" / "frontend" / "index.html").read_text(encoding="utf-8")
     git_urls = shared_git_urls(settings)
@@ -187,14 +241,23 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
                   app_version=settings.app_version)
 
     if settings.platform == "aws":
-        tags = standard_tags(t.tenant_id, t.environment, settings.release)
+        problem = email_domain_problem(settings.account_email_domain)
+        if problem:
+            raise ValueError(f"config {problem}")
+        tags = resource_tags(t.tenant_id, t.environment)
+        management = platform.management_provider(settings.region)
         account = platform.CloudAccount(
             "account",
             platform.CloudAccountArgs(
                 tenant_id=t.tenant_id,
-                email=f"aws+{t.tenant_id}@{settings.account_email_domain}",
+                environment=t.environment,
+                email=account_email(t.tenant_id, t.environment, settings.account_email_domain),
+                name=account_name(t.tenant_id, t.environment),
                 region=settings.region,
                 tags=tags,
+                parent_id=settings.organizational_unit_id or None,
+                account_id=settings.adopted_account(t.environment) or None,
+                management_provider=management,
             ),
         )
         backend = platform.Backend(
@@ -206,7 +269,11 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
             "frontend",
             platform.FrontendArgs(provider=account.provider, tags=tags, tenant_name=tenant_name, domain=domain,
                                   backend_url=backend.backend_url, schema_version=backend.schema_version,
-                                  template=template, **common),
+                                  template=template,
+                                  custom_domain=settings.domain if settings.domain_configured else "",
+                                  hosted_zone_id=settings.hosted_zone_id,
+                                  cert_provider=account.provider_us_east_1, dns_provider=management,
+                                  **common),
             pulumi.ResourceOptions(depends_on=[backend]),
         )
         health_checks: Any = pulumi.Output.all(backend.backend_url, frontend.frontend_url).apply(

@@ -4,7 +4,7 @@ Importing this package imports ``pulumi_aws``; the program imports it only
 when ``platform`` is ``aws``, so the local platform never loads it.
 """
 
-from components.aws.account import CloudAccount, CloudAccountArgs
+from components.aws.account import CloudAccount, CloudAccountArgs, management_provider
 from components.aws.backend import Backend, BackendArgs
 from components.aws.frontend import Frontend, FrontendArgs
 from components.aws.git import GitRepository, GitRepositoryArgs
@@ -18,4 +18,5 @@ __all__ = [
     "FrontendArgs",
     "GitRepository",
     "GitRepositoryArgs",
+    "management_provider",
 ]

@@ -10,11 +10,13 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 
-from components.aws.backend import LAMBDA_TRUST
+from components.aws.backend import FunctionRole
 from components.common import DEFAULT_TEMPLATE
 
 HANDLERS = Path(__file__).parent / "handlers"
 CACHING_OPTIMIZED = "658327ea-f89d-4fab-a63d-7e88639e58f6"  # AWS managed cache policy
+#: CloudFront's security policy for a custom certificate: TLS 1.2+ only.
+MINIMUM_TLS = "TLSv1.2_2021"
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,18 @@ class FrontendArgs:
     backend_url: pulumi.Input[str] = ""
     schema_version: pulumi.Input[str] = ""
     template: str = DEFAULT_TEMPLATE
+    custom_domain: str = ""
+    """Serve the site on this domain with its own ACM certificate (aliases,
+    sni-only, TLS 1.2+); empty: the CloudFront domain and default certificate."""
+    hosted_zone_id: str = ""
+    """Route 53 zone serving ``custom_domain``: the certificate's validation
+    record and the alias records are created there. Empty: create the
+    validation record yourself (the first up waits for it) and point the
+    domain at the distribution."""
+    cert_provider: Optional[pulumi.ProviderResource] = None
+    """The tenant account's provider in us-east-1 (CloudFront's certificates)."""
+    dns_provider: Optional[pulumi.ProviderResource] = None
+    """Provider of the account holding ``hosted_zone_id`` (default: ``provider``)."""
 
 
 class Frontend(pulumi.ComponentResource):
@@ -67,6 +81,49 @@ class Frontend(pulumi.ComponentResource):
             signing_protocol="sigv4",
             opts=child(),
         )
+        self.certificate = self.certificate_validation = self.validation_record = None
+        self.alias_records: list[aws.route53.Record] = []
+        if args.custom_domain:
+            cert_opts = pulumi.ResourceOptions(parent=self, provider=args.cert_provider or args.provider)
+            dns_opts = pulumi.ResourceOptions(parent=self, provider=args.dns_provider or args.provider)
+            self.certificate = aws.acm.Certificate(
+                f"{name}-cert",
+                domain_name=args.custom_domain,
+                validation_method="DNS",
+                tags=tags,
+                opts=cert_opts,
+            )
+            fqdns: list = []
+            if args.hosted_zone_id:
+                option = self.certificate.domain_validation_options.apply(lambda o: o[0])
+                self.validation_record = aws.route53.Record(
+                    f"{name}-cert-validation",
+                    zone_id=args.hosted_zone_id,
+                    name=option.resource_record_name,
+                    type=option.resource_record_type,
+                    records=[option.resource_record_value],
+                    ttl=300,
+                    allow_overwrite=True,
+                    opts=dns_opts,
+                )
+                fqdns = [self.validation_record.fqdn]
+            self.certificate_validation = aws.acm.CertificateValidation(
+                f"{name}-cert-issued",
+                certificate_arn=self.certificate.arn,
+                validation_record_fqdns=fqdns or None,
+                opts=cert_opts,
+            )
+            viewer_certificate: dict = {
+                "acm_certificate_arn": self.certificate_validation.certificate_arn,
+                "ssl_support_method": "sni-only",
+                "minimum_protocol_version": MINIMUM_TLS,
+            }
+            aliases: Optional[list[str]] = [args.custom_domain]
+        else:
+            # CloudFront's default certificate (*.cloudfront.net); its TLS
+            # policy cannot be raised, see the README.
+            viewer_certificate = {"cloudfront_default_certificate": True}
+            aliases = None
         self.distribution = aws.cloudfront.Distribution(
             f"{name}-cdn",
             enabled=True,
@@ -87,7 +144,10 @@ class Frontend(pulumi.ComponentResource):
                 "cache_policy_id": CACHING_OPTIMIZED,
             },
             restrictions={"geo_restriction": {"restriction_type": "none"}},
-            viewer_certificate={"cloudfront_default_certificate": True},
+            aliases=aliases,
+            viewer_certificate=viewer_certificate,
+            http_version="http2and3",
+            is_ipv6_enabled=True,
             tags=tags,
             opts=child(),
         )
@@ -130,31 +190,26 @@ class Frontend(pulumi.ComponentResource):
             key="index.html",
             content=page,
             content_type="text/html; charset=utf-8",
-            tags=tags,
+            tags={**tags, "release": args.release},  # the page is what a release changes
             opts=child(depends_on=[self.bucket_policy]),
         )
-        self.invalidate_role = aws.iam.Role(
-            f"{name}-invalidate-role", assume_role_policy=LAMBDA_TRUST, tags=tags, opts=child()
-        )
-        self.invalidate_policy = aws.iam.RolePolicy(
-            f"{name}-invalidate-policy",
-            role=self.invalidate_role.id,
-            policy=self.distribution.arn.apply(
-                lambda arn: json.dumps(
-                    {
-                        "Version": "2012-10-17",
-                        "Statement": [{"Effect": "Allow", "Action": "cloudfront:CreateInvalidation", "Resource": arn}],
-                    }
-                )
+        self.invalidator = FunctionRole(
+            f"{name}-invalidate",
+            self.distribution.arn.apply(
+                lambda arn: [{"Effect": "Allow", "Action": ["cloudfront:CreateInvalidation"], "Resource": arn}]
             ),
-            opts=child(),
+            tags, child(),
         )
+        self.invalidate_role, self.invalidate_logs, self.invalidate_policy = (
+            self.invalidator.role, self.invalidator.log_group, self.invalidator.policy)
         self.invalidate_function = aws.lambda_.Function(
             f"{name}-invalidate",
             runtime="python3.12",
             handler="invalidate.handler",
             role=self.invalidate_role.arn,
+            timeout=60,
             code=pulumi.AssetArchive({"invalidate.py": pulumi.FileAsset(str(HANDLERS / "invalidate.py"))}),
+            logging_config=self.invalidator.logging_config,
             tags=tags,
             opts=child(depends_on=[self.invalidate_policy]),
         )
@@ -168,6 +223,23 @@ class Frontend(pulumi.ComponentResource):
             triggers={"content": content_hash, "release": args.release},
             opts=child(depends_on=[self.index]),
         )
+        if args.custom_domain and args.hosted_zone_id:
+            dns_opts = pulumi.ResourceOptions(parent=self, provider=args.dns_provider or args.provider)
+            for record_type in ("A", "AAAA"):
+                self.alias_records.append(aws.route53.Record(
+                    f"{name}-alias-{record_type.lower()}",
+                    zone_id=args.hosted_zone_id,
+                    name=args.custom_domain,
+                    type=record_type,
+                    aliases=[{"name": self.distribution.domain_name,
+                              "zone_id": self.distribution.hosted_zone_id,
+                              "evaluate_target_health": False}],
+                    opts=dns_opts,
+                ))
         self.site_dir = pulumi.Output.from_input("")
-        self.frontend_url = self.distribution.domain_name.apply(lambda d: f"https://{d}/")
+        if args.custom_domain and args.hosted_zone_id:
+            self.frontend_url = pulumi.Output.all(*[r.fqdn for r in self.alias_records]).apply(
+                lambda _: f"https://{args.custom_domain}/")
+        else:
+            self.frontend_url = self.distribution.domain_name.apply(lambda d: f"https://{d}/")
         self.register_outputs({"site_dir": self.site_dir, "frontend_url": self.frontend_url})

@@ -12,6 +12,8 @@ class GitRepositoryArgs:
     service: str
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    provider: Optional[pulumi.ProviderResource] = None
+    """The management account's provider (explicit region)."""
 
 
 class GitRepository(pulumi.ComponentResource):
@@ -27,7 +29,7 @@ class GitRepository(pulumi.ComponentResource):
             description=args.description or f"Source of the {args.service} service.",
             default_branch="main",
             tags=args.tags,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider),
         )
         self.url = self.repository.clone_url_http
         self.register_outputs({"url": self.url})

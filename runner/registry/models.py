@@ -429,6 +429,69 @@ def _check_secret_keys(
             problems.append((where, f"{key!r} is set both in config and in secrets", {}))
 
 
+#: The longest account_email_domain (AWS account emails are at most 64
+#: characters; the rest is the per-tenant-and-environment local part).
+EMAIL_DOMAIN_MAX = 40
+_EMAIL_DOMAIN_RE = re.compile(r"(?=.{4,%d}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}" % EMAIL_DOMAIN_MAX)
+
+
+_ADOPTED_RE = re.compile(r"([a-z][a-z0-9-]{1,38}[a-z0-9])=([0-9]{12})")
+
+
+def _check_platform(
+    index: int, defaults: Any, config: Any, secrets: Any, schema: Mapping[str, ConfigKey], problems: list[Problem],
+    adopted: dict[str, tuple[Any, ...]], envs: Any,
+) -> None:
+    """Rules of the aws platform that Pulumi.yaml cannot express: a member
+    account's root mail needs a real domain, and db_password has no use there.
+    Applies only when the schema declares the keys involved."""
+    defaults = defaults if isinstance(defaults, dict) else {}
+    config = config if isinstance(config, dict) else {}
+    secrets = secrets if isinstance(secrets, dict) else {}
+    merged = {**defaults, **config}
+    platform_key = schema.get("platform")
+    platform = merged.get("platform", platform_key.default if platform_key else None)
+    if platform != "aws":
+        return
+    if "account_email_domain" in schema:
+        where = (("tenants", index, "config", "account_email_domain") if "account_email_domain" in config
+                 else ("defaults", "account_email_domain") if "account_email_domain" in defaults
+                 else ("tenants", index, "config") if config else ("tenants", index, "id"))
+        domain = merged.get("account_email_domain")
+        if not domain:
+            problems.append((where, "the aws platform needs account_email_domain: the mail domain of the member "
+                             "accounts' root emails (aws+<tenant>-<environment>@<domain>), one whose mail you "
+                             "receive", {}))
+        elif isinstance(domain, str) and not _EMAIL_DOMAIN_RE.fullmatch(domain):
+            problems.append((where, f"account_email_domain {show(domain)} must be a lower-case domain name of "
+                             f"at most {EMAIL_DOMAIN_MAX} characters", {}))
+    ids = config.get("account_ids")
+    if "account_ids" in schema and isinstance(ids, list):
+        envs = [e for e in envs if isinstance(e, str)] if isinstance(envs, list | tuple) else []
+        for pos, entry in enumerate(ids):
+            where = ("tenants", index, "config", "account_ids", pos)
+            match = _ADOPTED_RE.fullmatch(entry) if isinstance(entry, str) else None
+            if not match:
+                problems.append((where, f"account_ids entry {show(entry)}: expected "
+                                 "'<environment>=<12-digit account id>'", {}))
+                continue
+            env, account = match.groups()
+            if envs and env not in envs:
+                problems.append((where, f"account_ids entry {entry!r}: the tenant has no environment {env!r}", {}))
+            elif account in adopted:
+                problems.append((where, f"account {account} is adopted twice: one member account per tenant "
+                                 "and environment", {"first": adopted[account]}))
+            else:
+                adopted[account] = where
+    if "db_password" in schema:
+        for block, loc in ((secrets, "secrets"), (config, "config")):
+            if "db_password" in block:
+                problems.append((("tenants", index, loc, "db_password"),
+                                 "db_password is not used on the aws platform: the database's master password "
+                                 "is managed by RDS and the app's database user gets a generated password kept "
+                                 "in the tenant account; remove it", {}))
+
+
 def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey], paths: PathPolicy | None = None,
                 base_dir: Path | None = None) -> list[Problem]:
     """Checks across the document, on the raw data (plain dicts and lists, as
@@ -462,6 +525,7 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey], paths:
     required = [k for k, spec in schema.items() if spec.required and k not in RESERVED_KEYS]
 
     tenants = data.get("tenants")
+    adopted: dict[str, tuple[Any, ...]] = {}
     if isinstance(tenants, list | tuple):
         first_tenant: dict[str, int] = {}
         for index, tenant in enumerate(tenants):
@@ -500,6 +564,7 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey], paths:
             secrets = tenant.get("secrets")
             _check_config_block(("tenants", index, "config"), config, schema, problems, paths)
             _check_secret_keys(("tenants", index, "secrets"), secrets, config, schema, problems, paths, base_dir)
+            _check_platform(index, defaults, config, secrets, schema, problems, adopted, tenant.get("environments"))
             if required:
                 blocks = [b if b is not None else {} for b in (defaults, config, secrets)]
                 if all(isinstance(b, dict) for b in blocks):

@@ -163,6 +163,11 @@ def select_targets(
             key for key, spec in registry.config_schema.items()
             if spec.required and key not in registry.defaults and key not in ("release", "tenant_name")
         ]
+        platform_key = registry.config_schema.get("platform")
+        platform = registry.defaults.get("platform", platform_key.default if platform_key else None)
+        if (platform == "aws" and "account_email_domain" in registry.config_schema
+                and not registry.defaults.get("account_email_domain")):
+            missing.append("account_email_domain (required on the aws platform)")
         if missing:
             raise SelectionError(
                 f"an untenanted deployment takes its config from defaults, which lack {', '.join(missing)}"

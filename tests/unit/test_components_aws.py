@@ -115,7 +115,8 @@ def test_cloud_account_member_account_and_assumed_role_provider(monitor):
     from components.aws import CloudAccount, CloudAccountArgs
 
     account = CloudAccount(
-        "account", CloudAccountArgs(tenant_id="acme", email="aws+acme@example.com", region="eu-west-1", tags=TAGS)
+        "account", CloudAccountArgs(tenant_id="acme", environment="staging", email="aws+acme-staging@example.com",
+                                    name="acme.staging", region="eu-west-1", tags=TAGS)
     )
 
     def check(args):
@@ -123,7 +124,7 @@ def test_cloud_account_member_account_and_assumed_role_provider(monitor):
         assert account_id == "123456789012" and account_dir == ""
         children = check_tree(monitor, "account", "runner:aws:CloudAccount")
         types = sorted(r.type for r, _ in children)
-        assert types == ["aws:organizations/account:Account", "pulumi:providers:aws"]
+        assert types == ["aws:organizations/account:Account", "pulumi:providers:aws", "pulumi:providers:aws"]
         prov_req, _ = monitor.requests["account-provider"]
         prov_inputs = pulumi.runtime.rpc.deserialize_properties(prov_req.object)
         # Provider config reaches the provider as JSON-encoded strings.
@@ -132,7 +133,7 @@ def test_cloud_account_member_account_and_assumed_role_provider(monitor):
         assert roles[0]["roleArn"] == "arn:aws:iam::123456789012:role/OrganizationAccountAccessRole"
         assert prov_inputs["region"] == "eu-west-1"
         acct = pulumi.runtime.rpc.deserialize_properties(monitor.requests["account-account"][0].object)
-        assert acct["tags"] == TAGS and acct["email"] == "aws+acme@example.com"
+        assert acct["tags"] == TAGS and acct["email"] == "aws+acme-staging@example.com"
 
     return pulumi.Output.all(
         account.account_id, account.account_dir, account.provider.urn, registered(account)

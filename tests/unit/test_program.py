@@ -140,7 +140,7 @@ def test_shared_creates_one_repository_per_service(platform, tmp_path):
 @pytest.mark.parametrize("platform", ["local", "aws"])
 def test_tenant_stack_graph(platform, tmp_path):
     mon = setup("acme.staging", platform=platform, platform_root=str(tmp_path), release="r9",
-                tenant_name="Acme Corp", app_version="2.0.0")
+                tenant_name="Acme Corp", app_version="2.0.0", account_email_domain="ops.example.org")
 
     @pulumi.runtime.test
     def run():
