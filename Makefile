@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit setup engine test-deps bench clean
+.PHONY: run test test-unit setup engine test-deps bench clean pulumi-version
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,3 +41,14 @@ bench: engine
 
 clean:
 	rm -rf .runner
+
+# The one place to change the engine version (#19): `make pulumi-version V=3.x.y`
+# writes the `pulumi` pin in pyproject.toml and the same pkg/v3 + sdk/v3 in
+# tools/go.mod and go.sum, reinstalls the SDK, and builds that engine (its own
+# cache folder: an engine of another version is never used).
+pulumi-version:
+	@test -n "$(V)" || { echo "usage: make pulumi-version V=3.x.y" >&2; exit 2; }
+	sed -i -E 's/"pulumi==[0-9][0-9.]*"/"pulumi==$(V)"/' pyproject.toml
+	cd tools && GOTOOLCHAIN=local GOFLAGS=-mod=mod go get github.com/pulumi/pulumi/pkg/v3@v$(V) github.com/pulumi/pulumi/sdk/v3@v$(V)
+	cd tools && GOTOOLCHAIN=local go mod tidy
+	$(MAKE) engine

@@ -81,6 +81,15 @@ def _candidates() -> list[tuple[str, Path]]:
     return found
 
 
+def find_engine() -> tuple[str, Path] | None:
+    """Where a usable engine at the pinned version is, without building one
+    (`runner doctor`): (how it was found, its bin directory), or None."""
+    for how, bin_dir in _candidates():
+        if _usable(bin_dir):
+            return how, bin_dir
+    return None
+
+
 def _go_env() -> dict[str, str]:
     return {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0"}
 

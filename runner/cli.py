@@ -50,10 +50,33 @@ def common_options(f):
     return f
 
 
+def _registry_for_completion(ctx):
+    from runner import ops, registry as reg
+
+    source = ctx.params.get("registry") or os.environ.get("RUNNER_REGISTRY") or str(ops.DEFAULT_REGISTRY)
+    return reg.load_registry(source)
+
+
+def complete_tenants(ctx, param, incomplete):
+    """Shell completion of --tenant: the registry's tenant ids (nothing when it cannot be read)."""
+    try:
+        return [t.id for t in _registry_for_completion(ctx).tenants if t.id.startswith(incomplete)]
+    except Exception:  # completion must never print a traceback into the user's shell
+        return []
+
+
+def complete_envs(ctx, param, incomplete):
+    """Shell completion of --env: the registry's environments."""
+    try:
+        return [e for e in _registry_for_completion(ctx).environment_names if e.startswith(incomplete)]
+    except Exception:
+        return []
+
+
 def selector_options(f):
-    f = click.option("--tenant", "tenants", multiple=True, metavar="T", help="Select a tenant (repeatable).")(f)
+    f = click.option("--tenant", "tenants", multiple=True, metavar="T", shell_complete=complete_tenants, help="Select a tenant (repeatable).")(f)
     f = click.option("--all-tenants", is_flag=True, help="Select every enabled tenant.")(f)
-    f = click.option("--env", "envs", multiple=True, metavar="E", help="Restrict to an environment (repeatable).")(f)
+    f = click.option("--env", "envs", multiple=True, metavar="E", shell_complete=complete_envs, help="Restrict to an environment (repeatable).")(f)
     f = click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only tenants with this tag (repeatable, all must match); alone, selects the enabled tenants with it.")(f)
     f = click.option("--exclude-tenant", "exclude", multiple=True, metavar="T", help="Leave a tenant out (repeatable).")(f)
     f = click.option("--untenanted", is_flag=True, help="An untenanted deployment to --env (refused where the environment requires a tenant).")(f)
@@ -302,8 +325,8 @@ def recover(**kw):
 
 @main.command()
 @common_options
-@click.option("--tenant", required=True, help="The tenant.")
-@click.option("--env", required=True, help="The environment.")
+@click.option("--tenant", required=True, shell_complete=complete_tenants, help="The tenant.")
+@click.option("--env", required=True, shell_complete=complete_envs, help="The environment.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @handle_problems
@@ -434,8 +457,8 @@ def drift(remediate, **kw):
 
 @main.command()
 @common_options
-@click.option("--tenant", required=True, help="The tenant.")
-@click.option("--env", required=True, help="The environment.")
+@click.option("--tenant", required=True, shell_complete=complete_tenants, help="The tenant.")
+@click.option("--env", required=True, shell_complete=complete_envs, help="The environment.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outputs as one JSON document.")
 @handle_problems
 def outputs(tenant, env, as_json, **kw):
@@ -487,3 +510,110 @@ def tenants_validate(registry):
     from runner import ops, registry as reg
 
     click.echo(reg.registry_summary(ops.load(ops.Context(registry=registry))), err=True)
+
+
+# --------------------------------------------------------------------------- the plain CLI, doctor (#19)
+
+
+def one_stack_options(f):
+    """--tenant T --env E or --stack S; fleet selectors are accepted only to be refused clearly."""
+    f = click.option("--tenant", "tenants", multiple=True, metavar="T", shell_complete=complete_tenants,
+                     help="The tenant (with --env).")(f)
+    f = click.option("--env", "envs", multiple=True, metavar="E", shell_complete=complete_envs,
+                     help="The environment (with --tenant).")(f)
+    f = click.option("--stack", metavar="NAME", shell_complete=lambda c, p, i: [s for s in ["shared"] if s.startswith(i)],
+                     help="A stack by name instead: shared, or TENANT.ENV.")(f)
+    for flag in ("--all-tenants", "--untenanted"):
+        f = click.option(flag, is_flag=True, hidden=True, expose_value=True)(f)
+    for name in ("--tag", "--exclude-tenant", "--shard"):
+        f = click.option(name, multiple=True, hidden=True)(f)
+    return f
+
+
+def _one_stack(kw) -> dict:
+    fleet = [f"--{k.replace('_', '-')}" for k in ("all_tenants", "untenanted", "tag", "exclude_tenant", "shard")
+             if kw.pop(k, None)]
+    tenants, envs = kw.pop("tenants"), kw.pop("envs")
+    if fleet or len(tenants) > 1 or len(envs) > 1:
+        given = ", ".join(fleet) or "more than one --tenant/--env"
+        raise UsageFailure(f"one stack only: {given} selects a fleet; give --tenant T --env E or --stack shared")
+    return {"tenant": tenants[0] if tenants else None, "env": envs[0] if envs else None, "stack": kw.pop("stack")}
+
+
+@main.command("env")
+@common_options
+@one_stack_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: stack, directory, env, path_prepend, unset.")
+@handle_problems
+def env_cmd(as_json, **kw):
+    """Print the shell lines that make the plain `pulumi` CLI work on one stack.
+
+    \b
+        eval "$(runner env --tenant T --env E)"
+        pulumi preview -s T.E
+
+    The output is a SECRET: it holds that stack's passphrase (never the
+    master passphrase). Do not log it or paste it anywhere. It sets
+    PULUMI_BACKEND_URL, PULUMI_CONFIG_PASSPHRASE, PULUMI_PYTHON_CMD, the
+    offline switches (PULUMI_SKIP_UPDATE_CHECK, ...) and puts the engine's bin
+    directory first on PATH. The last line names the directory to run
+    `pulumi` in: the project directory with the default state dir, else the
+    generated program directory that holds the stack config.
+    """
+    from runner import ops
+
+    stack = _one_stack(kw)
+    target = ops.pulumi_environment(_context(kw), **stack)
+    if as_json:
+        click.echo(json.dumps(target.to_dict()))
+    else:
+        click.echo("\n".join(target.shell_lines()))
+
+
+@main.command("pulumi", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@common_options
+@one_stack_options
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@handle_problems
+def pulumi_cmd(args, **kw):
+    """Run the plain `pulumi ARGS` on one stack with the environment of `runner env`.
+
+    \b
+        runner pulumi --tenant T --env E -- stack export
+        runner pulumi --stack shared -- stack ls
+
+    It runs in the directory where that stack's config is found (see `runner
+    env`): give file arguments as absolute paths. The exit code is the
+    CLI's. One stack only: fleet selectors are refused (exit 2).
+    """
+    from runner import ops
+
+    stack = _one_stack(kw)
+    if not args:
+        raise UsageFailure("give the pulumi arguments after --, e.g. runner pulumi --tenant T --env E -- stack ls")
+    sys.exit(ops.run_pulumi(_context(kw), list(args), **stack))
+
+
+@main.command()
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, checks (name, ok, detail).")
+@handle_problems
+def doctor(as_json, **kw):
+    """Check the set-up, one line per check; exit 0 when all pass, 1 otherwise.
+
+    The engine (version, where it came from), the Python language host and
+    dynamic-provider script, the state backend (reachable, writable), the
+    ledger, the master passphrase (present, non-empty, mode 0600; never
+    printed), the registry (valid, tenants) and the PostgreSQL driver when a
+    postgres URL is used. Builds nothing and needs no internet.
+    """
+    from runner import doctor as dr
+
+    checks = dr.run_checks(_context(kw))
+    ok = all(c.ok for c in checks)
+    if as_json:
+        click.echo(json.dumps({"ok": ok, "checks": [c.to_dict() for c in checks]}))
+    else:
+        for check in checks:
+            click.echo(check.line())
+    sys.exit(rpt.EXIT_OK if ok else rpt.EXIT_FAILED)

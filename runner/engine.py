@@ -715,3 +715,52 @@ def _read_text(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+# --------------------------------------------------------------------------- the plain CLI (#19)
+
+
+def plain_cli_environment(settings: EngineSettings, stack: str, passphrase: str) -> dict[str, str]:
+    """What the plain `pulumi` CLI needs, on top of a user's own environment,
+    to work on one stack as the runner's workers do: the stack (PULUMI_STACK,
+    the CLI's current stack unless `-s` says otherwise), the backend, that
+    stack's passphrase (never the master), the runner's interpreter for the
+    language host and dynamic providers, and the offline switches. PATH is
+    not in it: see :func:`plain_cli_path`."""
+    env = {k: v for k, v in OFFLINE_ENV.items() if k != "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK"}
+    env.update({
+        "PULUMI_STACK": stack,
+        "PULUMI_BACKEND_URL": settings.backend_url,
+        "PULUMI_CONFIG_PASSPHRASE": passphrase,
+        "PULUMI_PYTHON_CMD": sys.executable,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    return env
+
+
+def plain_cli_path(settings: EngineSettings) -> list[str]:
+    """Directories to put first on PATH: the engine's (pulumi, the language
+    host, the dynamic-provider script), then the runner's virtualenv."""
+    return [str(settings.bin_dir), str(Path(sys.executable).parent)]
+
+
+def plain_cli_directory(settings: EngineSettings) -> Path:
+    """Where `pulumi -s STACK` reads the stack config the runner wrote.
+
+    The project's Pulumi.yaml points its `stackConfigDir` at the default state
+    dir's generated config (.runner/program/stacks), so with that state dir
+    the plain CLI works from the project directory. With another state dir
+    (RUNNER_STATE_DIR) the config lives elsewhere and the CLI has no variable
+    to point at it: the generated program directory beside it is a complete
+    project (absolute `main`, `stackConfigDir: stacks`) to run it from."""
+    from ruamel.yaml import YAML
+
+    config_dir = (settings.work_root.parent / "program" / "stacks").resolve()
+    try:
+        project = YAML(typ="safe").load(settings.project_dir / "Pulumi.yaml") or {}
+    except (OSError, ValueError):
+        project = {}
+    declared = project.get("stackConfigDir")
+    if declared and (settings.project_dir / declared).resolve() == config_dir:
+        return settings.project_dir.resolve()
+    return settings.program_dir.resolve()

@@ -698,3 +698,93 @@ def outputs(ctx: Context, tenant: str, env: str) -> dict[str, Any]:
     if result.status != rpt.SUCCEEDED:
         raise CommandProblem(f"{target.stack}: {result.error_line}")
     return result.outputs
+
+
+# --------------------------------------------------------------------------- the plain CLI (#19)
+
+
+@dataclass(frozen=True)
+class PulumiEnvironment:
+    """What the plain `pulumi` CLI needs to work on one stack (`runner env`, `runner pulumi`).
+
+    ``env`` holds that stack's passphrase: the whole object is a secret."""
+
+    stack: str
+    directory: Path  # where `pulumi -s STACK` finds the runner's stack config
+    env: dict[str, str]
+    path: list[str]  # directories to put first on PATH
+    unset: tuple[str, ...] = ("PULUMI_CONFIG_PASSPHRASE_FILE",)  # would compete with the passphrase
+
+    def shell_lines(self) -> list[str]:
+        import shlex
+
+        lines = [f"export {name}={shlex.quote(value)}" for name, value in sorted(self.env.items())]
+        lines.append("export PATH=" + ":".join(shlex.quote(p) for p in self.path) + ':"$PATH"')
+        lines += [f"unset {name}" for name in self.unset]
+        lines.append(f"# stack {self.stack}: run `pulumi ... -s {self.stack}` in {shlex.quote(str(self.directory))}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stack": self.stack, "directory": str(self.directory), "env": dict(self.env),
+                "path_prepend": list(self.path), "unset": list(self.unset)}
+
+    def child_environment(self, base: dict[str, str]) -> dict[str, str]:
+        """``base`` (the caller's environment) with this one applied; the
+        master passphrase is not passed on to the CLI and the program it runs."""
+        drop = {*self.unset, "RUNNER_PASSPHRASE", "RUNNER_PASSPHRASE_FILE"}
+        env = {k: v for k, v in base.items() if k not in drop}
+        env.update(self.env)
+        env["PATH"] = os.pathsep.join([*self.path, *([base["PATH"]] if base.get("PATH") else [])])
+        return env
+
+
+def pulumi_stack_name(ctx: Context, tenant: str | None, env: str | None, stack: str | None) -> str:
+    """One stack: `--tenant T --env E` (a registry target, enabled or not), or
+    `--stack shared` / a registry stack name; anything else is a usage problem."""
+    if stack and (tenant or env):
+        raise UsageProblem("give either --stack or --tenant with --env, not both")
+    if not stack and not (tenant and env):
+        raise UsageProblem("one stack: give --tenant T --env E, or --stack shared")
+    registry = load(ctx)
+    if stack:
+        from runner.fleet import SHARED_STACK
+
+        if stack == SHARED_STACK or stack in registry.environment_names:
+            return stack
+        tenant, dot, env = stack.partition(".")
+        if not dot:
+            raise UsageProblem(f"--stack {stack}: not a stack of this registry (use shared or TENANT.ENV)")
+    selection = select(registry, Selectors(tenants=(tenant,), envs=(env,)))
+    found = selection.targets + [t for t, _ in selection.skipped]
+    if not found:
+        raise UsageProblem(f"tenant {tenant!r} is not connected to environment {env!r}")
+    return found[0].stack
+
+
+def pulumi_environment(ctx: Context, tenant: str | None = None, env: str | None = None,
+                       stack: str | None = None) -> PulumiEnvironment:
+    """The environment of the plain `pulumi` CLI for one stack (the engine the
+    runner uses, its backend, that stack's passphrase, its stack config)."""
+    from runner import engine
+
+    name = pulumi_stack_name(ctx, tenant, env, stack)
+    fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url)
+    settings = fleet.settings
+    return PulumiEnvironment(
+        stack=name, directory=engine.plain_cli_directory(settings),
+        env=engine.plain_cli_environment(settings, name, engine.stack_passphrase(fleet.master, name)),
+        path=engine.plain_cli_path(settings),
+    )
+
+
+def run_pulumi(ctx: Context, args: Sequence[str], tenant: str | None = None, env: str | None = None,
+               stack: str | None = None) -> int:
+    """Run the plain `pulumi ARGS` on one stack with its environment, in the
+    directory where its stack config is found; returns the CLI's exit code."""
+    target = pulumi_environment(ctx, tenant, env, stack)
+    child = target.child_environment(dict(os.environ))
+    pulumi = str(Path(target.path[0]) / "pulumi")
+    try:
+        return subprocess.run([pulumi, *args], env=child, cwd=target.directory).returncode
+    except KeyboardInterrupt:
+        return rpt.EXIT_INTERRUPTED
