@@ -352,7 +352,8 @@ class _Collector:
                 self.stack_outputs = dict(meta.new.outputs or {})
             self.steps.append(Step(meta.urn, op, _changed_keys(meta, self.compare)))
             self._progress({"urn": meta.urn, "op": op, "phase": "done"})
-        elif event.summary_event:
+        elif event.summary_event:  # the engine's last event, before it releases the lock
+            self._progress({"phase": "end"})
             self.changes = {
                 getattr(k, "value", str(k)): v for k, v in (event.summary_event.resource_changes or {}).items()
             }

@@ -163,8 +163,9 @@ class Fleet:
         log_dir.mkdir(parents=True, exist_ok=True)
         outcome: dict[str, Any] = {}
         # The ledger row starts when the engine holds the stack's lock (its first event), so rows of
-        # two runners that waited for each other never overlap; it ends when the engine is done.
-        op_id, begun = None, None
+        # two runners that waited for each other never overlap; it ends at the engine's summary event,
+        # which comes before the engine releases the lock (else when the worker is done).
+        op_id, begun, engine_done = None, None, None
         log_path = log_dir / f"{job.stack}.{job.operation}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -184,10 +185,12 @@ class Fleet:
                         if begun is None:
                             begun = rpt.now()
                             op_id = self._ledger_start(run_id, job, release, started=begun)
+                    elif message.get("phase") == "end":  # the engine's summary: it still holds the lock
+                        engine_done = engine_done or rpt.now()
                     else:
                         self.progress.event(job, message)
                 proc.wait()
-                engine_done = rpt.now()
+                engine_done = engine_done or rpt.now()
             finally:
                 with self._lock:
                     self._procs.pop(proc.pid, None)
