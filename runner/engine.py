@@ -40,6 +40,20 @@ OFFLINE_ENV = {
     "PULUMI_DISABLE_REGISTRY_RESOLVE": "true",
     "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
 }
+
+
+def backend_env(backend_url: str) -> dict[str, str]:
+    """Engine settings a backend needs. postgres://: the DIY backend lists stacks
+    with up to 10 parallel ListPaged calls, each holding a cursor while it reads
+    each key's metadata on another connection of a pool of 2 x GOMAXPROCS: on 2
+    cores four cursors take every connection and `pulumi stack ls` waits forever
+    (pkg/v3 backend/diy/postgres/bucket.go, seen with 3.260.0). One listing at a
+    time needs two connections."""
+    if backend_url.startswith(("postgres://", "postgresql://")):
+        return {"PULUMI_DIY_BACKEND_PARALLEL": "1"}
+    return {}
+
+
 # Variables a worker inherits from the runner's own environment, no others.
 INHERITED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME")
 
@@ -283,6 +297,7 @@ def worker_environment(settings: EngineSettings, stack: str, passphrase: str,
         "PULUMI_PYTHON_CMD": sys.executable,
         "PYTHONUNBUFFERED": "1",
         "AWS_EC2_METADATA_DISABLED": "true",
+        **backend_env(settings.backend_url),
     })
     if pythonpath:  # an older commit's program imports its own components first
         env["PYTHONPATH"] = pythonpath
@@ -618,7 +633,8 @@ def list_stacks(settings: EngineSettings) -> list[str]:
     home.mkdir(parents=True, exist_ok=True)
     workspace = auto.LocalWorkspace(
         work_dir=str(settings.program_dir), pulumi_home=str(home), pulumi_command=_command(settings.bin_dir),
-        env_vars={**OFFLINE_ENV, "PULUMI_BACKEND_URL": settings.backend_url, "PULUMI_CONFIG_PASSPHRASE": ""},
+        env_vars={**OFFLINE_ENV, **backend_env(settings.backend_url), "PULUMI_BACKEND_URL": settings.backend_url,
+                  "PULUMI_CONFIG_PASSPHRASE": ""},
     )
     try:
         return sorted(s.name.rsplit("/", 1)[-1] for s in workspace.list_stacks())
@@ -735,6 +751,7 @@ def plain_cli_environment(settings: EngineSettings, stack: str, passphrase: str)
         "PULUMI_CONFIG_PASSPHRASE": passphrase,
         "PULUMI_PYTHON_CMD": sys.executable,
         "AWS_EC2_METADATA_DISABLED": "true",
+        **backend_env(settings.backend_url),
     })
     return env
 
