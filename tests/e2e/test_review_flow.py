@@ -151,3 +151,27 @@ def test_a_changed_registry_or_plan_file_refuses_everything(fleet, tmp_path):
     assert refused.code == 2, refused.stdout or refused.stderr
     assert "differs from the reviewed one" in refused.stderr
     assert len(fleet.history("r-3")) == before
+
+    # the way out: preview again, review, apply
+    fresh = tmp_path / "fresh"
+    assert [s for s, t in _targets(fleet.preview(fresh)).items() if t["has_changes"]] == ["r-3.staging"]
+    applied = fleet.run("up", "--plans", str(fresh), "--yes")
+    assert applied.code == 0, applied.stderr
+
+
+def test_a_secret_changed_after_the_review_makes_that_target_stale(fleet, tmp_path):
+    fleet.tenants["r-1"]["config"] = {**fleet.tenants["r-1"].get("config", {}), "app_version": "1.4.0"}
+    fleet.write()
+    plans = tmp_path / "plans"
+    manifest = fleet.preview(plans)
+    assert [s for s, t in _targets(manifest).items() if t["has_changes"]] == ["r-1.staging"]
+
+    applied = fleet.sandbox.run("up", "--plans", str(plans), "--yes", "--json",
+                                env={"REVIEW_DB_PASSWORD": SENTINEL + "-rotated"})
+
+    assert applied.code == 1, applied.stdout or applied.stderr
+    row = applied.by_stack()["r-1.staging"]
+    assert row["status"] == "failed" and row["error"].startswith(STALE) and "secret" in row["error"], row
+    assert SENTINEL not in applied.stdout + applied.stderr
+    # with the reviewed secret, the same plans apply
+    assert fleet.run("up", "--plans", str(plans), "--yes").code == 0
