@@ -133,6 +133,16 @@ def _code(text: str) -> str:
     return "`` " + str(text).replace("\n", " ") + " ``"
 
 
+def _step_label(step: dict) -> str:
+    """`Backend/backend-app`, `provider default`: the resource a reviewer recognizes."""
+    name = step.get("name") or str(step["urn"]).rsplit("::", 1)[-1]
+    if step.get("component"):
+        return f"{str(step['component']).rsplit(':', 1)[-1]}/{name}"
+    if "::pulumi:providers:" in str(step["urn"]):
+        return f"provider {name}"
+    return name
+
+
 def render_summary(manifest: dict, limit: int = MAX_SUMMARY) -> str:
     """The pull-request comment: totals, deletes/replaces first, one row per changed target,
     then a <details> block per target. Only names and key names appear: never a value."""
@@ -162,7 +172,7 @@ def render_summary(manifest: dict, limit: int = MAX_SUMMARY) -> str:
                                                                     "create-replacement"), s["urn"]))
         for s in steps:
             keys = f" (changed: {', '.join(_code(k) for k in s.get('keys') or [])})" if s.get("keys") else ""
-            lines.append(f"- **{s['op']}** {_code(s.get('name') or s['urn'])}{keys}")
+            lines.append(f"- **{s['op']}** {_code(_step_label(s))}{keys}")
         lines += ["", "</details>", ""]
         blocks.append("\n".join(lines))
     tail = ["", f"_Full details: `{MANIFEST}` in the plans artifact._", ""]
