@@ -251,15 +251,18 @@ def main():
 @click.option("--wave", metavar="NAME", help="Run one wave of the rollout only (manual promotion).")
 @click.option("--skip-unchanged", is_flag=True, help="Skip targets whose program, config and release equal their last good deploy, when that deploy or a newer in-sync drift check is younger than --max-age; says per target why it skipped or not.")
 @click.option("--max-age", type=click.FloatRange(min=0), default=24.0, show_default=True, metavar="HOURS", help="With --skip-unchanged: how old the last good deploy or clean drift check may be.")
+@click.option("--plans", "plans", metavar="DIR", type=click.Path(file_okay=False),
+              help="Apply exactly the plans `preview --save-plans DIR` saved: exit 2 when the program, registry or a "
+                   "plan file changed; a target whose state moved fails as a stale plan; no other target is touched.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_problems
 def up(release, on_failure, max_failures, rerun_failed, ignore_lifecycle, strategy, wave, skip_unchanged, max_age,
-       yes, **kw):
+       plans, yes, **kw):
     """Deploy the selected targets: the shared stack first, then environments in
     promotion order (lifecycle gates), each in the registry's rollout waves."""
     run_fleet_command("up", kw, release=release, on_failure=on_failure, max_failures=max_failures,
                       rerun_failed=rerun_failed, ignore_lifecycle=ignore_lifecycle, strategy=strategy, wave=wave,
-                      skip_unchanged=max_age * 3600 if skip_unchanged else None)
+                      skip_unchanged=max_age * 3600 if skip_unchanged else None, plans=plans)
 
 
 @main.command()
@@ -397,10 +400,13 @@ def status(as_json, html_path, **kw):
 @fleet_options
 @output_options
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 3 when any target has changes.")
+@click.option("--save-plans", metavar="DIR", type=click.Path(file_okay=False),
+              help="Save each changed target's update plan, DIR/manifest.json and DIR/summary.md (a pull-request "
+                   "comment) for `up --plans DIR`.")
 @handle_problems
-def preview(detailed_exitcode, **kw):
+def preview(detailed_exitcode, save_plans, **kw):
     """Show what `up` would change, per target."""
-    run_fleet_command("preview", kw, detailed_exitcode=detailed_exitcode)
+    run_fleet_command("preview", kw, detailed_exitcode=detailed_exitcode, save_plans=save_plans)
 
 
 @main.command()

@@ -85,6 +85,12 @@ class OperationFailed(EngineError):
     kind = "failed"
 
 
+class StalePlan(EngineError):
+    """up --plans: the stack moved since the reviewed preview; nothing was applied."""
+
+    kind = "failed"
+
+
 class CheckpointUnreadable(EngineError):
     """The backend's checkpoint of the stack cannot be read (e.g. after a kill mid-write)."""
 
@@ -127,6 +133,8 @@ class OperationResult:
     pending: list[Step] = field(default_factory=list)
     # drift only: references to other stacks (shared) whose outputs changed: not this stack's drift
     behind: list[Step] = field(default_factory=list)
+    # preview with a saved plan: the state's version the preview saw (review flow, #20)
+    state_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -646,13 +654,24 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
                   config: Mapping[str, Any] | None = None, secret_values: Mapping[str, str] | None = None,
                   on_progress: Callable[[dict], None] | None = None,
                   remove_stack: bool = False, refresh: bool = False,
-                  log: Callable[[str], None] | None = None, pythonpath: str | None = None) -> OperationResult:
+                  log: Callable[[str], None] | None = None, pythonpath: str | None = None,
+                  plan: str | None = None, review: Mapping[str, Any] | None = None) -> OperationResult:
     """Run one operation on one stack. Raises an :class:`EngineError`.
 
     `log` receives the engine's output for the target's log: its stdout lines
     (secrets masked by the engine) and a line per engine event (diagnostics,
-    resource steps, failures, the summary); the caller masks secret values."""
+    resource steps, failures, the summary); the caller masks secret values.
+
+    Review flow (#20): `plan` is an update plan file: a preview saves it, an up
+    applies it (runner.review; the engine's update plans are experimental, so
+    PULUMI_EXPERIMENTAL is set for these operations only). `review` (up only)
+    holds what the preview saw: `state_version`, and `steps` when the fresh
+    preview must match them (see runner.review); a mismatch raises
+    :class:`StalePlan` and nothing is applied."""
     from pulumi import automation as auto
+
+    if plan is not None:
+        os.environ["PULUMI_EXPERIMENTAL"] = "true"  # this worker process runs this one operation only
 
     workspace = _workspace(settings, stack, pythonpath)
     collector = _Collector(on_progress, log)
@@ -676,7 +695,15 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
         common = {"on_event": collector, "color": "never"}
         if log is not None:
             common["on_output"] = common["on_error"] = log
-        if operation == "up":
+        if plan is not None and operation == "up" and review is not None:
+            _check_review(handle, review, common, collector)
+        if plan is not None and operation == "preview":
+            handle.preview(plan=plan, **common)
+            result.state_version = state_version(handle)
+        elif operation == "up" and plan is not None and review is not None and review.get("engine_plan", True):
+            up = handle.up(show_secrets=False, plan=plan, **common)
+            result.outputs = _masked_outputs(up.outputs)
+        elif operation == "up":
             # refresh=True: read reality first, so the update repairs out-of-band changes
             up = handle.up(show_secrets=False, refresh=refresh or None, **common)
             result.outputs = _masked_outputs(up.outputs)
@@ -714,6 +741,48 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
     result.changes = collector.changes or {}
     result.steps = collector.steps
     return result
+
+
+def state_version(handle) -> str:
+    """The version of the stack's state as the backend holds it: a digest of its
+    checkpoint (every write, even a no-op update or a refresh, changes its
+    manifest time); "none" for a stack without resources. The DIY backend's
+    update history numbers every update 0, so it cannot serve."""
+    try:
+        deployment = dict(handle.export_stack().deployment or {})
+    except Exception as exc:
+        if "no stack named" in str(exc).lower() or "not found" in str(exc).lower():
+            return "none"
+        raise
+    if not deployment.get("resources"):
+        return "none"
+    return hashlib.sha256(json.dumps(deployment, sort_keys=True).encode()).hexdigest()[:24]
+
+
+STALE = "stale plan: state changed since preview (re-run preview)"
+
+
+def _check_review(handle, review: Mapping[str, Any], common: dict, collector: "_Collector") -> None:
+    """Before an up of a reviewed plan: the state must be the one the preview saw, and
+    (when `review["steps"]` is given) a fresh preview must plan exactly the saved steps."""
+    if review.get("stale"):
+        raise StalePlan(f"{STALE}: {review['stale']}")
+    try:
+        now = state_version(handle)
+    except Exception:
+        now = "unreadable"
+    if now != review.get("state_version"):
+        raise StalePlan(f"{STALE}: state version {review.get('state_version')} at preview, {now} now")
+    if review.get("steps") is not None:
+        handle.preview(**common)
+        fresh = sorted([s.urn, s.op, sorted(s.keys)] for s in collector.steps if s.op not in ("same", "read"))
+        saved = sorted([s["urn"], s["op"], sorted(s.get("keys") or [])] for s in review["steps"])
+        if fresh != saved:
+            changed = sorted({tuple(x[:2]) for x in fresh} ^ {tuple(x[:2]) for x in saved})
+            where = ", ".join(f"{op} {urn.rsplit('::', 1)[-1]}" for urn, op in changed[:5])
+            raise StalePlan(f"{STALE}: a fresh preview plans other steps than the reviewed ones"
+                            + (f" ({where})" if where else " (changed keys differ)"))
+        collector.steps, collector.changes = [], None
 
 
 def _remove_new_stack(settings: EngineSettings, workspace, stack: str) -> None:

@@ -157,6 +157,8 @@ class Fleet:
             "secret_values": dict(job.secret_values), "remove_stack": job.details.get("remove_stack", False), "refresh": job.details.get("refresh", False),
             # the program's own tree first (stacks/, components/); the worker itself keeps the installed runner
             "pythonpath": program["dir"] if program else str(self.settings.project_dir),
+            # review flow (#20): the update plan file to save or apply, and what the preview saw
+            "plan": job.details.get("plan_file"), "review": job.details.get("review"),
         })
         env = engine.worker_environment(
             self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials)
@@ -273,6 +275,8 @@ class Fleet:
                 result.details["behind"] = behind
         elif outcome.get("steps"):
             result.details["steps"] = outcome["steps"]
+        if outcome.get("state_version") is not None:  # preview --save-plans (#20)
+            result.details["state_version"] = outcome["state_version"]
         if job.operation in ("up", "rollback") and job.stack != SHARED_STACK:
             self._check_health(result)
         return result

@@ -307,6 +307,8 @@ class RunSettings:
     plan_only: bool = False  # compute what would run, run nothing (sync --dry-run)
     yes: bool = False  # destructive operations: confirmed on the command line (guard_destroy)
     max_destroy: int = DEFAULT_MAX_DESTROY  # destructive operations: refuse to destroy more stacks
+    save_plans: str | None = None  # preview: save update plans, manifest.json, summary.md here (#20)
+    plans: str | None = None  # up: apply exactly the plans saved there (#20)
     argv: Sequence[str] = ()
     extra_config: dict[str, Any] = field(default_factory=dict)
 
@@ -321,8 +323,8 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
     registry = load(ctx)
     if settings.rerun_failed and not (sel.tenants or sel.all_tenants or sel.untenanted):
         sel = replace(sel, all_tenants=True)
-    if operation_is_fleet_wide_by_default(settings.operation):
-        sel = replace(sel, default_all_tenants=True)
+    if operation_is_fleet_wide_by_default(settings.operation) or settings.plans:
+        sel = replace(sel, default_all_tenants=True)  # up --plans: the manifest says which targets
     if settings.operation == "destroy":
         refuse_shard("destroy", sel.shard)
     selection = select(registry, sel)
@@ -337,6 +339,19 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
     # `up` deploys --release (default: the commit); the other operations compare
     # against what each target has deployed, unless --release names another one.
     release = settings.release or (commit or "unversioned" if operation == "up" else None)
+    manifest = None
+    if settings.save_plans and operation == "preview":  # the plans hold what `up` will deploy
+        release = release or commit or "unversioned"
+    elif settings.plans and operation == "up":  # exactly what was reviewed, or nothing (exit 2)
+        from runner import review
+
+        manifest = review.load_manifest(settings.plans)
+        review.check_manifest(settings.plans, manifest, program_commit=full_commit,
+                              registry_source=ctx.registry_source)
+        release = settings.release or manifest.get("release") or release
+        reviewed = review.reviewed_stacks(manifest)
+        settings = replace(settings, only_stacks=reviewed if settings.only_stacks is None
+                           else reviewed & settings.only_stacks)
     options = FleetOptions(
         operation=operation, concurrency=settings.concurrency, on_failure=settings.on_failure,
         max_failures=settings.max_failures, lock_timeout=settings.lock_timeout, release=release,
@@ -370,6 +385,14 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         }) for j in jobs]
         report = rpt.Report(run_id=run_id, command=operation, release=options.release,
                             detailed_exitcode=settings.detailed_exitcode)
+        refused = []
+        if settings.save_plans and operation == "preview":
+            from runner import review
+
+            jobs = review.preview_jobs(jobs, settings.save_plans)
+        elif manifest is not None:
+            jobs, refused = review.apply_jobs(jobs, settings.plans, manifest)
+            report.notes.append(f"applying the plans reviewed in run {manifest.get('run_id')}: {len(jobs)} target(s)")
         if operation == "drift":  # each target against the code of its deployed release
             jobs = [releases.at_deployed_program(ledger, j, ctx.project_dir, ctx.runner_dir, commit) for j in jobs]
         if operation == "rollback":
@@ -402,6 +425,9 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
             result = report.add(rpt.TargetResult(target.tenant, target.environment, target.stack,
                                                  operation, status, error=reason, details=details))
             fleet._ledger_record(run_id, result, options.release)
+        for job, reason in refused:  # up --plans: a target whose preview failed has nothing to apply
+            fleet._ledger_record(run_id, report.add(rpt.TargetResult(
+                job.tenant, job.environment, job.stack, operation, rpt.FAILED, error=reason)), options.release)
         shared = fleet.shared_job(registry.defaults, options) if operation == "up" and jobs else None
         if operation == "preview" and jobs:  # the shared stack first; before its first deploy,
             shared = fleet.shared_job(registry.defaults, options)
@@ -427,6 +453,9 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
             schedule = up_schedule(fleet, ledger, registry, selection, jobs, report, settings, options)
         fleet.run(jobs, options, report=report, shared=shared, schedule=schedule,
                   after_failure=roll_back if settings.on_failure == "rollback" else None)
+        if settings.save_plans and operation == "preview" and not report.interrupted:
+            review.write_review(settings.save_plans, report, program_commit=full_commit, release=release,
+                                registry_source=ctx.registry_source)
         if operation == "drift" and settings.remediate:
             remediate(fleet, jobs, report, settings.remediate, options)
         if operation == "drift" and (behind := [t.stack for t in report.targets if t.details.get("behind")]):

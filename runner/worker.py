@@ -86,7 +86,7 @@ def run(job: dict) -> dict:
             config=job.get("config"), secret_values=job.get("secret_values"),
             on_progress=lambda data: _emit("progress", **data),
             remove_stack=job.get("remove_stack", False), refresh=job.get("refresh", False), log=log,
-            pythonpath=job.get("pythonpath"),
+            pythonpath=job.get("pythonpath"), plan=job.get("plan"), review=job.get("review"),
         )
     except engine.EngineError as exc:
         log(f"[{exc.kind}] {exc.message}" + (f" ({exc.urn})" if exc.urn else ""))
@@ -101,6 +101,7 @@ def run(job: dict) -> dict:
         "drift": [s.to_dict() for s in result.drift],
         "pending": [s.to_dict() for s in result.pending],
         "behind": [s.to_dict() for s in result.behind],
+        "state_version": result.state_version,
     }
 
 
