@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from runner.ops import program_commit
+
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 RUNNER = str(Path(sys.executable).parent / "runner")
 
@@ -59,11 +61,16 @@ class Sandbox:
         return subprocess.run(["git", "-C", str(self.project), *args], capture_output=True, text=True,
                               check=True).stdout.strip()
 
+    def release(self) -> str:
+        """The clone's default release label: its program's commit (runner.ops.program_commit)."""
+        assert self.project is not None and self.project != PROJECT_DIR
+        return program_commit(self.project)
+
     def commit(self, message: str) -> str:
-        """Commit everything in the clone; returns the short commit (the default release label)."""
+        """Commit everything in the clone; returns the default release label after it."""
         self.git("add", "-A")
         self.git("commit", "-q", "-m", message)
-        return self.git("rev-parse", "--short=12", "HEAD")
+        return self.release()
 
     def write_registry(self, tenants: list[dict], *, environments=None, defaults=None, rollout=None) -> Path:
         doc = {

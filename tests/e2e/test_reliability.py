@@ -51,6 +51,26 @@ def lock_files(sandbox) -> list[Path]:
     return sorted((sandbox.state / "state" / ".pulumi" / "locks").rglob("*.json"))
 
 
+def start_pulumi_holder() -> subprocess.Popen:
+    """A live process whose command line names pulumi: what a lock holder looks like."""
+    holder = subprocess.Popen(["bash", "-c", "exec -a pulumi-holder sleep 120"], start_new_session=True)
+    for _ in range(100):  # until the exec happened
+        if b"pulumi-holder" in Path(f"/proc/{holder.pid}/cmdline").read_bytes():
+            break
+        time.sleep(0.02)
+    return holder
+
+
+def write_lock(sandbox, stack: str, pid: int) -> Path:
+    """A lock file of `stack` held by `pid` on this host, as the file backend writes it."""
+    lock_dir = sandbox.state / "state" / ".pulumi" / "locks" / "organization" / "runner" / stack
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_dir / f"{uuid.uuid4()}.json"
+    lock.write_text(json.dumps({"pid": pid, "username": "root", "hostname": socket.gethostname(),
+                                "timestamp": datetime.now().astimezone().isoformat()}))
+    return lock
+
+
 def assert_state_clean(sandbox, stacks) -> None:
     """Unique URNs, no pending operations, no lock files."""
     for stack in stacks:
@@ -241,17 +261,9 @@ def test_two_runners_on_one_tenant_never_apply_at_once(sandbox):
 def test_a_live_holders_lock_is_never_removed_and_a_dead_ones_is(sandbox):
     sandbox.write_registry([tenant("lock-1")])
     assert sandbox.run("up", "--tenant", "lock-1", "--yes").code == 0
-    holder = subprocess.Popen(["bash", "-c", "exec -a pulumi-holder sleep 120"], start_new_session=True)
+    holder = start_pulumi_holder()
     try:
-        for _ in range(100):  # until the exec happened
-            if b"pulumi-holder" in Path(f"/proc/{holder.pid}/cmdline").read_bytes():
-                break
-            time.sleep(0.02)
-        lock_dir = sandbox.state / "state" / ".pulumi" / "locks" / "organization" / "runner" / "lock-1.staging"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        lock = lock_dir / f"{uuid.uuid4()}.json"
-        lock.write_text(json.dumps({"pid": holder.pid, "username": "root", "hostname": socket.gethostname(),
-                                    "timestamp": datetime.now().astimezone().isoformat()}))
+        lock = write_lock(sandbox, "lock-1.staging", holder.pid)
         blocked = sandbox.run("up", "--tenant", "lock-1", "--yes", "--json", "--lock-timeout", "2")
         assert blocked.code == 4, (blocked.code, blocked.stderr[-2000:])
         assert blocked.by_stack()["lock-1.staging"]["status"] == "locked"
@@ -285,17 +297,11 @@ def test_a_checkpoint_read_during_a_live_write_waits_as_for_a_lock(sandbox):
     checkpoint = sandbox.state / "state" / ".pulumi" / "stacks" / "runner" / "ckpt-1.staging.json"
     attrs = checkpoint.with_name(checkpoint.name + ".attrs")
     assert attrs.is_file(), sorted(p.name for p in checkpoint.parent.iterdir())
-    holder = subprocess.Popen(["bash", "-c", "exec -a pulumi-holder sleep 120"], start_new_session=True)
+    holder = start_pulumi_holder()
     try:
-        for _ in range(100):  # until the exec happened: a live pulumi process holds the lock
-            if b"pulumi-holder" in Path(f"/proc/{holder.pid}/cmdline").read_bytes():
-                break
-            time.sleep(0.02)
-        lock_dir = sandbox.state / "state" / ".pulumi" / "locks" / "organization" / "runner" / "ckpt-1.staging"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        lock = lock_dir / f"{uuid.uuid4()}.json"
-        lock.write_text(json.dumps({"pid": holder.pid, "username": "root", "hostname": socket.gethostname(),
-                                    "timestamp": datetime.now().astimezone().isoformat()}))
+        lock = write_lock(sandbox, "ckpt-1.staging", holder.pid)
+        recovery.write_holder_record(recovery.holders_dir(sandbox.state / "work"), "ckpt-1.staging",
+                                     {holder.pid: recovery.start_time(holder.pid)})  # a holder that ran here
         attrs.write_bytes(b"")  # the holder is between truncating and writing the sidecar
         during = sandbox.run("up", "--tenant", "ckpt-1", "--yes", "--json", "--lock-timeout", "3")
         row = during.by_stack()["ckpt-1.staging"]
@@ -303,9 +309,9 @@ def test_a_checkpoint_read_during_a_live_write_waits_as_for_a_lock(sandbox):
     finally:
         holder.kill()
         holder.wait()
-    lock.unlink()  # a hand-made lock is never provably dead (#15.8): cleared by hand, as the message says
     after = sandbox.run("up", "--tenant", "ckpt-1", "--yes", "--json", "--lock-timeout", "3")
     assert after.code == 0, after.stderr[-2000:]
+    assert not lock.exists(), "the dead holder's lock was not recovered"
     assert attrs.stat().st_size > 0 or not attrs.exists()
     assert_state_clean(sandbox, ["shared", "ckpt-1.staging"])
 
@@ -318,11 +324,7 @@ def test_a_lock_whose_holder_is_not_provably_dead_is_kept_with_the_command_that_
     assert sandbox.run("up", "--tenant", "lock-2", "--yes").code == 0
     gone = subprocess.Popen(["true"])
     gone.wait()
-    lock_dir = sandbox.state / "state" / ".pulumi" / "locks" / "organization" / "runner" / "lock-2.staging"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    lock = lock_dir / f"{uuid.uuid4()}.json"
-    lock.write_text(json.dumps({"pid": gone.pid, "username": "root", "hostname": socket.gethostname(),
-                                "timestamp": datetime.now().astimezone().isoformat()}))
+    lock = write_lock(sandbox, "lock-2.staging", gone.pid)
 
     blocked = sandbox.run("up", "--tenant", "lock-2", "--yes", "--json", "--lock-timeout", "2")
 
@@ -373,10 +375,12 @@ def test_each_worker_environment_holds_only_its_own_target(sandbox):
             for pid in _pids():
                 if pid == runner_pid.get("pid"):
                     continue
+                cmd = _cmdline(pid)
                 env = _environ(pid)
                 if not env or env.get("PULUMI_BACKEND_URL") != backend:
                     continue
-                cmd = _cmdline(pid)
+                if not cmd or _cmdline(pid) != cmd:  # exited (or exec'd) while read: cannot be attributed
+                    continue
                 engine_envs.append((pid, cmd, env))
                 if "runner.worker" in cmd:
                     workers[Path(env["PULUMI_HOME"]).parent.name] = env

@@ -99,10 +99,11 @@ def fleet_at_c1(tmp_path_factory, engine_bin):
     sandbox.project = project_clone(root)
     sandbox.write_registry([tenant("shop-1"), tenant("shop-2"), tenant("shop-3")],
                            defaults={"platform_root": ".runner/platform"})
-    c1 = sandbox.git("rev-parse", "--short=12", "HEAD")
+    c1 = sandbox.release()
     deployed = sandbox.run("up", "--all-tenants", "--yes", "--json", "--concurrency", "2")
     assert deployed.code == 0, deployed.stderr
     sandbox.c1 = c1
+    sandbox.head = sandbox.git("rev-parse", "HEAD")  # what each test returns the clone to
     sandbox.good = {s: t["outputs"] for s, t in deployed.by_stack().items()}
     return sandbox
 
@@ -111,7 +112,7 @@ def fleet_at_c1(tmp_path_factory, engine_bin):
 def fleet(fleet_at_c1):
     """The module's fleet; the clone is back at c1, clean, after each test."""
     yield fleet_at_c1
-    fleet_at_c1.git("reset", "-q", "--hard", fleet_at_c1.c1)
+    fleet_at_c1.git("reset", "-q", "--hard", fleet_at_c1.head)
     fleet_at_c1.git("clean", "-q", "-fd")
 
 
