@@ -832,22 +832,10 @@ def plain_cli_path(settings: EngineSettings) -> list[str]:
 
 
 def plain_cli_directory(settings: EngineSettings) -> Path:
-    """Where `pulumi -s STACK` reads the stack config the runner wrote.
-
-    The project's Pulumi.yaml points its `stackConfigDir` at the default state
-    dir's generated config (.runner/program/stacks), so with that state dir
-    the plain CLI works from the project directory. With another state dir
-    (RUNNER_STATE_DIR) the config lives elsewhere and the CLI has no variable
-    to point at it: the generated program directory beside it is a complete
-    project (absolute `main`, `stackConfigDir: stacks`) to run it from."""
-    from ruamel.yaml import YAML
-
-    config_dir = (settings.work_root.parent / "program" / "stacks").resolve()
-    try:
-        project = YAML(typ="safe").load(settings.project_dir / "Pulumi.yaml") or {}
-    except (OSError, ValueError):
-        project = {}
-    declared = project.get("stackConfigDir")
-    if declared and (settings.project_dir / declared).resolve() == config_dir:
-        return settings.project_dir.resolve()
+    """Where `pulumi -s STACK` works as the runner's workers do: the generated
+    program directory (absolute `main`, `stackConfigDir: stacks` holding the
+    config the runner wrote). Not the project directory: its Pulumi.yaml
+    declares `db_password` `secret: true`, and the engine then refuses every
+    stack that leaves it at its default ("must be encrypted as it's secret",
+    pulumi/pulumi#21865); the generated copy drops the flag, as for the workers."""
     return settings.program_dir.resolve()
