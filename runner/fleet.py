@@ -7,12 +7,9 @@ never imports click. Programs that start from the registry call
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,6 +25,7 @@ from runner import engine, health, recovery
 from runner import report as rpt
 from runner.bootstrap import ensure_engine
 from runner.registry.errors import SecretError
+from runner.protocol import WorkerProcess, WorkerRequest, WorkerResult
 from runner.worker import descendants
 
 SHARED_STACK = "shared"
@@ -120,7 +118,7 @@ class Fleet:
         engine.prepare_program_dir(self.settings)
         self.ledger = ledger
         self.progress = progress or Progress()
-        self._procs: dict[int, subprocess.Popen] = {}
+        self._procs: dict[int, WorkerProcess] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.ledger_errors: list[str] = []  # moved into the report's notes/errors by `run`
@@ -147,42 +145,36 @@ class Fleet:
         if program:
             engine.prepare_program_dir(replace(self.settings, project_dir=Path(program["dir"]),
                                                program_name=program["name"]))
-        payload = json.dumps({
-            "bin_dir": str(self.settings.bin_dir),
-            "project_dir": program["dir"] if program else str(self.settings.project_dir),
-            "program_name": program["name"] if program else "program",
-            "backend_url": self.settings.backend_url, "work_root": str(self.settings.work_root),
-            "stack": job.stack, "operation": "up" if job.operation == "rollback" else job.operation,
-            "config": dict(job.config),
-            "secret_values": dict(job.secret_values), "remove_stack": job.details.get("remove_stack", False), "refresh": job.details.get("refresh", False),
+        request = WorkerRequest(
+            bin_dir=str(self.settings.bin_dir),
+            project_dir=program["dir"] if program else str(self.settings.project_dir),
+            program_name=program["name"] if program else "program",
+            backend_url=self.settings.backend_url, work_root=str(self.settings.work_root),
+            stack=job.stack, operation="up" if job.operation == "rollback" else job.operation,
+            config=dict(job.config), secret_values=dict(job.secret_values),
+            remove_stack=job.details.get("remove_stack", False), refresh=job.details.get("refresh", False),
             # the program's own tree first (stacks/, components/); the worker itself keeps the installed runner
-            "pythonpath": program["dir"] if program else str(self.settings.project_dir),
+            pythonpath=program["dir"] if program else str(self.settings.project_dir),
             # review flow (#20): the update plan file to save or apply, and what the preview saw
-            "plan": job.details.get("plan_file"), "review": job.details.get("review"),
-        })
+            plan=job.details.get("plan_file"), review=job.details.get("review"),
+        )
         env = engine.worker_environment(
             self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials)
         log_dir.mkdir(parents=True, exist_ok=True)
-        outcome: dict[str, Any] = {}
+        outcome: WorkerResult | None = None
         # The ledger row starts when the engine holds the stack's lock (its first event), so rows of
         # two runners that waited for each other never overlap; it ends at the engine's summary event,
         # which comes before the engine releases the lock (else when the worker is done).
         op_id, begun, engine_done = None, None, None
         log_path = log_dir / f"{job.stack}.{job.operation}.log"
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=log, env=env, cwd=self.project_dir, text=True,
-            )
+            proc = WorkerProcess(request, env=env, cwd=self.project_dir, log=log)
             with self._lock:
                 self._procs[proc.pid] = proc
             try:
-                proc.stdin.write(payload)
-                proc.stdin.close()
-                for line in proc.stdout:
-                    message = json.loads(line)
+                for message in proc.messages():
                     if message.pop("type") != "progress":
-                        outcome = message
+                        outcome = WorkerResult.from_message(message)
                     elif message.get("phase") == "begin":
                         if begun is None:
                             begun = rpt.now()
@@ -196,7 +188,7 @@ class Fleet:
             finally:
                 with self._lock:
                     self._procs.pop(proc.pid, None)
-        if (outcome.get("error") or {}).get("kind") == "checkpoint" and not job.details.get("repaired"):
+        if outcome is not None and (outcome.error or {}).get("kind") == "checkpoint" and not job.details.get("repaired"):
             # the engine cannot read the checkpoint: a kill mid-write; repair once and run again
             repaired = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack, stale_after=0,
                                                         holders_dir=holders)
@@ -208,7 +200,7 @@ class Fleet:
             if any(lock["alive"] for lock in recovery.locks(self.settings.backend_url, job.stack, holders)):
                 # The engine reads the checkpoint before it locks, and the file backend rewrites the
                 # `.attrs` sidecar in place: we read while a live holder wrote. Wait as for its lock.
-                outcome["error"] = {**outcome["error"], "kind": "locked",
+                outcome.error = {**outcome.error, "kind": "locked",
                                     "message": "the checkpoint is being written by another operation"}
         result = self._result(job, outcome, proc.returncode, started)
         result.details["log"] = str(log_path)  # the engine's output for this target, secrets masked
@@ -238,19 +230,19 @@ class Fleet:
             done += [f"{s['op']} of {s['name']}" for s in check.details.get("steps", [])]
         return done
 
-    def _result(self, job: Job, outcome: dict, returncode: int, started) -> rpt.TargetResult:
+    def _result(self, job: Job, outcome: WorkerResult | None, returncode: int, started) -> rpt.TargetResult:
         result = rpt.TargetResult(
             tenant=job.tenant, environment=job.environment, stack=job.stack, operation=job.operation,
             status=rpt.SUCCEEDED, started=started, ended=rpt.now(), details=dict(job.details),
         )
-        if not outcome:
+        if outcome is None:
             result.status = rpt.FAILED
             result.error = f"worker exited with code {returncode} without a result (see the target's log)"
             if self._stopping.is_set():
                 result.error = f"interrupted: {result.error}"
             return result
-        if not outcome["ok"]:
-            error = outcome["error"]
+        if not outcome.ok:
+            error = outcome.error
             if job.operation == "recover" and error["kind"] == "not-found":
                 # a fleet-wide recover meets targets never deployed: nothing to recover there
                 result.status, result.error = rpt.SKIPPED, "never deployed: nothing to recover"
@@ -262,21 +254,21 @@ class Fleet:
             if self._stopping.is_set():  # the engine cancelled on our interrupt: say so
                 result.error = f"interrupted: {result.error}"
             return result
-        result.changes = outcome.get("changes") or {}
-        result.outputs = outcome.get("outputs") or {}
+        result.changes = outcome.changes
+        result.outputs = outcome.outputs
         if job.operation == "drift":
-            drift, pending = outcome.get("drift") or [], outcome.get("pending") or []
+            drift, pending = outcome.drift, outcome.pending
             result.status = {(False, False): rpt.IN_SYNC, (True, False): rpt.DRIFTED,
                              (False, True): rpt.PENDING, (True, True): rpt.DRIFTED_PENDING}[(bool(drift), bool(pending))]
             result.details.update(drift=drift, pending=pending)
             behind = [*result.details.get("behind", []), *({**s, "note": f"{s['name']} stack outputs changed: "
-                                                             f"{', '.join(s['keys'])}"} for s in outcome.get("behind") or [])]
+                                                             f"{', '.join(s['keys'])}"} for s in outcome.behind)]
             if behind:  # not drift of this target: what it has not received yet (shared outputs, newer code)
                 result.details["behind"] = behind
-        elif outcome.get("steps"):
-            result.details["steps"] = outcome["steps"]
-        if outcome.get("state_version") is not None:  # preview --save-plans (#20)
-            result.details["state_version"] = outcome["state_version"]
+        elif outcome.steps:
+            result.details["steps"] = outcome.steps
+        if outcome.state_version is not None:  # preview --save-plans (#20)
+            result.details["state_version"] = outcome.state_version
         if job.operation in ("up", "rollback") and job.stack != SHARED_STACK:
             self._check_health(result)
         return result

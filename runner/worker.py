@@ -3,11 +3,7 @@
 The orchestrator starts one worker per target with a clean environment (see
 ``engine.worker_environment``) and a work area of its own, so concurrent
 targets share no process-global state or workspace files (pulumi/pulumi#8186,
-#6052). The job arrives as one JSON document on stdin (it holds the resolved
-secret values, which therefore never appear on a command line or in the
-environment); the worker answers with JSON lines on stdout: ``progress``
-events while running and one final ``result``. Engine output goes to stderr,
-which the orchestrator writes to the target's log file.
+#6052). The request and the answer are the typed messages of runner.protocol.
 """
 
 from __future__ import annotations
@@ -20,6 +16,7 @@ import threading
 from pathlib import Path
 
 from runner import engine, recovery
+from runner.protocol import WorkerRequest, WorkerResult
 
 
 class HolderRecorder:
@@ -64,13 +61,12 @@ def _emit(kind: str, **data) -> None:
     sys.stdout.flush()
 
 
-def run(job: dict) -> dict:
+def run(job: WorkerRequest) -> WorkerResult:
     settings = engine.EngineSettings(
-        bin_dir=Path(job["bin_dir"]), project_dir=Path(job["project_dir"]),
-        backend_url=job["backend_url"], work_root=Path(job["work_root"]),
-        program_name=job.get("program_name", "program"),
+        bin_dir=Path(job.bin_dir), project_dir=Path(job.project_dir),
+        backend_url=job.backend_url, work_root=Path(job.work_root), program_name=job.program_name,
     )
-    secrets = sorted((v for v in (job.get("secret_values") or {}).values() if v), key=len, reverse=True)
+    secrets = sorted((v for v in job.secret_values.values() if v), key=len, reverse=True)
 
     def log(text: str) -> None:
         """One line of engine output to the target's log (stderr), secret values masked."""
@@ -79,30 +75,26 @@ def run(job: dict) -> dict:
         sys.stderr.write(text.rstrip("\n") + "\n")
         sys.stderr.flush()
 
-    recorder = HolderRecorder(recovery.holders_dir(Path(job["work_root"])), job["stack"])
+    recorder = HolderRecorder(recovery.holders_dir(Path(job.work_root)), job.stack)
     try:
         result = engine.run_operation(
-            settings, stack=job["stack"], operation=job["operation"],
-            config=job.get("config"), secret_values=job.get("secret_values"),
+            settings, stack=job.stack, operation=job.operation,
+            config=dict(job.config), secret_values=dict(job.secret_values),
             on_progress=lambda data: _emit("progress", **data),
-            remove_stack=job.get("remove_stack", False), refresh=job.get("refresh", False), log=log,
-            pythonpath=job.get("pythonpath"), plan=job.get("plan"), review=job.get("review"),
+            remove_stack=job.remove_stack, refresh=job.refresh, log=log,
+            pythonpath=job.pythonpath, plan=job.plan, review=job.review,
         )
     except engine.EngineError as exc:
         log(f"[{exc.kind}] {exc.message}" + (f" ({exc.urn})" if exc.urn else ""))
-        return {"ok": False, "error": exc.to_dict()}
+        return WorkerResult(ok=False, error=exc.to_dict())
     finally:
         recorder.close()
-    return {
-        "ok": True,
-        "changes": result.changes,
-        "outputs": result.outputs,
-        "steps": [s.to_dict() for s in result.steps if s.op not in ("same", "read")],
-        "drift": [s.to_dict() for s in result.drift],
-        "pending": [s.to_dict() for s in result.pending],
-        "behind": [s.to_dict() for s in result.behind],
-        "state_version": result.state_version,
-    }
+    return WorkerResult(
+        ok=True, changes=result.changes, outputs=result.outputs,
+        steps=[s.to_dict() for s in result.steps if s.op not in ("same", "read")],
+        drift=[s.to_dict() for s in result.drift], pending=[s.to_dict() for s in result.pending],
+        behind=[s.to_dict() for s in result.behind], state_version=result.state_version,
+    )
 
 
 _interrupted: list[int] = []  # the stop signals received so far
@@ -134,8 +126,9 @@ def main() -> int:
     # without a handler it died with -2 and the target's result was lost.
     signal.signal(signal.SIGTERM, _stop_engine)
     signal.signal(signal.SIGINT, _stop_engine)
-    job = json.loads(sys.stdin.read())
-    _emit("result", **run(job))
+    request = WorkerRequest.from_json(sys.stdin.read())
+    message = run(request).to_message()
+    _emit(message.pop("type"), **message)
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import engine, fleet as fleet_mod
+from runner import engine, protocol
 from runner import report as rpt
 from runner.fleet import Fleet, FleetOptions, Job
 
@@ -61,7 +61,7 @@ def fleet(tmp_path, monkeypatch):
         assert args[-2:] == ["-m", "runner.worker"]
         return real_popen([sys.executable, "-c", script], **kwargs)
 
-    monkeypatch.setattr(fleet_mod.subprocess, "Popen", fake_worker)
+    monkeypatch.setattr(protocol.subprocess, "Popen", fake_worker)
     monkeypatch.setattr(engine, "prepare_program_dir", lambda settings: None)
     monkeypatch.setattr(engine, "master_passphrase", lambda state_dir: "master")
     return Fleet(Path(tmp_path), state_dir=tmp_path / ".runner", bin_dir=tmp_path / "bin",

@@ -1,0 +1,99 @@
+"""The pipe between the orchestrator and a worker, typed on both sides.
+
+The orchestrator (runner.fleet) sends one :class:`WorkerRequest` as JSON on
+the worker's stdin (it holds the resolved secret values, which therefore never
+appear on a command line or in the environment); the worker (runner.worker)
+answers with JSON lines on stdout: ``progress`` events while running and one
+final ``result`` (:class:`WorkerResult`). Engine output goes to stderr, which
+the orchestrator writes to the target's log file. Both sides import this
+module, so a field added here is added to both.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """One target's operation, as the worker runs it."""
+
+    bin_dir: str
+    project_dir: str  # the program's tree (another commit's worktree for a rollback)
+    backend_url: str
+    work_root: str
+    stack: str
+    operation: str  # the engine operation: up | preview | refresh | destroy | drift | recover | outputs
+    config: Mapping[str, Any] = field(default_factory=dict)
+    secret_values: Mapping[str, str] = field(default_factory=dict)
+    program_name: str = "program"
+    remove_stack: bool = False  # destroy: also remove the stack (offboarding)
+    refresh: bool = False  # up: refresh first (after a recovery)
+    pythonpath: str | None = None  # the program's own tree first (stacks/, components/)
+    plan: str | None = None  # review flow (#20): the update plan file to save or apply
+    review: Mapping[str, Any] | None = None  # review flow: what the preview saw
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerRequest":
+        return cls(**json.loads(text))
+
+
+@dataclass
+class WorkerResult:
+    """The worker's answer: the engine's outcome, or the classified error."""
+
+    ok: bool
+    error: dict[str, Any] | None = None  # EngineError.to_dict(): kind, message, urn, component
+    changes: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    drift: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    behind: list[dict[str, Any]] = field(default_factory=list)
+    state_version: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "result", **asdict(self)}
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> "WorkerResult":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in message.items() if k in names})
+
+
+class WorkerProcess:
+    """A started worker: write the request, read its messages, wait for it.
+
+    The one place that starts a worker process; ``pid`` is what the
+    orchestrator signals on an interrupt."""
+
+    def __init__(self, request: WorkerRequest, *, env: Mapping[str, str], cwd: Path, log: IO[bytes]):
+        self._proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=log, env=dict(env), cwd=cwd, text=True,
+        )
+        self.pid = self._proc.pid
+        self._request = request
+
+    def messages(self) -> Iterator[dict[str, Any]]:
+        """Send the request, then yield each message the worker writes, in order."""
+        self._proc.stdin.write(self._request.to_json())
+        self._proc.stdin.close()
+        for line in self._proc.stdout:
+            yield json.loads(line)
+
+    def wait(self) -> int:
+        return self._proc.wait()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
