@@ -39,9 +39,12 @@ def test_exit_code_is_decided_by_the_report(monkeypatch, statuses, code):
 
 
 def test_detailed_exitcode_and_interrupt(monkeypatch):
-    monkeypatch.setattr(ops, "fleet_run", lambda *a, **k: _report(rpt.SUCCEEDED, command="preview",
-                                                                   detailed_exitcode=k.get("x", True)))
+    def preview(ctx, sel, settings, **kw):  # the report honours the option the CLI passed on
+        return _report(rpt.SUCCEEDED, command="preview", detailed_exitcode=settings.detailed_exitcode)
+
+    monkeypatch.setattr(ops, "fleet_run", preview)
     assert CliRunner().invoke(cli.main, ["preview", "--all-tenants", "--detailed-exitcode"]).exit_code == 3
+    assert CliRunner().invoke(cli.main, ["preview", "--all-tenants"]).exit_code == 0  # changes, no option: 0
     monkeypatch.setattr(ops, "fleet_run", lambda *a, **k: _report(rpt.SUCCEEDED, interrupted=True))
     assert CliRunner().invoke(cli.main, ["up", "--all-tenants", "--yes"]).exit_code == 130
 
@@ -88,9 +91,24 @@ def test_usage_errors_exit_2_before_anything_runs(monkeypatch):
 
 
 def test_help_lists_every_exit_code():
+    """`runner --help` lists exactly the codes and meanings of the README's table."""
+    import re
+    from pathlib import Path
+
     text = CliRunner().invoke(cli.main, ["--help"]).output
-    for code, meaning in rpt.EXIT_CODES.items():
-        assert f"{code}" in text and meaning in text
+    section = text.split("\nExit codes:\n", 1)[1]
+    listed: dict[int, str] = {}
+    for line in section.splitlines():
+        if match := re.fullmatch(r"  (\d+)\s+(.*)", line):
+            code = int(match.group(1))
+            listed[code] = match.group(2).strip()
+        elif line.strip() and listed:  # a wrapped meaning
+            listed[code] += " " + line.strip()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("### Exit codes", 1)[1].split("\n\n", 2)[2].split("\n\n", 1)[0]
+    documented = {int(m.group(1)): m.group(2).replace("`", "")
+                  for m in re.finditer(r"^\| (\d+) \| (.*?) \|$", table, re.M)}
+    assert listed == documented == rpt.EXIT_CODES, (listed, documented)
 
 
 class FakeFleet:
