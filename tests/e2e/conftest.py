@@ -134,3 +134,69 @@ def tenant(tid: str, envs=("staging",), **extra) -> dict:
 @pytest.fixture
 def sandbox(tmp_path, engine_bin) -> Sandbox:
     return Sandbox(tmp_path, engine_bin)
+
+
+# --------------------------------------------------------------------------- shared fleets (#18)
+# Deployed once and shared by many read-only tests (tests/e2e/test_commands_*.py and the dashboard):
+# a test that changes the fleet uses a fleet of its own.
+
+import http.server  # noqa: E402
+import threading  # noqa: E402
+
+
+class Hook:
+    """A local HTTP endpoint (Slack or webhook) recording every POST as (path, JSON body)."""
+
+    def __init__(self):
+        posts: list[tuple[str, dict]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                posts.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.posts = posts
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def received(self, path: str) -> list[dict]:
+        return [body for p, body in self.posts if p == path]
+
+
+@pytest.fixture(scope="session")
+def hook():
+    endpoint = Hook()
+    yield endpoint
+    endpoint.server.shutdown()
+
+
+SHARED_ROLLOUT = {"waves": [{"name": "gold", "tags": {"tier": "gold"}}, {"name": "rest"}]}
+SHARED_TENANTS = [tenant("gold-1", tags={"tier": "gold", "region": "eu"}),
+                  tenant("gold-2", tags={"tier": "gold", "region": "us"}),
+                  tenant("plain-1", tags={"tier": "standard", "region": "eu"})]
+
+
+@pytest.fixture(scope="session")
+def shared_fleet(tmp_path_factory, engine_bin, hook):
+    """Three tenants (staging) in two rollout waves, deployed ONCE as a CI job would:
+    GitHub's run id, a step summary, JSON progress lines and a Slack notification.
+    Tests using it must leave it as deployed (release r1, every target succeeded)."""
+    box = Sandbox(tmp_path_factory.mktemp("shared-fleet"), engine_bin)
+    box.write_registry(SHARED_TENANTS, rollout=SHARED_ROLLOUT)
+    box.step_summary = box.root / "step-summary.md"
+    box.deployed = box.run("up", "--all-tenants", "--yes", "--json", "--release", "r1", "--log-format", "json",
+                           "--notify", f"slack:{hook.url('/slack/deploy')}",
+                           env={"GITHUB_RUN_ID": "4242", "GITHUB_RUN_ATTEMPT": "2", "NO_PROXY": "127.0.0.1",
+                                "GITHUB_STEP_SUMMARY": str(box.step_summary)})
+    assert box.deployed.code == 0, box.deployed.stderr[-3000:]
+    return box
