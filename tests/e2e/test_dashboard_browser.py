@@ -9,6 +9,7 @@ it is missing this test FAILS, it never skips.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -138,6 +139,9 @@ class Dom(HTMLParser):
     def __init__(self, text: str):
         super().__init__()
         self.rows: dict[str, dict] = {}
+        self.cells: dict[str, dict] = {}  # "tenant.env" -> the cell's attributes
+        self.releases: dict[str, str] = {}  # "tenant.env" -> the release the cell shows
+        self._rel: str | None = None
         self.body: dict = {}
         self.scripts = 0
         self.imgs = 0
@@ -167,6 +171,9 @@ class Dom(HTMLParser):
             self.rows[self._row] = a
         elif tag == "td" and "data-env" in a:
             self._cell = f"{self._row}.{a['data-env']}"
+            self.cells[self._cell] = a
+        elif tag == "span" and "rel" in (a.get("class") or "").split() and self._cell:
+            self._rel = self._cell
         elif tag == "details" and "open" in a:
             self.open_details.append(self._cell)
 
@@ -175,6 +182,9 @@ class Dom(HTMLParser):
             self._in.pop()
 
     def handle_data(self, data):
+        if self._rel:
+            self.releases.setdefault(self._rel, data.strip())
+            self._rel = None
         if self._in and self._in[-1] == "shown":
             self.shown += data
         if self._in and self._in[-1] == "title":
@@ -252,3 +262,25 @@ def test_ages_say_when_they_were_computed(tmp_path, page):
     dom = dump(tmp_path, page)
     assert re.fullmatch(r"ages as of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(when this page was opened\)",
                         dom.ages_as_of), dom.ages_as_of
+
+
+@pytest.mark.xdist_group("shared_fleet")  # with tests/e2e/test_commands_shared.py: one deploy
+def test_status_html_after_real_runs(tmp_path, shared_fleet):
+    """`runner status --html` of a fleet the real engine deployed (conftest.shared_fleet:
+    three tenants, release r1), rendered by Chromium: one row per tenant, each cell the
+    deploy's status and release, the tag filter applied."""
+    chromium()
+    page = tmp_path / "fleet.html"
+    result = shared_fleet.run("status", "--html", str(page))
+    assert result.code == 0, result.stderr
+    dom = dump(tmp_path, page)
+    tenants = {"gold-1", "gold-2", "plain-1"}
+    assert set(dom.rows) == dom.visible() == tenants
+    assert dom.shown.strip() == "3 of 3 tenants"
+    for tid in tenants:
+        assert dom.cells[f"{tid}.staging"]["data-status"] == "succeeded", dom.cells
+        assert dom.releases[f"{tid}.staging"] == "r1", dom.releases
+        assert dom.cells[f"{tid}.production"]["data-status"] == "n/a"  # not a target of the tenant
+    assert json.loads(dom.rows["gold-2"]["data-tags"]) == ["region=us", "tier=gold"]
+    gold = dump(tmp_path, page, "#tag=tier=gold")
+    assert gold.visible() == {"gold-1", "gold-2"}
