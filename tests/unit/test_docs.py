@@ -276,3 +276,57 @@ def test_docs_point_only_inside_the_repository():
             if not ((ROOT / name).exists() or (path.parent / name).exists()):
                 problems.append(f"{path.relative_to(ROOT)}: names {name}, which is not in the repository")
     assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------------------- Feature -> test (#18)
+
+def _feature_table() -> list[tuple[str, list[str]]]:
+    """(feature, tests) of each row of the README's "Feature -> test" table."""
+    section = README.read_text(encoding="utf-8").split("\n## Feature -> test\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 2 and cells[0] not in ("feature", "---"):
+            rows.append((cells[0], re.findall(r"`([^`]+::[^`]+)`", cells[1])))
+    return rows
+
+
+def _commands(group: click.Group = cli.main, prefix: str = "") -> dict[str, click.Command]:
+    found = {}
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found.update(_commands(command, f"{prefix}{name} "))
+        else:
+            found[f"{prefix}{name}"] = command
+    return found
+
+
+def test_the_feature_table_names_every_command_and_option():
+    rows = _feature_table()
+    assert len(rows) >= 30, rows
+    features = " ".join(feature for feature, _ in rows)
+    named_options = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", features))
+    missing = []
+    for name, command in sorted(_commands().items()):
+        if f"`runner {name}" not in features:
+            missing.append(f"runner {name}")
+        for param in command.params:
+            for opt in param.opts if isinstance(param, click.Option) else ():
+                if opt.startswith("--") and opt != "--help" and opt not in named_options:
+                    missing.append(f"runner {name} {opt}")
+    assert not missing, "not in the README's Feature -> test table: " + ", ".join(sorted(set(missing)))
+
+
+def test_every_test_the_feature_table_names_exists():
+    problems = []
+    for feature, tests in _feature_table():
+        if not tests:
+            problems.append(f"{feature}: no test named")
+        for spec in tests:
+            path, _, name = spec.partition("::")
+            file = ROOT / path
+            if not path.startswith("tests/e2e/") or not file.is_file():
+                problems.append(f"{feature}: {path} is not an e2e test file")
+            elif not re.search(rf"^def {re.escape(name)}\(", file.read_text(), re.M):
+                problems.append(f"{feature}: no test {name} in {path}")
+    assert not problems, "\n".join(problems)
