@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import recovery
-from tests.e2e.conftest import Sandbox, tenant
+from runner import engine, recovery
+from tests.e2e.conftest import PROJECT_DIR, Sandbox, tenant
 from tests.e2e.test_reliability import assert_state_clean, start_pulumi_holder, write_lock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("changes_fleet")]
@@ -178,3 +178,19 @@ def test_sync_prune_purge_deletes_the_offboarded_tenants_database(fleet):
     assert Path(fleet.outputs["c-1.staging"]["database_path"]).is_file()
     listed = fleet.run("sync", "--release", "r1", "--dry-run", "--json")
     assert "c-3.staging" not in listed.by_stack()
+
+
+def test_destroy_remove_deletes_the_stack_and_keeps_the_database(fleet):
+    db = Path(fleet.outputs["c-2.staging"]["database_path"])
+
+    destroyed = fleet.run("destroy", "--tenant", "c-2", "--env", "staging", "--remove", "--yes", "--json")
+
+    assert destroyed.code == 0, destroyed.stderr[-2000:]
+    row = destroyed.by_stack()["c-2.staging"]
+    assert (row["operation"], row["status"]) == ("destroy", "succeeded"), row["error"]
+    assert db.is_file(), "destroy without purge deleted the tenant database"
+    assert not (fleet.platform / "accounts" / "c-2" / "staging" / "frontend").exists()
+    settings = engine.EngineSettings(bin_dir=fleet.engine_bin, project_dir=PROJECT_DIR,
+                                     backend_url=(fleet.state / "state").resolve().as_uri(),
+                                     work_root=fleet.state / "work")
+    assert "c-2.staging" not in engine.list_stacks(settings) and "c-1.staging" in engine.list_stacks(settings)

@@ -90,6 +90,18 @@ def test_tenants_list(shared_fleet):
     assert "Gold 2" in row and "tier=gold, region=us" in row and "yes" in row
 
 
+def test_status_json_and_history_limit_read_the_ledger(shared_fleet):
+    status = shared_fleet.run("status", "--json")
+    assert status.code == 0, status.stderr
+    doc = json.loads(status.stdout)
+    cells = {c["stack"]: c for row in doc["tenants"] for c in row["cells"].values() if c}
+    assert {s: (cells[s]["status"], cells[s]["release"]) for s in STACKS} == {s: ("succeeded", "r1") for s in STACKS}
+    history = shared_fleet.run("history", "--tenant", "gold-1", "--env", "staging", "--limit", "1", "--json")
+    assert history.code == 0, history.stderr
+    [newest] = json.loads(history.stdout)
+    assert (newest["stack"], newest["status"], newest["release"]) == ("gold-1.staging", "succeeded", "r1")
+
+
 def test_tag_selects_the_tenants_with_every_tag_and_runner_notify_sends_a_webhook(shared_fleet, hook):
     preview = shared_fleet.run("preview", "--tag", "tier=gold", "--tag", "region=us", "--json", "--detailed-exitcode",
                                env={"RUNNER_NOTIFY": f"webhook:{hook.url('/env/preview')}", "NO_PROXY": "127.0.0.1"})
