@@ -30,7 +30,8 @@ import tempfile
 from importlib.metadata import version as dist_version
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from runner.names import PROJECT_DIR
+
 TOOLS_DIR = PROJECT_DIR / "tools"
 PULUMI_VERSION = dist_version("pulumi")
 COMPANIONS = ("pulumi-language-python", "pulumi-language-python-exec", "pulumi-resource-pulumi-python")

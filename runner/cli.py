@@ -11,6 +11,7 @@ import sys
 import click
 
 from runner import report as rpt
+from runner.names import SHARED_STACK
 
 
 class RunnerGroup(click.Group):
@@ -527,7 +528,7 @@ def one_stack_options(f):
                      help="The tenant (with --env).")(f)
     f = click.option("--env", "envs", multiple=True, metavar="E", shell_complete=complete_envs,
                      help="The environment (with --tenant).")(f)
-    f = click.option("--stack", metavar="NAME", shell_complete=lambda c, p, i: [s for s in ["shared"] if s.startswith(i)],
+    f = click.option("--stack", metavar="NAME", shell_complete=lambda c, p, i: [s for s in [SHARED_STACK] if s.startswith(i)],
                      help="A stack by name instead: shared, or TENANT.ENV.")(f)
     for flag in ("--all-tenants", "--untenanted"):
         f = click.option(flag, is_flag=True, hidden=True, expose_value=True)(f)
