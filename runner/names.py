@@ -49,6 +49,18 @@ DATABASE_SCHEMES = {
 }
 
 
+#: Pulumi state backends the runner accepts (scheme -> what follows it).
+BACKEND_SCHEMES = {
+    "file": "file://PATH",
+    "s3": "s3://BUCKET",
+    "gs": "gs://BUCKET",
+    "azblob": "azblob://CONTAINER",
+    "postgres": "postgres://USER@HOST/DB",
+    "postgresql": "postgresql://USER@HOST/DB",
+    "https": "https://API (Pulumi Cloud)",
+}
+
+
 def now() -> datetime:
     """The current time, timezone-aware UTC (the only clock the runner records)."""
     return datetime.now(UTC)
