@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit setup engine test-deps bench clean pulumi-version
+.PHONY: run test test-unit lint setup engine test-deps bench clean pulumi-version
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,11 +29,15 @@ run: engine
 	CUSTOMER_1_DB_PASSWORD=$${CUSTOMER_1_DB_PASSWORD:-demo-only-password} \
 	$(VENV)/bin/runner up --all-tenants --yes
 
-test: engine test-deps
+# A lint failure fails the tests (rules in pyproject.toml [tool.ruff]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint engine test-deps
 	$(PY) -m pytest -n auto -p no:cacheprovider $(PYTEST_ARGS)
 
 # The inner loop: unit tests only (no engine, no PostgreSQL, no browser).
-test-unit: $(STAMP)
+test-unit: lint
 	$(PY) -m pytest -n auto -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 bench: engine

@@ -30,7 +30,8 @@ import tempfile
 from importlib.metadata import version as dist_version
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from runner.names import PROJECT_DIR
+
 TOOLS_DIR = PROJECT_DIR / "tools"
 PULUMI_VERSION = dist_version("pulumi")
 COMPANIONS = ("pulumi-language-python", "pulumi-language-python-exec", "pulumi-resource-pulumi-python")
@@ -125,13 +126,20 @@ def build_from_go(dest: Path) -> None:
 
 def install_official(dest_root: Path) -> None:
     _log("no Go toolchain: using Pulumi's official installer (needs internet)")
-    script = subprocess.run(["curl", "-fsSL", "https://get.pulumi.com"], capture_output=True, text=True)
-    if script.returncode != 0:
-        raise EngineUnavailable("no Go toolchain, and Pulumi's installer could not be downloaded")
-    subprocess.run(
-        ["sh", "-s", "--", "--version", PULUMI_VERSION, "--install-root", str(dest_root), "--no-edit-path"],
-        input=script.stdout, text=True, check=True,
-    )
+    try:
+        script = subprocess.run(["curl", "-fsSL", "https://get.pulumi.com"], capture_output=True, text=True)
+        if script.returncode != 0:
+            raise EngineUnavailable(f"no Go toolchain, and Pulumi's installer could not be downloaded "
+                                    f"(curl exit {script.returncode})")
+        installed = subprocess.run(
+            ["sh", "-s", "--", "--version", PULUMI_VERSION, "--install-root", str(dest_root), "--no-edit-path"],
+            input=script.stdout, text=True,
+        )
+    except OSError as exc:  # no curl or sh on PATH
+        raise EngineUnavailable(f"no Go toolchain, and Pulumi's installer cannot run: {exc.strerror}: "
+                                f"{exc.filename}") from None
+    if installed.returncode != 0:
+        raise EngineUnavailable(f"no Go toolchain, and Pulumi's installer failed (exit {installed.returncode})")
 
 
 def ensure_engine() -> Path:

@@ -7,10 +7,12 @@ import functools
 import json
 import os
 import sys
+from urllib.parse import urlsplit
 
 import click
 
 from runner import report as rpt
+from runner.names import BACKEND_SCHEMES, SHARED_STACK
 
 
 class RunnerGroup(click.Group):
@@ -100,26 +102,53 @@ def fleet_options(f):
     return f
 
 
+def _one_line(text: str, limit: int = 500) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def check_backend_url(url: str | None, source: str) -> None:
+    """A state backend URL the engine would misread (an unknown scheme is taken for a
+    Pulumi Cloud login) is refused before anything runs."""
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in BACKEND_SCHEMES or not (parts.netloc or (parts.scheme == "file" and parts.path)):
+        raise UsageFailure(f"{source} {url!r}: unsupported state backend URL: use "
+                           + ", ".join(BACKEND_SCHEMES.values()))
+
+
 def handle_problems(f):
-    """Our own exceptions become exit codes here, in one list."""
+    """Our own exceptions become exit codes here, in one list: every user error is
+    one line on stderr (`error: ...`), exit 2 when nothing was run, else 1."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        from runner import ops
+        from runner import engine, ops
+        from runner.bootstrap import EngineUnavailable
 
+        if "backend" in kwargs:
+            check_backend_url(kwargs["backend"], "--backend")
+            if kwargs["backend"] is None:
+                check_backend_url(os.environ.get("RUNNER_BACKEND") or None, "RUNNER_BACKEND")
         try:
             return f(*args, **kwargs)
         except ops.UsageProblem as exc:
             raise UsageFailure(str(exc)) from None
         except ops.CommandProblem as exc:
             raise CommandFailure(str(exc)) from None
+        except EngineUnavailable as exc:  # no engine at the pinned version, and none could be built
+            raise CommandFailure(f"engine: {_one_line(exc)}") from None
+        except engine.EngineError as exc:  # outside any target (listing stacks, reading outputs)
+            raise CommandFailure(f"engine: {_one_line(exc.message)}") from None
         except Exception as exc:
-            from sqlalchemy.exc import SQLAlchemyError
+            from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
             from runner.ledger import LedgerError
 
+            if isinstance(exc, DBAPIError) and exc.orig is not None:  # the driver's words, not SQLAlchemy's wrapper
+                raise CommandFailure(f"ledger: {type(exc.orig).__name__}: {_one_line(exc.orig)}") from None
             if isinstance(exc, (LedgerError, SQLAlchemyError)):  # before/after the run: one line, exit 1
-                raise CommandFailure(f"ledger: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}") from None
+                raise CommandFailure(f"ledger: {type(exc).__name__}: {_one_line(exc)}") from None
             raise
 
     return wrapper
@@ -527,7 +556,7 @@ def one_stack_options(f):
                      help="The tenant (with --env).")(f)
     f = click.option("--env", "envs", multiple=True, metavar="E", shell_complete=complete_envs,
                      help="The environment (with --tenant).")(f)
-    f = click.option("--stack", metavar="NAME", shell_complete=lambda c, p, i: [s for s in ["shared"] if s.startswith(i)],
+    f = click.option("--stack", metavar="NAME", shell_complete=lambda c, p, i: [s for s in [SHARED_STACK] if s.startswith(i)],
                      help="A stack by name instead: shared, or TENANT.ENV.")(f)
     for flag in ("--all-tenants", "--untenanted"):
         f = click.option(flag, is_flag=True, hidden=True, expose_value=True)(f)

@@ -24,11 +24,11 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 from runner import engine, health, recovery
 from runner import report as rpt
 from runner.bootstrap import ensure_engine
-from runner.registry.errors import SecretError
+from runner.names import RELEASE_OPERATIONS, SHARED_STACK
 from runner.protocol import WorkerProcess, WorkerRequest, WorkerResult
+from runner.registry.errors import SecretError
 from runner.worker import descendants
 
-SHARED_STACK = "shared"
 WRITING = ("up", "rollback", "refresh", "destroy")  # operations that take the stack's lock
 
 
@@ -269,7 +269,7 @@ class Fleet:
             result.details["steps"] = outcome.steps
         if outcome.state_version is not None:  # preview --save-plans (#20)
             result.details["state_version"] = outcome.state_version
-        if job.operation in ("up", "rollback") and job.stack != SHARED_STACK:
+        if job.operation in RELEASE_OPERATIONS and job.stack != SHARED_STACK:
             self._check_health(result)
         return result
 

@@ -40,34 +40,32 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Index,
-    Integer,
-    MetaData,
-    PrimaryKeyConstraint,
-    Table,
-    Text,
-    event,
-    func,
-    inspect,
-    or_,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.engine import create_engine
+from sqlalchemy import Table, event, func, inspect, or_, select, text, update
+from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 from sqlalchemy.pool import StaticPool
+
+from runner.ledger_schema import (
+    MIGRATIONS,
+    PG_MIGRATION_LOCK_KEY,
+    SCHEMA_VERSION,
+    ledger_schema,
+    operations,
+    run_parts,
+    runs,
+)
+from runner.ledger_schema import operations as _operations_table  # for methods whose parameter is named "operations"
+from runner.names import DATABASE_SCHEMES, RELEASE_OPERATIONS, iso, utc
+from runner.names import now as utcnow
+from runner.recovery import start_time
 
 __all__ = [
     "Ledger",
     "LedgerError",
+    "OperationRecord",
     "LedgerSchemaError",
     "OperationRow",
     "RunRow",
@@ -101,11 +99,6 @@ OPERATION_STATUSES = frozenset(
 RUN_STATUSES = frozenset({"running", "finished", "interrupted"})
 #: Final statuses that make a target worth re-running (see failed_targets).
 FAILED_STATUSES = frozenset({"failed", "not-started", "locked", "error"})
-#: Operations that deploy a release (their success makes a release "good").
-DEPLOY_OPERATIONS = ("up", "rollback")
-
-# Arbitrary constant key for the migration advisory lock ("runner-ledger").
-_PG_MIGRATION_LOCK_KEY = 0x72756E6C6564
 
 
 class LedgerError(RuntimeError):
@@ -120,28 +113,15 @@ class LedgerSchemaError(LedgerError):
 # time and JSON helpers
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def _ts(value: datetime | None) -> str | None:
     """Fixed-width ISO-8601 UTC text; naive datetimes are taken as UTC."""
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
+    if value is not None and not isinstance(value, datetime):
         raise TypeError(f"expected a datetime, got {type(value).__name__}")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return iso(value, timespec="microseconds")
 
 
 def _parse_ts(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed
+    return None if value is None else utc(datetime.fromisoformat(value))
 
 
 def _json_default(value: Any) -> Any:
@@ -221,218 +201,85 @@ def normalize_url(url: str | os.PathLike[str]) -> str:
     url = str(url).strip()
     if not url:
         raise LedgerError("empty ledger URL")
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    if url.startswith("postgresql+") and not url.startswith("postgresql+psycopg://"):
-        raise LedgerError(
-            f"unsupported PostgreSQL driver in ledger URL {url.split('://', 1)[0]!r}: "
-            "use postgresql:// (psycopg 3)"
-        )
-    if "://" not in url:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return f"sqlite:///{Path(url).resolve()}"
-    if not (url.startswith("sqlite:") or url.startswith("postgresql+psycopg://")):
+    if scheme.startswith("postgresql+") and scheme not in DATABASE_SCHEMES:
+        raise LedgerError(f"unsupported PostgreSQL driver in ledger URL {scheme!r}: use postgresql:// (psycopg 3)")
+    if scheme not in DATABASE_SCHEMES:
         raise LedgerError(
-            f"unsupported ledger URL scheme {url.split('://', 1)[0]!r}: "
-            "use sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+            f"unsupported ledger URL scheme {scheme!r}: use sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
         )
-    return url
+    return f"{DATABASE_SCHEMES[scheme]}://{rest}"
 
 
-# --------------------------------------------------------------------------
-# schema: the current shape, used by the queries below
-
-
-metadata = MetaData()
-
-ledger_schema = Table(
-    "ledger_schema",
-    metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-    Column("applied", Text),
-)
-
-runs = Table(
-    "runs",
-    metadata,
-    Column("run_id", Text, primary_key=True),
-    Column("command", Text, nullable=False),
-    Column("started", Text, nullable=False),
-    Column("ended", Text),
-    Column("argv", Text),
-    Column("host", Text),
-    Column("pid", Integer),
-    Column("release", Text),
-    Column("shard", Text),
-    Column("status", Text, nullable=False),
-    Column("counts", Text),
-    Column("options", Text),
-)
-
-# One row per process taking part in a run: shards of one CI pipeline share a
-# run id, each shard has its own part; the runs row aggregates them.
-run_parts = Table(
-    "run_parts",
-    metadata,
-    Column("run_id", Text, nullable=False),
-    Column("part", Text, nullable=False),  # the shard "I/N", or "" when unsharded
-    Column("host", Text),
-    Column("pid", Integer),
-    Column("started", Text, nullable=False),
-    Column("ended", Text),
-    Column("status", Text, nullable=False),
-    Column("counts", Text),
-    PrimaryKeyConstraint("run_id", "part"),
-)
-
-_ID_TYPE = BigInteger().with_variant(Integer, "sqlite")
-
-operations = Table(
-    "operations",
-    metadata,
-    Column("id", _ID_TYPE, primary_key=True, autoincrement=True),
-    Column("run_id", Text, nullable=False),
-    Column("tenant", Text),
-    Column("environment", Text),
-    Column("stack", Text, nullable=False),
-    Column("operation", Text, nullable=False),
-    Column("release", Text),
-    Column("program_commit", Text),
-    Column("config_fingerprint", Text),
-    Column("config_snapshot", Text),
-    Column("status", Text, nullable=False),
-    Column("started", Text, nullable=False),
-    Column("ended", Text),
-    Column("changes", Text),
-    Column("error", Text),
-    Column("error_resource", Text),
-    Column("error_component", Text),
-    Column("details", Text),
-    Column("host", Text),
-    Column("pid", Integer),
-)
-Index("ix_operations_stack_started", operations.c.stack, operations.c.started)
-Index("ix_operations_stack_id", operations.c.stack, operations.c.id)
-Index("ix_operations_run_id", operations.c.run_id)
-Index("ix_operations_env_release", operations.c.environment, operations.c.release)
-_OPERATIONS = operations  # for methods whose parameter is named "operations"
-
-
-# --------------------------------------------------------------------------
-# migrations of the ledger's own schema
-#
-# Each entry takes an open Connection inside a transaction.  Never edit an
-# entry once released: append a new one.  Migration 1 is deliberately a frozen
-# copy of the initial tables (not the module-level ones, which follow the
-# newest schema).
-
-
-def _m0001_initial(conn: Connection) -> None:
-    md = MetaData()
-    Table(
-        "runs",
-        md,
-        Column("run_id", Text, primary_key=True),
-        Column("command", Text, nullable=False),
-        Column("started", Text, nullable=False),
-        Column("ended", Text),
-        Column("argv", Text),
-        Column("host", Text),
-        Column("pid", Integer),
-        Column("release", Text),
-        Column("shard", Text),
-        Column("status", Text, nullable=False),
-        Column("counts", Text),
-        Column("options", Text),
-    )
-    Table(
-        "run_parts",
-        md,
-        Column("run_id", Text, nullable=False),
-        Column("part", Text, nullable=False),
-        Column("host", Text),
-        Column("pid", Integer),
-        Column("started", Text, nullable=False),
-        Column("ended", Text),
-        Column("status", Text, nullable=False),
-        Column("counts", Text),
-        PrimaryKeyConstraint("run_id", "part"),
-    )
-    ops = Table(
-        "operations",
-        md,
-        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-        Column("run_id", Text, nullable=False),
-        Column("tenant", Text),
-        Column("environment", Text),
-        Column("stack", Text, nullable=False),
-        Column("operation", Text, nullable=False),
-        Column("release", Text),
-        Column("program_commit", Text),
-        Column("config_fingerprint", Text),
-        Column("config_snapshot", Text),
-        Column("status", Text, nullable=False),
-        Column("started", Text, nullable=False),
-        Column("ended", Text),
-        Column("changes", Text),
-        Column("error", Text),
-        Column("error_resource", Text),
-        Column("error_component", Text),
-        Column("details", Text),
-        Column("host", Text),
-        Column("pid", Integer),
-    )
-    Index("ix_operations_stack_started", ops.c.stack, ops.c.started)
-    Index("ix_operations_run_id", ops.c.run_id)
-    md.create_all(conn)
-
-
-def _m0002_query_indexes(conn: Connection) -> None:
-    # latest_by_stack/history (newest = highest id per stack) and the
-    # lifecycle gates (succeeded_releases by environment and release).
-    conn.exec_driver_sql("CREATE INDEX ix_operations_stack_id ON operations (stack, id)")
-    conn.exec_driver_sql("CREATE INDEX ix_operations_env_release ON operations (environment, release)")
-
-
-MIGRATIONS: list[Callable[[Connection], None]] = [
-    _m0001_initial,
-    _m0002_query_indexes,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 # --------------------------------------------------------------------------
 # rows
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else _ts(value)
-
-
 @dataclass(frozen=True)
-class OperationRow:
-    """One operation on one target, as recorded."""
+class OperationRecord:
+    """What a caller records about one operation on one target: one field per
+    column of ``operations`` it writes (the ledger adds id, host and pid).
 
-    id: int
+    Adding a column: a field here, the column and a migration in
+    :mod:`runner.ledger_schema`; nothing else lists the columns.
+    """
+
     run_id: str
     tenant: str | None
     environment: str | None
     stack: str
     operation: str
-    release: str | None
-    program_commit: str | None
-    config_fingerprint: str | None
-    config_snapshot: Any
-    status: str
+    status: str = "running"
+    release: str | None = None
+    program_commit: str | None = None
+    config_fingerprint: str | None = None
+    config_snapshot: Any = None
+    changes: Mapping[str, int] | None = None
+    error: str | None = None
+    error_resource: str | None = None
+    error_component: str | None = None
+    details: Mapping[str, Any] | None = None
+    started: datetime | None = None
+    ended: datetime | None = None
+
+
+#: Fields stored as JSON text, and as ISO-8601 UTC text.
+_JSON_FIELDS = frozenset({"config_snapshot", "changes", "details"})
+_TIME_FIELDS = frozenset({"started", "ended"})
+#: Fields record_end may set: the outcome (the identity of the operation is fixed at its start).
+_OUTCOME_FIELDS = frozenset(f.name for f in dataclasses.fields(OperationRecord)) - {
+    "run_id", "tenant", "environment", "stack", "operation", "status"}
+
+
+def _encode(name: str, value: Any) -> Any:
+    if name in _TIME_FIELDS:
+        return _ts(value)
+    if name in _JSON_FIELDS:
+        return _dumps(dict(value) if isinstance(value, Mapping) else value)
+    return value
+
+
+def _decode(name: str, value: Any) -> Any:
+    if name in _TIME_FIELDS:
+        return _parse_ts(value)
+    if name in _JSON_FIELDS:
+        return _loads(value)
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperationRow(OperationRecord):
+    """One operation on one target, as recorded."""
+
+    id: int
     started: datetime
-    ended: datetime | None
-    changes: dict[str, int] | None
-    error: str | None
-    error_resource: str | None
-    error_component: str | None
     details: dict[str, Any]
-    host: str | None
-    pid: int | None
+    host: str | None = None
+    pid: int | None = None
 
     @property
     def duration(self) -> float | None:
@@ -442,36 +289,16 @@ class OperationRow:
         return (self.ended - self.started).total_seconds()
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["started"] = _iso(self.started)
-        data["ended"] = _iso(self.ended)
+        data = {"id": self.id, **dataclasses.asdict(self)}
+        data["started"] = _ts(self.started)
+        data["ended"] = _ts(self.ended)
         data["duration"] = self.duration
         return data
 
     @classmethod
     def _from_mapping(cls, m: Mapping[str, Any]) -> OperationRow:
-        return cls(
-            id=int(m["id"]),
-            run_id=m["run_id"],
-            tenant=m["tenant"],
-            environment=m["environment"],
-            stack=m["stack"],
-            operation=m["operation"],
-            release=m["release"],
-            program_commit=m["program_commit"],
-            config_fingerprint=m["config_fingerprint"],
-            config_snapshot=_loads(m["config_snapshot"]),
-            status=m["status"],
-            started=_parse_ts(m["started"]),  # type: ignore[arg-type]
-            ended=_parse_ts(m["ended"]),
-            changes=_loads(m["changes"]),
-            error=m["error"],
-            error_resource=m["error_resource"],
-            error_component=m["error_component"],
-            details=_loads(m["details"]) or {},
-            host=m["host"],
-            pid=m["pid"],
-        )
+        values = {f.name: _decode(f.name, m[f.name]) for f in dataclasses.fields(cls)}
+        return cls(**{**values, "id": int(m["id"]), "details": values["details"] or {}})
 
 
 @dataclass(frozen=True)
@@ -488,8 +315,8 @@ class RunPart:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["started"] = _iso(self.started)
-        data["ended"] = _iso(self.ended)
+        data["started"] = _ts(self.started)
+        data["ended"] = _ts(self.ended)
         return data
 
 
@@ -518,8 +345,8 @@ class RunRow:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["started"] = _iso(self.started)
-        data["ended"] = _iso(self.ended)
+        data["started"] = _ts(self.started)
+        data["ended"] = _ts(self.ended)
         data["parts"] = [p.to_dict() for p in self.parts]
         return data
 
@@ -529,15 +356,7 @@ class RunRow:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return start_time(pid) is not None
 
 
 def _sum_counts(parts: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
@@ -673,7 +492,7 @@ class Ledger:
             with self._tx(write=True) as conn:
                 if self._dialect == "postgresql":
                     conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY}
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK_KEY}
                     )
                 ledger_schema.create(conn, checkfirst=True)
                 version = self._schema_version(conn)
@@ -886,73 +705,29 @@ class Ledger:
                 + ", ".join(sorted(OPERATION_STATUSES))
             )
 
-    def record_start(
-        self,
-        run_id: str,
-        tenant: str | None,
-        environment: str | None,
-        stack: str,
-        operation: str,
-        *,
-        release: str | None = None,
-        program_commit: str | None = None,
-        config_fingerprint: str | None = None,
-        config_snapshot: Any = None,
-        details: Mapping[str, Any] | None = None,
-        started: datetime | None = None,
-    ) -> int:
-        """Insert a ``running`` row for an operation that starts now; return its id."""
-        return self._insert_operation(
-            run_id=run_id,
-            tenant=tenant,
-            environment=environment,
-            stack=stack,
-            operation=operation,
-            status="running",
-            release=release,
-            program_commit=program_commit,
-            config_fingerprint=config_fingerprint,
-            config_snapshot=config_snapshot,
-            details=details,
-            started=started,
-            ended=None,
-        )
-
-    def record_end(
-        self,
-        op_id: int,
-        status: str,
-        *,
-        changes: Mapping[str, int] | None = None,
-        error: str | None = None,
-        error_resource: str | None = None,
-        error_component: str | None = None,
-        details: Mapping[str, Any] | None = None,
-        ended: datetime | None = None,
-    ) -> None:
-        """Close an operation row; ``details`` are merged into the start's."""
-        self._check_status(status)
-        if status == "running":
-            raise ValueError("record_end needs a final status, not 'running'")
-        values: dict[str, Any] = {
-            "status": status,
-            "ended": _ts(ended or utcnow()),
-            "changes": _dumps(dict(changes) if changes is not None else None),
-            "error": error,
-            "error_resource": error_resource,
-            "error_component": error_component,
-        }
+    def insert(self, record: OperationRecord) -> int:
+        """Insert one operation row; return its id.  ``started`` defaults to
+        now, and a row with a final status ends when it started unless told."""
+        self._check_status(record.status)
+        if not record.stack:
+            raise ValueError("stack must not be empty")
+        if not record.operation:
+            raise ValueError("operation must not be empty")
+        started = record.started or utcnow()
+        ended = record.ended or (None if record.status == "running" else started)
+        record = dataclasses.replace(record, started=started, ended=ended, details=record.details or None)
+        values = {f.name: _encode(f.name, getattr(record, f.name)) for f in dataclasses.fields(record)}
+        values.update(host=self._host, pid=os.getpid())
         with self._tx(write=True) as conn:
-            current = conn.execute(
-                select(operations.c.details).where(operations.c.id == op_id).with_for_update()
-            ).first()
-            if current is None:
-                raise LedgerError(f"unknown operation id {op_id}")
-            if details:
-                merged = dict(_loads(current.details) or {})
-                merged.update(details)
-                values["details"] = _dumps(merged)
-            conn.execute(update(operations).where(operations.c.id == op_id).values(**values))
+            result = conn.execute(operations.insert().values(**values).returning(operations.c.id))
+            return int(result.scalar_one())
+
+    def record_start(
+        self, run_id: str, tenant: str | None, environment: str | None, stack: str, operation: str, **fields: Any
+    ) -> int:
+        """Insert a ``running`` row for an operation that starts now; return its id.
+        ``fields``: any other :class:`OperationRecord` field (release, details, ...)."""
+        return self.insert(OperationRecord(run_id, tenant, environment, stack, operation, "running", **fields))
 
     def record(
         self,
@@ -962,91 +737,33 @@ class Ledger:
         stack: str,
         operation: str,
         status: str,
-        *,
-        release: str | None = None,
-        program_commit: str | None = None,
-        config_fingerprint: str | None = None,
-        config_snapshot: Any = None,
-        changes: Mapping[str, int] | None = None,
-        error: str | None = None,
-        error_resource: str | None = None,
-        error_component: str | None = None,
-        details: Mapping[str, Any] | None = None,
-        started: datetime | None = None,
-        ended: datetime | None = None,
+        **fields: Any,
     ) -> int:
-        """Insert a complete row at once (skipped, blocked, not-started, ...)."""
-        self._check_status(status)
-        now = utcnow()
-        return self._insert_operation(
-            run_id=run_id,
-            tenant=tenant,
-            environment=environment,
-            stack=stack,
-            operation=operation,
-            status=status,
-            release=release,
-            program_commit=program_commit,
-            config_fingerprint=config_fingerprint,
-            config_snapshot=config_snapshot,
-            details=details,
-            started=started or now,
-            ended=ended or (None if status == "running" else (started or now)),
-            changes=changes,
-            error=error,
-            error_resource=error_resource,
-            error_component=error_component,
-        )
+        """Insert a complete row at once (skipped, blocked, not-started, ...).
+        ``fields``: any other :class:`OperationRecord` field."""
+        return self.insert(OperationRecord(run_id, tenant, environment, stack, operation, status, **fields))
 
-    def _insert_operation(
-        self,
-        *,
-        run_id: str,
-        tenant: str | None,
-        environment: str | None,
-        stack: str,
-        operation: str,
-        status: str,
-        release: str | None,
-        program_commit: str | None,
-        config_fingerprint: str | None,
-        config_snapshot: Any,
-        details: Mapping[str, Any] | None,
-        started: datetime | None,
-        ended: datetime | None,
-        changes: Mapping[str, int] | None = None,
-        error: str | None = None,
-        error_resource: str | None = None,
-        error_component: str | None = None,
-    ) -> int:
-        if not stack:
-            raise ValueError("stack must not be empty")
-        if not operation:
-            raise ValueError("operation must not be empty")
-        values = {
-            "run_id": run_id,
-            "tenant": tenant,
-            "environment": environment,
-            "stack": stack,
-            "operation": operation,
-            "release": release,
-            "program_commit": program_commit,
-            "config_fingerprint": config_fingerprint,
-            "config_snapshot": _dumps(config_snapshot),
-            "status": status,
-            "started": _ts(started or utcnow()),
-            "ended": _ts(ended),
-            "changes": _dumps(dict(changes) if changes is not None else None),
-            "error": error,
-            "error_resource": error_resource,
-            "error_component": error_component,
-            "details": _dumps(dict(details)) if details else None,
-            "host": self._host,
-            "pid": os.getpid(),
-        }
+    def record_end(self, op_id: int, status: str, **outcome: Any) -> None:
+        """Close an operation row with its final ``status`` and ``outcome``
+        (changes, error, error_resource, error_component, ended, ...; ``ended``
+        defaults to now); ``details`` are merged into the start's."""
+        self._check_status(status)
+        if status == "running":
+            raise ValueError("record_end needs a final status, not 'running'")
+        if unknown := set(outcome) - _OUTCOME_FIELDS:
+            raise TypeError(f"record_end() got unexpected fields: {', '.join(sorted(unknown))}")
+        details = outcome.pop("details", None)
+        outcome["ended"] = outcome.get("ended") or utcnow()
+        values = {"status": status, **{name: _encode(name, value) for name, value in outcome.items()}}
         with self._tx(write=True) as conn:
-            result = conn.execute(operations.insert().values(**values).returning(operations.c.id))
-            return int(result.scalar_one())
+            current = conn.execute(
+                select(operations.c.details).where(operations.c.id == op_id).with_for_update()
+            ).first()
+            if current is None:
+                raise LedgerError(f"unknown operation id {op_id}")
+            if details:
+                values["details"] = _dumps({**(_loads(current.details) or {}), **details})
+            conn.execute(update(operations).where(operations.c.id == op_id).values(**values))
 
     # -- queries -----------------------------------------------------------
 
@@ -1083,7 +800,7 @@ class Ledger:
             select(operations)
             .where(
                 operations.c.stack == stack,
-                operations.c.operation.in_(DEPLOY_OPERATIONS),
+                operations.c.operation.in_(RELEASE_OPERATIONS),
                 operations.c.status == "succeeded",
             )
             .order_by(operations.c.id.desc())
@@ -1143,7 +860,7 @@ class Ledger:
     ) -> dict[str, OperationRow]:
         """The newest row per stack among ``operations`` (None = any), in one
         query (GROUP BY max(id) joined back) - for the fleet status grid."""
-        ops = _OPERATIONS
+        ops = _operations_table
         inner = select(ops.c.stack, func.max(ops.c.id).label("max_id")).group_by(ops.c.stack)
         if operations is not None:
             inner = inner.where(ops.c.operation.in_(list(operations)))

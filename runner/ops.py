@@ -21,8 +21,8 @@ from typing import Any
 from runner import registry as reg
 from runner import report as rpt
 from runner.fleet import Fleet, FleetError, FleetOptions, Job, build_jobs, new_run_id
+from runner.names import PROJECT_DIR, SHARED_STACK
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_REGISTRY = PROJECT_DIR / "stacks" / "tenants.yaml"
 DEFAULT_MAX_DESTROY = 5  # stacks one destructive command may destroy unless --max-destroy raises it
 
@@ -168,7 +168,7 @@ def offboard_candidates(registry: reg.Registry, existing) -> tuple[list[str], li
         raise UsageProblem(str(exc)) from None
     envs = set(registry.environment_names)
     orphans, unmanaged = [], []
-    for stack in sorted(set(existing) - wanted - envs - {"shared"}):
+    for stack in sorted(set(existing) - wanted - envs - {SHARED_STACK}):
         tenant_id, dot, env = stack.partition(".")
         (orphans if dot and reg.is_valid_id(tenant_id) and env in envs else unmanaged).append(stack)
     return orphans, unmanaged
@@ -432,8 +432,8 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=N
         if operation == "preview" and jobs:  # the shared stack first; before its first deploy,
             shared = fleet.shared_job(registry.defaults, options)
             shared = replace(shared, operation="preview", config={  # its config as deployed, unless --release
-                **shared.config, "release": options.release or deployed_release(ledger, "shared", commit)})
-            if "shared" not in engine.list_stacks(fleet.settings):  # tenants read its outputs as unknown
+                **shared.config, "release": options.release or deployed_release(ledger, SHARED_STACK, commit)})
+            if SHARED_STACK not in engine.list_stacks(fleet.settings):  # tenants read its outputs as unknown
                 jobs = [replace(j, config={**j.config, "shared_planned": True}) for j in jobs]
 
         def roll_back(job: Job, failed: rpt.TargetResult) -> list[rpt.TargetResult]:
@@ -548,7 +548,7 @@ def sync(ctx: Context, settings: RunSettings, *, prune: bool = False, purge: boo
                                f"refused (nothing was changed)")
     in_shard = shard_in_effect(shard)
     fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url)
-    existing = set(engine.list_stacks(fleet.settings)) - {"shared"}
+    existing = set(engine.list_stacks(fleet.settings)) - {SHARED_STACK}
     orphans, unmanaged = offboard_candidates(registry, existing)
     if prune and not dry_run:
         guard_destroy(orphans, what, settings, announce=announce, confirm=confirm)
@@ -705,7 +705,7 @@ def merged_report(ctx: Context, run_id: str | None) -> rpt.Report:
     # failure followed by its rollback keeps both); the shared stack and recovery steps are not targets.
     last = {}
     for row in rows:
-        if row.stack != "shared" and row.operation != "recover":
+        if row.stack != SHARED_STACK and row.operation != "recover":
             last[(row.stack, "rollback" if row.operation == "rollback" else "target")] = row
     for row in sorted(last.values(), key=lambda r: r.id):
         report.add(rpt.TargetResult(
@@ -776,7 +776,6 @@ def pulumi_stack_name(ctx: Context, tenant: str | None, env: str | None, stack: 
         raise UsageProblem("one stack: give --tenant T --env E, or --stack shared")
     registry = load(ctx)
     if stack:
-        from runner.fleet import SHARED_STACK
 
         if stack == SHARED_STACK or stack in registry.environment_names:
             return stack

@@ -12,19 +12,16 @@ import threading
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 from rich.text import Text
 
 from runner import report as rpt
-from runner.fleet import SHARED_STACK, Job, Progress
+from runner.fleet import Job, Progress
+from runner.names import SHARED_STACK, STATUS_STYLES
 
 QUIET_OPS = ("same", "read")  # engine steps that change nothing
-STATUS_STYLE = {
-    rpt.SUCCEEDED: "green", rpt.IN_SYNC: "green", rpt.SKIPPED: "dim", rpt.NOT_STARTED: "yellow",
-    rpt.BLOCKED: "yellow", rpt.LOCKED: "magenta", rpt.FAILED: "red", rpt.ERROR: "red",
-    rpt.DRIFTED: "yellow", rpt.PENDING: "cyan", rpt.DRIFTED_PENDING: "yellow",
-}
 
 
 def console() -> Console:
@@ -131,7 +128,7 @@ class LiveProgress(LineProgress):
             if self._counts(result.stack, result.operation):
                 self.done.add(result.stack)
                 self.view.update(self.overall, completed=len(self.done))
-            style = STATUS_STYLE.get(result.status, "")
+            style = STATUS_STYLES.get(result.status, "")
             error = f": {result.error_line}" if result.error else ""
             line = Text(f"{result.stack} {result.operation} {result.status}", style=style)
             line.append(error)  # plain text: an error may hold anything, `[/tmp]` included
@@ -163,7 +160,7 @@ def summary_table(report: rpt.Report) -> Table:
         duration = f"{t.duration:.1f}s" if t.duration is not None else ""
         plan = (Text(str(t.details.get("plan") or "")),) if planned else ()
         table.add_row(Text(rpt.row_label(t, report)), Text(t.operation),
-                      Text(t.status, style=STATUS_STYLE.get(t.status, "")), *plan,
+                      Text(t.status, style=STATUS_STYLES.get(t.status, "")), *plan,
                       Text(rpt.format_changes(t.changes)), duration, Text(t.summary_line))
     return table
 

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse, urlsplit, urlunsplit
 
-PROJECT = "runner"
+from runner.names import PROJECT
+
 STALE_AFTER_S = 2.0
 
 

@@ -17,7 +17,6 @@ from typing import Any
 
 from runner.fleet import Job
 
-
 _WORKTREES = threading.Lock()
 
 

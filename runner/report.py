@@ -8,9 +8,12 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from runner.names import iso as _iso
+from runner.names import now  # noqa: F401  (rpt.now() is used across the runner)
 
 # Exit codes (DESIGN.md, "CLI contract"); `runner --help` lists them from here.
 EXIT_OK = 0
@@ -34,14 +37,6 @@ IN_SYNC, DRIFTED, PENDING, DRIFTED_PENDING, ERROR = "in-sync", "drifted", "pendi
 FAILURES = {FAILED, ERROR, BLOCKED, NOT_STARTED}
 CHANGED = {DRIFTED, PENDING, DRIFTED_PENDING}
 STATUSES = (SUCCEEDED, FAILED, SKIPPED, NOT_STARTED, LOCKED, BLOCKED, IN_SYNC, DRIFTED, PENDING, DRIFTED_PENDING, ERROR)
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="milliseconds") if value else None
 
 
 @dataclass

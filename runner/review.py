@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import report as rpt
+from runner.names import SHARED_STACK
 from runner.problems import UsageProblem
 
 MANIFEST = "manifest.json"
@@ -74,7 +75,7 @@ def write_review(plans_dir: str, report: rpt.Report, *, program_commit: str | No
     root = Path(plans_dir).resolve()
     targets = []
     for row in report.targets:
-        if row.stack == "shared" or row.operation != "preview":
+        if row.stack == SHARED_STACK or row.operation != "preview":
             continue
         changed = has_changes(row.changes)
         plan = plan_path(root, row.stack)
@@ -182,7 +183,7 @@ def render_summary(manifest: dict, limit: int = MAX_SUMMARY) -> str:
     # too long for one comment: keep totals and as many targets as fit, say how many were left out
     kept_rows, kept_blocks = [], []
     budget = limit - len("\n".join(head)) - 400
-    for row, block in zip(rows, blocks):
+    for row, block in zip(rows, blocks, strict=False):
         if budget - len(row) - len(block) - 2 < 0:
             break
         kept_rows.append(row)

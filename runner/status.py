@@ -31,17 +31,19 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
+from runner import names
+from runner.names import DEPLOYMENT_OPERATIONS, SHARED_STACK, iso, utc
+from runner.names import STATUS_STYLES as _LEDGER_STYLES
 from runner.report import TargetResult
 
 __all__ = [
-    "DEPLOY_OPERATIONS",
     "NEVER",
     "NOT_CONNECTED",
     "DESTROYED",
@@ -57,8 +59,6 @@ __all__ = [
     "write_html",
 ]
 
-#: Operations whose latest row is a cell's "deployment".
-DEPLOY_OPERATIONS = ("up", "rollback", "destroy")
 DRIFT_OPERATION = "drift"
 
 #: Cell states that are not ledger statuses.
@@ -69,19 +69,9 @@ DESTROYED = "destroyed"  # the latest deployment is a succeeded destroy
 #: How many drifted/pending resource names a summary line shows.
 SUMMARY_NAMES = 5
 
+#: Ledger statuses, then the cell states above.
 STATUS_STYLES = {
-    "succeeded": "green",
-    "in-sync": "green",
-    "failed": "bold red",
-    "error": "bold red",
-    "locked": "dark_orange",
-    "blocked": "magenta",
-    "not-started": "magenta",
-    "drifted": "yellow",
-    "pending": "cyan",
-    "drifted+pending": "yellow",
-    "running": "blue",
-    "skipped": "bright_black",
+    **_LEDGER_STYLES,
     DESTROYED: "bright_black",
     NEVER: "bright_black",
     NOT_CONNECTED: "dim",
@@ -92,17 +82,8 @@ STATUS_STYLES = {
 # helpers
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
 def _iso(value: datetime | None) -> str | None:
-    value = _utc(value)
-    return value.isoformat(timespec="seconds") if value else None
+    return iso(value, timespec="seconds")
 
 
 def format_age(seconds: float | None) -> str:
@@ -241,7 +222,7 @@ class Cell:
         drift = self.drift
         if drift is None or drift.status not in ("drifted", "pending", "drifted+pending"):
             return None
-        if self.when is not None and drift.when is not None and _utc(drift.when) < _utc(self.when):
+        if self.when is not None and drift.when is not None and utc(drift.when) < utc(self.when):
             return None
         return drift.status
 
@@ -370,7 +351,7 @@ def _drift_of(row: Any) -> DriftSummary:
     details = row.details or {}
     return DriftSummary(
         status=row.status,
-        when=_utc(row.ended or row.started),
+        when=utc(row.ended or row.started),
         drifted=tuple(_drift_names(details.get("drift"))),
         pending=tuple(_pending_ops(details.get("pending"))),
         error=_error_line(row),
@@ -398,7 +379,7 @@ def _cell(tenant: str | None, environment: str | None, stack: str,
         status=status,
         operation=deploy.operation,
         release=deploy.release,
-        when=_utc(deploy.ended or deploy.started),
+        when=utc(deploy.ended or deploy.started),
         error=error,
         drift=drift_summary,
         run_id=deploy.run_id,
@@ -416,8 +397,8 @@ def fleet_status(ledger: Any, registry: Any, *, now: datetime | None = None) -> 
     ``environment_names`` and ``tenants`` (``id``, ``name``, ``environments``,
     ``tags``, ``enabled``).
     """
-    now = _utc(now) or datetime.now(timezone.utc)
-    deploys = ledger.latest_by_stack(DEPLOY_OPERATIONS)
+    now = utc(now) or names.now()
+    deploys = ledger.latest_by_stack(DEPLOYMENT_OPERATIONS)
     drifts = ledger.latest_by_stack((DRIFT_OPERATION,))
 
     environments = list(getattr(registry, "environment_names", ()) or ())
@@ -526,7 +507,7 @@ def render_table(status: FleetStatus, *, error_width: int = 60) -> Table:
 def render_orphans_table(status: FleetStatus, *, error_width: int = 60) -> Table | None:
     """Stacks outside the registry (orphaned/offboarded) and untenanted ones; None when none."""
     cells = [("orphan", c) for c in status.orphans] + [
-        ("shared" if c.stack == "shared" else "untenanted", c) for c in status.untenanted]
+        (SHARED_STACK if c.stack == SHARED_STACK else "untenanted", c) for c in status.untenanted]
     if not cells:
         return None
     table = Table(title="Stacks not in the registry's grid")
@@ -553,7 +534,7 @@ def _jinja_env():
     )
     env.filters["age"] = lambda when, now: format_age(_age(now, when))
     env.filters["iso"] = _iso
-    env.filters["ts"] = lambda when: _utc(when).strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
+    env.filters["ts"] = lambda when: utc(when).strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
     env.filters["tojson_attr"] = lambda value: json.dumps(value, sort_keys=True)
     env.filters["slug"] = lambda value: re.sub(r"[^a-z0-9]+", "-", str(value).lower()).strip("-")
     return env

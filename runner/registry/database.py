@@ -39,6 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError
 
+from runner.names import DATABASE_SCHEMES
+
 from ._text import show
 from .errors import RegistryError
 from .loader import read_yaml_file, validate_document, yaml_locator
@@ -63,12 +65,6 @@ COLUMNS = ("id", "name", *JSON_COLUMNS, "enabled")
 REQUIRED_COLUMNS = ("id", "environments")
 
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_SCHEMES = {
-    "sqlite": "sqlite",
-    "postgresql": "postgresql+psycopg",
-    "postgres": "postgresql+psycopg",
-    "postgresql+psycopg": "postgresql+psycopg",
-}
 
 
 class _Target:
@@ -77,7 +73,7 @@ class _Target:
     def __init__(self, url: str) -> None:
         head, _, query = url.partition("?")
         scheme_name, _, rest_of_url = head.partition("://")
-        scheme = _SCHEMES.get(scheme_name)
+        scheme = DATABASE_SCHEMES.get(scheme_name)
         self.table = "tenants"
         self.base: str | None = None
         params = []

@@ -12,11 +12,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from runner.names import PROJECT_DIR
+
 from ._text import did_you_mean, quote_hint, show, type_name
 from .errors import RegistryError
 from .models import Registry
 from .paths import PathPolicy
-from .schema import PROJECT_DIR, ConfigKey, load_config_schema
+from .schema import ConfigKey, load_config_schema
 from .yamldoc import YamlDoc, YamlSyntaxError, load_yaml
 
 __all__ = ["load_registry", "format_errors", "read_yaml_file", "is_database_url"]

@@ -432,7 +432,7 @@ def _check_secret_keys(
 #: The longest account_email_domain (AWS account emails are at most 64
 #: characters; the rest is the per-tenant-and-environment local part).
 EMAIL_DOMAIN_MAX = 40
-_EMAIL_DOMAIN_RE = re.compile(r"(?=.{4,%d}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}" % EMAIL_DOMAIN_MAX)
+_EMAIL_DOMAIN_RE = re.compile(rf"(?=.{{4,{EMAIL_DOMAIN_MAX}}}$)([a-z0-9]([a-z0-9-]{{0,61}}[a-z0-9])?\.)+[a-z]{{2,63}}")
 
 
 _ADOPTED_RE = re.compile(r"([a-z][a-z0-9-]{1,38}[a-z0-9])=([0-9]{12})")

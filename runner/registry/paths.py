@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.names import PROJECT_DIR
+
 from ._text import show
-from .schema import PROJECT_DIR
 
 __all__ = [
     "LABEL_KEYS",

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from runner.names import PROJECT_DIR
+
 from ._text import did_you_mean, quote_hint, show, type_name
 from .errors import RegistryError
 from .yamldoc import YamlSyntaxError, load_yaml
@@ -19,7 +21,6 @@ from .yamldoc import YamlSyntaxError, load_yaml
 __all__ = [
     "ALLOWED_VALUES",
     "ConfigKey",
-    "PROJECT_DIR",
     "RESERVED_KEYS",
     "check_config_value",
     "default_schema",
@@ -27,7 +28,6 @@ __all__ = [
 ]
 
 #: The project root (where Pulumi.yaml sits), next to the ``runner`` package.
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 #: Config keys the runner sets on every stack; the registry cannot set them.
 RESERVED_KEYS = frozenset({"release", "tenant_name", "shared_planned"})

@@ -4,7 +4,7 @@ Why not ``YAML(typ="rt")`` or ``YAML(typ="safe")`` directly: both build the
 document through ruamel.yaml's pure-Python composer and constructor, which
 takes seconds for a 10,000-tenant registry (measured in
 ``bench/registry_scale.py``: round-trip ~10 s, safe ~2-3 s). Parsing itself is
-not the cost: ruamel.yaml's C parser (``_ruamel_yaml.CParser``) produces the
+not the cost: ruamel.yaml's C parser (through the public ``YAML(typ="safe").parse``) produces the
 event stream in a fraction of that. So ruamel.yaml still parses (and reports
 syntax errors with their line), and this module only turns events into dicts
 and lists, recording line numbers on the way, so that validation errors can be
@@ -19,19 +19,16 @@ several documents in one file.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ruamel.yaml import YAML
 from ruamel.yaml import events as ev
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
-try:  # the C extension ships in ruamel.yaml.clib wheels
-    from _ruamel_yaml import CParser as _CParser
-except ImportError:  # pragma: no cover - pure-Python fallback, slower
-    _CParser = None
 
 __all__ = ["YamlDoc", "YamlSyntaxError", "load_yaml"]
 
@@ -138,12 +135,10 @@ def _resolve_tagged(value: str, tag: str, line: int) -> Any:
 
 
 def _event_source(text: str) -> Callable[[], Any]:
-    """A function returning the next parser event (None after the end)."""
-    if _CParser is not None:
-        return _CParser(text).get_event
-    from ruamel.yaml import YAML  # pragma: no cover
-
-    return iter(YAML(typ="safe", pure=True).parse(text)).__next__  # pragma: no cover
+    """A function returning the next parser event (None after the end).
+    ``YAML(typ="safe").parse`` is ruamel.yaml's public event stream; it uses
+    the C parser when ruamel.yaml.clib is installed."""
+    return functools.partial(next, iter(YAML(typ="safe").parse(text)), None)
 
 
 _NOKEY = object()

@@ -8,7 +8,6 @@ import hashlib
 import json
 
 import pulumi
-from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.rpc import UNKNOWN
 
 
@@ -62,28 +61,6 @@ class AwsMocks(pulumi.runtime.Mocks):
 
     def call(self, args):
         return {}
-
-
-class RecordingMonitor(MockMonitor):
-    def __init__(self, mocks):
-        super().__init__(mocks)
-        self.requests: dict = {}
-
-    def RegisterResource(self, request):
-        response = super().RegisterResource(request)
-        self.requests[request.name] = (request, response.urn)
-        return response
-
-    def ReadResource(self, request):
-        response = super().ReadResource(request)
-        self.requests[request.name] = (request, response.urn)
-        return response
-
-    def inputs(self, name: str) -> dict:
-        return pulumi.runtime.rpc.deserialize_properties(self.requests[name][0].object)
-
-    def of_type(self, token: str):
-        return [(r, u) for r, u in self.requests.values() if r.type == token]
 
 
 def policy(doc) -> dict:

@@ -10,58 +10,19 @@ import json
 import pulumi
 import pulumi_aws as aws
 import pytest
-from pulumi.runtime.mocks import MockMonitor
 
 from components.common import Migration, standard_tags
+from tests.unit.aws_mocks import AwsMocks, computed
+from tests.unit.conftest import use_mocks
 
 TAGS = standard_tags("acme", "staging", "r1")
-
-
-class AwsMocks(pulumi.runtime.Mocks):
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        outs = dict(args.inputs)
-        name = args.name
-        outs.setdefault("arn", f"arn:aws:mock:::{name}")
-        outs.setdefault("name", name)
-        rid = f"{name}-id"
-        if args.typ == "aws:organizations/account:Account":
-            rid = "123456789012"
-        elif args.typ == "aws:rds/cluster:Cluster":
-            outs["masterUserSecrets"] = [{"secretArn": f"arn:aws:secretsmanager:::{name}"}]
-        elif args.typ == "aws:apigatewayv2/api:Api":
-            outs.update(api_endpoint=f"https://{name}.execute-api.example", execution_arn=f"arn:exec:{name}")
-        elif args.typ == "aws:cloudfront/distribution:Distribution":
-            outs["domain_name"] = f"{name}.cloudfront.net"
-        elif args.typ == "aws:s3/bucket:Bucket":
-            outs["bucket_regional_domain_name"] = f"{name}.s3.example"
-        elif args.typ == "aws:codecommit/repository:Repository":
-            outs["clone_url_http"] = f"https://git-codecommit.example/v1/repos/{outs['repositoryName']}"
-        elif args.typ == "pulumi:pulumi:StackReference":
-            outs["outputs"] = {"git_urls": {"backend": "https://git/backend", "frontend": "https://git/frontend"}}
-        return rid, outs
-
-    def call(self, args: pulumi.runtime.MockCallArgs):
-        return {}
-
-
-class RecordingMonitor(MockMonitor):
-    """Keeps every RegisterResource request (parent, provider, dependencies)."""
-
-    def __init__(self, mocks):
-        super().__init__(mocks)
-        self.requests = {}
-
-    def RegisterResource(self, request):
-        response = super().RegisterResource(request)
-        self.requests[request.name] = (request, response.urn)
-        return response
+# The member account id the mocks give this tenant's account (derived from its email).
+ACCOUNT_ID = computed("aws:organizations/account:Account", "account", {"email": "aws+acme-staging@example.com"})[0]
 
 
 @pytest.fixture
 def monitor():
-    mon = RecordingMonitor(AwsMocks())
-    pulumi.runtime.set_mocks(mon.mocks, project="runner", stack="acme.staging", preview=False, monitor=mon)
-    return mon
+    return use_mocks(AwsMocks())
 
 
 def aws_class(type_token: str):
@@ -121,7 +82,7 @@ def test_cloud_account_member_account_and_assumed_role_provider(monitor):
 
     def check(args):
         account_id, account_dir, provider_urn = args
-        assert account_id == "123456789012" and account_dir == ""
+        assert account_id == ACCOUNT_ID and account_dir == ""
         children = check_tree(monitor, "account", "runner:aws:CloudAccount")
         types = sorted(r.type for r, _ in children)
         assert types == ["aws:organizations/account:Account", "pulumi:providers:aws", "pulumi:providers:aws"]
@@ -130,7 +91,7 @@ def test_cloud_account_member_account_and_assumed_role_provider(monitor):
         # Provider config reaches the provider as JSON-encoded strings.
         roles = json.loads(prov_inputs["assumeRoles"])
         assert json.loads(prov_inputs["defaultTags"]) == {"tags": TAGS}
-        assert roles[0]["roleArn"] == "arn:aws:iam::123456789012:role/OrganizationAccountAccessRole"
+        assert roles[0]["roleArn"] == f"arn:aws:iam::{ACCOUNT_ID}:role/OrganizationAccountAccessRole"
         assert prov_inputs["region"] == "eu-west-1"
         acct = pulumi.runtime.rpc.deserialize_properties(monitor.requests["account-account"][0].object)
         assert acct["tags"] == TAGS and acct["email"] == "aws+acme-staging@example.com"

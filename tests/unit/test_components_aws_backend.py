@@ -11,15 +11,15 @@ import pulumi_aws as aws
 import pytest
 
 from components.common import Migration, resource_tags
-from tests.unit.aws_mocks import AwsMocks, RecordingMonitor
+from tests.unit.aws_mocks import AwsMocks
+from tests.unit.conftest import use_mocks
 
 TAGS = resource_tags("acme", "staging")
 MIGRATIONS = [Migration("001_a.sql", "CREATE TABLE a(id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY);")]
 
 
 def build(purge_data: bool = False):
-    mon = RecordingMonitor(AwsMocks())
-    pulumi.runtime.set_mocks(mon.mocks, project="runner", stack="acme.staging", preview=False, monitor=mon)
+    mon = use_mocks(AwsMocks())
     result: dict = {}
 
     @pulumi.runtime.test
@@ -116,8 +116,7 @@ def test_release_tag_only_on_the_app_function():
 def test_program_packages_the_postgresql_set(platform_dir):
     from stacks import program
 
-    mon = RecordingMonitor(AwsMocks())
-    pulumi.runtime.set_mocks(mon.mocks, project="runner", stack="acme.staging", preview=False, monitor=mon)
+    mon = use_mocks(AwsMocks())
     pulumi.runtime.set_all_config({"runner:platform": "aws", "runner:account_email_domain": "ops.example.org"})
 
     @pulumi.runtime.test

@@ -10,14 +10,14 @@ import pulumi
 import pulumi_aws as aws
 
 from components.common import resource_tags
-from tests.unit.aws_mocks import AwsMocks, RecordingMonitor
+from tests.unit.aws_mocks import AwsMocks
+from tests.unit.conftest import use_mocks
 
 TAGS = resource_tags("acme", "staging")
 
 
 def build(**extra):
-    mon = RecordingMonitor(AwsMocks())
-    pulumi.runtime.set_mocks(mon.mocks, project="runner", stack="acme.staging", preview=False, monitor=mon)
+    mon = use_mocks(AwsMocks())
     result: dict = {}
 
     @pulumi.runtime.test

@@ -14,6 +14,7 @@ import pulumi
 import pytest
 
 from components.common import Migration, account_id_for
+from tests.unit.conftest import use_mocks
 
 TYPE_PREFIX = "pulumi-python:dynamic/local:"
 
@@ -41,7 +42,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
 @pytest.fixture
 def mocks():
     m = RecordingMocks()
-    pulumi.runtime.set_mocks(m, project="runner", stack="acme.staging", preview=False)
+    use_mocks(m)
     return m
 
 

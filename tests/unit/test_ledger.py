@@ -11,7 +11,7 @@ import json
 import multiprocessing
 import os
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import event, func, select
@@ -29,7 +29,7 @@ from runner.ledger import (
     normalize_url,
 )
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 _fork = multiprocessing.get_context("fork")
 
 
@@ -192,7 +192,7 @@ def scenario_latest_by_stack_fleet(url: str) -> None:
         lg.start_run("r", "up")
         # Bulk rows through the engine (this scenario is about the query, not
         # about 3,000 single-row transactions).
-        rows, expected = [], {}
+        rows = []
         base = {"run_id": "r", "environment": "production", "release": "R", "program_commit": None,
                 "config_fingerprint": None, "config_snapshot": None, "ended": None, "changes": None,
                 "error": None, "error_resource": None, "error_component": None, "details": None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -22,7 +22,7 @@ from runner.notify import (
 )
 from runner.report import Report, TargetResult
 
-T = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 TOKEN = "T000/B000/XXXXsecretXXXX"
 
 

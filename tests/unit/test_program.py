@@ -9,9 +9,9 @@ import sys
 
 import pulumi
 import pytest
-from pulumi.runtime.mocks import MockMonitor
 
 from stacks import program
+from tests.unit.conftest import RecordingMonitor, use_mocks
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -43,28 +43,8 @@ class Mocks(pulumi.runtime.Mocks):
         return {}
 
 
-class RecordingMonitor(MockMonitor):
-    def __init__(self, mocks):
-        super().__init__(mocks)
-        self.requests = {}
-
-    def RegisterResource(self, request):
-        response = super().RegisterResource(request)
-        self.requests[request.name] = (request, response.urn)
-        return response
-
-    def ReadResource(self, request):  # StackReference is read, not registered
-        response = super().ReadResource(request)
-        self.requests[request.name] = (request, response.urn)
-        return response
-
-    def of_type(self, token: str):
-        return [(r, u) for r, u in self.requests.values() if r.type == token]
-
-
 def setup(stack: str, **config: str) -> RecordingMonitor:
-    mon = RecordingMonitor(Mocks())
-    pulumi.runtime.set_mocks(mon.mocks, project="runner", stack=stack, preview=False, monitor=mon)
+    mon = use_mocks(Mocks(), stack)
     pulumi.runtime.set_all_config({f"runner:{k}": v for k, v in config.items()})
     return mon
 

@@ -9,7 +9,8 @@ import pulumi
 import pytest
 
 from stacks import program
-from tests.unit.aws_mocks import AwsMocks, RecordingMonitor
+from tests.unit.aws_mocks import AwsMocks
+from tests.unit.conftest import use_mocks
 
 DOMAIN = "ops.example.org"
 OUTPUTS = {"tenant", "environment", "platform", "app_version", "release", "account_id", "account_dir", "git_urls",
@@ -19,8 +20,7 @@ OUTPUTS = {"tenant", "environment", "platform", "app_version", "release", "accou
 def run_stack(stack: str, *, preview: bool = False, **config: str):
     """Run the program for ``stack``; return the monitor and the resolved
     outputs (None for an unknown one)."""
-    mon = RecordingMonitor(AwsMocks(preview=preview))
-    pulumi.runtime.set_mocks(mon.mocks, project="runner", stack=stack, preview=preview, monitor=mon)
+    mon = use_mocks(AwsMocks(preview=preview), stack, preview=preview)
     cfg = {"platform": "aws", "account_email_domain": DOMAIN, "release": "r7", **config}
     pulumi.runtime.set_all_config({f"runner:{k}": v for k, v in cfg.items() if v is not None})
     result: dict = {}

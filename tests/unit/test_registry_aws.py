@@ -73,8 +73,9 @@ def test_adopted_accounts_are_checked(tmp_path):
 
 
 def test_untenanted_aws_deployment_needs_the_domain_in_defaults(tmp_path):
-    from runner.registry import SelectionError, load_registry, select_targets
     import pytest
+
+    from runner.registry import SelectionError, load_registry, select_targets
 
     path = tmp_path / "tenants.yaml"
     path.write_text(HEAD + "  - id: shop-1\n    environments: [staging]\n"

@@ -145,14 +145,14 @@ def test_two_environments_delete_their_shared_account_at_once(tmp_path):
         (account / "account.json").write_text("{}")
         errors, start = [], threading.Barrier(2)
 
-        def destroy():
+        def destroy(start, account, errors):
             start.wait()
             try:
                 providers.AccountDirProvider().delete("acct", {"path": str(account)})
             except Exception as exc:  # noqa: BLE001 - collected for the assertion
                 errors.append(exc)
 
-        threads = [threading.Thread(target=destroy) for _ in range(2)]
+        threads = [threading.Thread(target=destroy, args=(start, account, errors)) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:

@@ -4,13 +4,12 @@ Slack text, and the program commit a rollback checks out."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from runner import engine, releases
+from runner import releases
 from runner.ledger import Ledger
 from runner.notify import slack_payload
 from runner.report import Report, TargetResult

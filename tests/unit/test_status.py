@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from types import SimpleNamespace
 
@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 from sqlalchemy import event
 
-from runner.ledger import Ledger, _dumps, _ts, operations as operations_table
+from runner.ledger import Ledger, _dumps, _ts
+from runner.ledger import operations as operations_table
 from runner.status import (
     DESTROYED,
     NEVER,
@@ -26,7 +27,7 @@ from runner.status import (
     write_html,
 )
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(days=1)
 ENVS = ("testing", "staging", "production")
 SECRET = "hunter2-SECRET-value"
