@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "bench.fleet", "version": 2,
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "host": socket.gethostname(), "cores": CORES, "python": sys.version.split()[0],
-            "engine": str(bin_dir), "command": "python -m bench.fleet " + " ".join(sys.argv[1:] if argv is None else argv),
+            "engine": str(bin_dir), "command": "python -m bench.fleet " + shlex.join(sys.argv[1:] if argv is None else argv),
             "machine_note": args.machine_note or (f"load average {load[0]:.1f} at the end" if load[0] > CORES * 0.5
                                                   else "quiet"),
             "duration_s": _r(time.time() - started, 1), "concurrency": concurrencies,
