@@ -1,35 +1,49 @@
-"""How fast is `runner up --all-tenants` compared to a hand-written loop and to the engine's floor?
+"""The runner against the plain `pulumi` CLI, on the same stacks, and against the engine's floor (#17).
 
-    python -m bench.fleet --tenants 10,50 --concurrency 1,2,4 [--out PATH]
+    python -m bench.fleet --tenants 50 --repeats 3              # the full run (see README "Performance")
+    python -m bench.fleet --tenants 10 --repeats 3 --label small
+    python -m bench.fleet --table                               # README table from bench/results/*.json
 
-Everything runs on the local platform with ``file://`` backends in a temporary
-directory (nothing under the project's ``.runner`` is touched), and all three
-ways of deploying are measured in the same run:
+One world per fleet size N, on the local platform, in a temp dir (``file://``
+backend, SQLite ledger; nothing of the project's ``.runner`` is touched): the
+runner deploys N tenants (plus the ``shared`` stack) once, then every mode
+below redeploys the SAME stacks with no change, with the same backend and
+each stack's own passphrase:
 
-* naive: what users write by hand, a sequential loop of the plain ``pulumi``
-  CLI over every target with the same program and config (``stack init`` +
-  ``config set`` per key + ``pulumi up --yes --non-interactive --stack S``;
-  redeploy = the ``up`` only; drift = ``refresh --preview-only`` + ``preview``).
-  The shared stack is deployed first, as the runner does on every ``up``.
-* runner: ``runner up --all-tenants`` (and ``runner drift --all-tenants``) at
-  each ``--concurrency``, each concurrency in a fresh backend.
-* floor: the engine's own minimum per stack, the same operations on an empty
-  Python program (``import pulumi``) with ``--skip-preview`` on the same kind
-  of backend, median per stack x N / cores.
+* ``plain-seq``: ``pulumi up --yes --skip-preview -s STACK`` per stack, one
+  after the other, each with exactly the environment ``runner env --stack
+  STACK`` gives a user (passphrase, backend, PULUMI_HOME, PATH, directory);
+* ``plain-xargs``: ``printf '%s\\n' STACKS | xargs -P <cores> -n1 sh -c '.
+  ENV/$1.sh && pulumi up --yes --skip-preview -s "$1"'``, the one-liner a
+  user writes (the env file holds that stack's ``runner env`` lines);
+* ``runner-c<K>``: ``runner up --all-tenants --concurrency K`` for K in 1,
+  cores and ``auto`` (when ``runner up --help`` accepts it);
+* ``runner-skip``: ``runner up --all-tenants --skip-unchanged`` at cores.
 
-for three operations: first deploy, no-change redeploy, drift check (plus a
-no-change redeploy with ``--skip-unchanged`` when ``runner up --help`` lists
-it). For each it reports wall time, total CPU time of the process tree
-(``getrusage(RUSAGE_CHILDREN)``), peak RSS of the whole process tree (sampled
-from /proc every 50 ms), per-target median and p95, and the ratios to naive
-and floor. Then one target's three operations run under ``strace -f`` and the
-breakdown shows every process the runner starts for it (CLI calls of the
-Automation API, language host, program, providers), the time in each, the
-checkpoint writes, and the runner's own overhead per target.
+The shared stack counts on every side of the redeploy (the runner ups it
+first on every run; the plain modes up it too, first in the list) and on
+none of the drift check (``runner drift`` checks tenant stacks only), whose
+plain modes run ``refresh --preview-only`` then ``preview`` per stack.
 
-Results: a table on stdout and ``bench/results/<date>-<host>.json``. Asserts
-nothing; the targets of the issue are evaluated and printed as PASS/FAIL.
-Never run two benchmarks at once: the figures are per machine.
+Each row runs ``--repeats`` times; the order of the modes rotates by one each
+repeat, so a warm cache favours no side; rows report the median and the
+min/max. The floor is measured: the CPU seconds of the engine's own
+processes (CLI, language host, program, providers) of each plain ``up`` (the
+exact rusage of its process tree), summed over the stacks and divided by the
+cores. The runner's CPU is split into orchestrator / workers / engine by
+sampling /proc (see bench/procs.py); its overhead per target is its total
+CPU minus the plain CLI's for the same stacks, divided by the targets.
+
+The latency profile deploys ``--latency-tenants`` new tenants with the local
+platform's ``simulated_latency_ms`` (and ``simulated_throttle_rate`` when the
+runner has ``--retries``) at the runner's concurrency (``auto``, else cores
+and 2x cores) and compares the wall time with max(CPU floor, N /
+concurrency x one stack's critical path), both measured with the plain CLI
+on a probe stack.
+
+Results: ``bench/results/<date>-<label>.json``; ``--table`` rewrites the
+README's table between the ``bench-table`` markers from the newest result.
+Asserts nothing. Never run two benchmarks at once: the figures are per machine.
 """
 
 from __future__ import annotations
@@ -38,6 +52,8 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import statistics
@@ -45,517 +61,476 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import procs
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+RESULTS = PROJECT_DIR / "bench" / "results"
+README = PROJECT_DIR / "README.md"
 PYTHON = sys.executable
 RUNNER_BIN = str(Path(PYTHON).parent / "runner")
 RELEASE = "bench"
-OPERATIONS = ("first-deploy", "redeploy", "drift")
-SKIP_OP = "redeploy-skip-unchanged"
 CORES = os.cpu_count() or 1
+TABLE_START, TABLE_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def stats(per_target: list[float]) -> dict[str, Any]:
-    return {"per_target_median_s": _r(pct(per_target, 0.5)), "per_target_p95_s": _r(pct(per_target, 0.95)),
-            "per_target_n": len(per_target)}
-
-
 def _r(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def tenant_ids(n: int) -> list[str]:
-    return [f"bench-{n}-{i}" for i in range(n)]
+def tenant_ids(n: int, prefix: str = "t") -> list[str]:
+    return [f"{prefix}{n}-{i}" for i in range(n)]
 
 
-def tenant_config(tenant: str, platform_root: Path) -> dict[str, str]:
-    """The config the runner gives a tenant stack (checked against its generated stack file)."""
-    return {"platform": "local", "app_version": "1.0.0", "platform_root": str(platform_root),
-            "domain": f"{tenant}.example.com", "tenant_name": f"Tenant {tenant}", "release": RELEASE}
+# --------------------------------------------------------------------------- the runner's world
 
 
-def shared_config(platform_root: Path) -> dict[str, str]:
-    return {"platform": "local", "app_version": "1.0.0", "platform_root": str(platform_root), "release": RELEASE}
+class World:
+    """A registry of tenants, a backend, a ledger and a state dir; the runner deploys it."""
 
-
-def write_registry(path: Path, tenants: list[str], platform_root: Path) -> None:
-    lines = ["defaults:", "  platform: local", '  app_version: "1.0.0"', f"  platform_root: {platform_root}",
-             "environments:", "  - name: staging", "tenants:"]
-    for tenant in tenants:
-        lines += [f"  - id: {tenant}", f"    name: Tenant {tenant}", "    environments: [staging]",
-                  f"    config: {{domain: {tenant}.example.com}}"]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def engine_env(bin_dir: Path, backend: Path, home: Path) -> dict[str, str]:
-    venv_bin = Path(PYTHON).parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "RUNNER_"))}
-    env.update({
-        "PATH": os.pathsep.join([str(bin_dir), str(venv_bin), env.get("PATH", "/usr/bin:/bin")]),
-        "PULUMI_BACKEND_URL": backend.as_uri(),
-        "PULUMI_CONFIG_PASSPHRASE": "bench",
-        "PULUMI_SKIP_UPDATE_CHECK": "true",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        "PULUMI_PYTHON_CMD": PYTHON,
-        "PULUMI_HOME": str(home),
-    })
-    backend.mkdir(parents=True, exist_ok=True)
-    home.mkdir(parents=True, exist_ok=True)
-    return env
-
-
-@dataclass
-class Sample:
-    """One measured operation over a fleet (or a sequence of commands)."""
-
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
-    peak_rss_mb: float = 0.0
-    per_target: list[float] = field(default_factory=list)
-    failures: int = 0
-    notes: list[str] = field(default_factory=list)
-    load1_max: float = 0.0
-
-    def add(self, m: procs.Measured) -> None:
-        self.load1_max = max(self.load1_max, m.load1)
-        self.cpu_s += m.cpu_s
-        self.peak_rss_mb = max(self.peak_rss_mb, m.peak_rss_mb)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"wall_s": _r(self.wall_s), "cpu_s": _r(self.cpu_s), "peak_rss_mb": _r(self.peak_rss_mb, 1),
-                **stats(self.per_target), "failures": self.failures,
-                "load1_max": round(self.load1_max, 2), **({"notes": self.notes} if self.notes else {})}
-
-
-# --------------------------------------------------------------------------- naive loop
-
-
-class Naive:
-    """The plain `pulumi` CLI in a sequential loop, in its own backend."""
-
-    def __init__(self, root: Path, bin_dir: Path, n: int):
-        self.root, self.n = root, n
-        self.work = root / "project"
-        self.work.mkdir(parents=True)
-        self.platform_root = root / "platform"
-        self.pulumi = str(bin_dir / "pulumi")
-        self.env = engine_env(bin_dir, root / "naive-state", root / "home")
-        text = (PROJECT_DIR / "Pulumi.yaml").read_text().splitlines()
-        out = []
-        for line in text:
-            if line.startswith("main:"):
-                line = f"main: {PROJECT_DIR / 'stacks'}"
-            elif line.startswith("stackConfigDir:"):
-                continue
-            out.append(line)
-        (self.work / "Pulumi.yaml").write_text("\n".join(out) + "\n")
-        self.tenants = tenant_ids(n)
-
-    def _run(self, args: list[str], sample: Sample, ok: tuple[int, ...] = (0,)) -> procs.Measured:
-        m = procs.run_measured([self.pulumi, *args], env=self.env, cwd=self.work)
-        sample.add(m)
-        if m.returncode not in ok:
-            sample.failures += 1
-            sample.notes.append(f"{' '.join(args[:4])}: exit {m.returncode}: {m.stderr.strip()[-300:]}")
-        return m
-
-    def _setup_and_up(self, stack: str, config: dict[str, str], sample: Sample) -> float:
-        t0 = time.perf_counter()
-        self._run(["stack", "init", stack, "--non-interactive"], sample)
-        for key, value in config.items():
-            self._run(["config", "set", f"runner:{key}", value, "--stack", stack, "--non-interactive"], sample)
-        self._run(["up", "--yes", "--non-interactive", "--stack", stack], sample)
-        return time.perf_counter() - t0
-
-    def _up(self, stack: str, sample: Sample) -> float:
-        m = self._run(["up", "--yes", "--non-interactive", "--stack", stack], sample)
-        return m.wall_s
-
-    def first_deploy(self) -> Sample:
-        sample = Sample()
-        t0 = time.perf_counter()
-        self._setup_and_up("shared", shared_config(self.platform_root), sample)
-        for tenant in self.tenants:
-            sample.per_target.append(self._setup_and_up(
-                f"{tenant}.staging", tenant_config(tenant, self.platform_root), sample))
-        sample.wall_s = time.perf_counter() - t0
-        return sample
-
-    def redeploy(self) -> Sample:
-        sample = Sample()
-        t0 = time.perf_counter()
-        self._up("shared", sample)
-        for tenant in self.tenants:
-            sample.per_target.append(self._up(f"{tenant}.staging", sample))
-        sample.wall_s = time.perf_counter() - t0
-        return sample
-
-    def drift(self) -> Sample:
-        sample = Sample()
-        t0 = time.perf_counter()
-        for tenant in self.tenants:
-            stack = f"{tenant}.staging"
-            a = self._run(["refresh", "--preview-only", "--non-interactive", "--stack", stack], sample)
-            b = self._run(["preview", "--non-interactive", "--stack", stack], sample)
-            sample.per_target.append(a.wall_s + b.wall_s)
-        sample.wall_s = time.perf_counter() - t0
-        return sample
-
-
-# --------------------------------------------------------------------------- floor
-
-
-class Floor:
-    """The engine's own minimum: an empty Python program, per stack, sequentially."""
-
-    def __init__(self, root: Path, bin_dir: Path, samples: int):
-        self.root, self.samples = root, samples
-        self.work = root / "project"
-        self.work.mkdir(parents=True)
-        (self.work / "Pulumi.yaml").write_text("name: floor\nruntime: python\n")
-        (self.work / "__main__.py").write_text("import pulumi  # noqa: F401\n")
-        self.pulumi = str(bin_dir / "pulumi")
-        self.env = engine_env(bin_dir, root / "floor-state", root / "home")
-        self.stacks = [f"floor-{i}" for i in range(samples)]
-
-    def _run(self, args: list[str], sample: Sample) -> float:
-        m = procs.run_measured([self.pulumi, *args], env=self.env, cwd=self.work)
-        sample.add(m)
-        if m.returncode != 0:
-            sample.failures += 1
-            sample.notes.append(f"{' '.join(args[:3])}: exit {m.returncode}: {m.stderr.strip()[-300:]}")
-        return m.wall_s
-
-    def measure(self) -> dict[str, Sample]:
-        out = {}
-        up = ["up", "--yes", "--skip-preview", "--non-interactive", "--stack"]
-        for op in OPERATIONS:
-            sample = Sample()
-            t0 = time.perf_counter()
-            for stack in self.stacks:
-                if op == "first-deploy":
-                    sample.per_target.append(self._run(["stack", "init", stack, "--non-interactive"], sample)
-                                             + self._run([*up, stack], sample))
-                elif op == "redeploy":
-                    sample.per_target.append(self._run([*up, stack], sample))
-                else:
-                    sample.per_target.append(
-                        self._run(["refresh", "--preview-only", "--non-interactive", "--stack", stack], sample)
-                        + self._run(["preview", "--non-interactive", "--stack", stack], sample))
-            sample.wall_s = time.perf_counter() - t0
-            out[op] = sample
-        return out
-
-
-def floor_for(sample: Sample, n: int) -> float:
-    return statistics.median(sample.per_target) * n / CORES
-
-
-# --------------------------------------------------------------------------- runner
-
-
-def skip_unchanged_supported(env: dict[str, str]) -> bool:
-    out = subprocess.run([RUNNER_BIN, "up", "--help"], capture_output=True, text=True,
-                         env=env, cwd=PROJECT_DIR)
-    return "--skip-unchanged" in out.stdout
-
-
-class RunnerWorld:
-    """One fresh backend, ledger, platform root and runner state dir."""
-
-    def __init__(self, root: Path, bin_dir: Path, tenants: list[str]):
-        self.root = root
+    def __init__(self, root: Path, bin_dir: Path, tenants: list[str], defaults: dict[str, Any] | None = None):
+        self.root, self.tenants = root, tenants
         root.mkdir(parents=True)
-        self.platform_root = root / "platform"
         self.registry = root / "tenants.yaml"
-        write_registry(self.registry, tenants, self.platform_root)
-        self.backend = root / "state"
-        self.backend.mkdir()
+        lines = ["defaults:", "  platform: local", '  app_version: "1.0.0"', f"  platform_root: {root / 'platform'}"]
+        lines += [f"  {k}: {json.dumps(v)}" for k, v in (defaults or {}).items()]
+        lines += ["environments:", "  - name: staging", "tenants:"]
+        for tenant in tenants:
+            lines += [f"  - id: {tenant}", f"    name: Tenant {tenant}", "    environments: [staging]"]
+        self.registry.write_text("\n".join(lines) + "\n")
+        self.backend = (root / "state").as_uri()
+        (root / "state").mkdir()
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("PULUMI_", "RUNNER_", "GITHUB_", "CI_", "BUILDKITE_", "CIRCLE_"))}
-        self.env.update({"RUNNER_STATE_DIR": str(root / "runner-state"),
-                         "RUNNER_PULUMI_ROOT": str(bin_dir.parent),
-                         "RUNNER_PLATFORM_ROOTS": str(root)})  # the temp platform root, outside the project
+        self.env.update({"RUNNER_STATE_DIR": str(root / "runner-state"), "RUNNER_PULUMI_ROOT": str(bin_dir.parent),
+                         "RUNNER_PLATFORM_ROOTS": str(root), "RUNNER_REGISTRY": str(self.registry),
+                         "RUNNER_BACKEND": self.backend, "RUNNER_LEDGER": f"sqlite:///{root / 'ledger.db'}"})
+        self.stacks = ["shared", *(f"{t}.staging" for t in tenants)]
+        self.plain: dict[str, dict[str, str]] = {}
+        self.directory = ""
 
-    def argv(self, command: str, concurrency: int, extra: list[str] = ()) -> list[str]:
-        argv = [RUNNER_BIN, command, "--all-tenants", "--registry", str(self.registry),
-                "--backend", self.backend.as_uri(), "--ledger", f"sqlite:///{self.root / 'ledger.db'}",
-                "--concurrency", str(concurrency), "--json", "--log-format", "text"]
-        if command == "up":
-            argv += ["--yes", "--release", RELEASE]
-        return argv + list(extra)
+    def runner(self, *args: str) -> procs.Measured:
+        return procs.run_measured([RUNNER_BIN, *args], env=self.env, cwd=PROJECT_DIR)
 
-    def run(self, command: str, concurrency: int, extra: list[str] = ()) -> tuple[Sample, dict]:
-        m = procs.run_measured(self.argv(command, concurrency, extra), env=self.env, cwd=PROJECT_DIR)
-        sample = Sample(wall_s=m.wall_s, cpu_s=m.cpu_s, peak_rss_mb=m.peak_rss_mb, load1_max=m.load1)
-        try:
-            doc = json.loads(m.stdout)
-        except json.JSONDecodeError:
-            sample.failures = 1
-            sample.notes.append(f"exit {m.returncode}, no JSON: {m.stderr.strip()[-500:]}")
-            return sample, {}
-        ok = {"up": {"succeeded", "skipped"}, "drift": {"in-sync"}}[command]
-        for target in doc.get("targets", []):
-            if target["stack"] == "shared":
-                continue
-            if target.get("started") and target.get("ended"):
-                sample.per_target.append((dt.datetime.fromisoformat(target["ended"])
-                                          - dt.datetime.fromisoformat(target["started"])).total_seconds())
-            if target["status"] not in ok:
-                sample.failures += 1
-                sample.notes.append(f"{target['stack']}: {target['status']}: {target.get('error')}")
-        return sample, doc
+    def up(self, concurrency: str, *extra: str) -> procs.Measured:
+        return self.runner("up", "--all-tenants", "--yes", "--json", "--log-format", "text", "--release", RELEASE,
+                           "--concurrency", concurrency, *extra)
+
+    @property
+    def user_env(self) -> dict[str, str]:
+        """The user's shell: the bench's environment without the runner's settings."""
+        return {k: v for k, v in self.env.items() if not k.startswith("RUNNER_")}
+
+    def prepare_plain(self, stacks: list[str] | None = None) -> None:
+        """Each stack's environment exactly as `runner env --stack S` gives it to a
+        user: a dict for the sequential loop, the same shell lines (what
+        `eval "$(runner env ...)"` runs) in a file per stack for xargs."""
+        envdir = self.root / "env"
+        envdir.mkdir(exist_ok=True)
+        for stack in stacks or self.stacks:
+            out = subprocess.run([RUNNER_BIN, "env", "--stack", stack, "--json"], env=self.env, cwd=PROJECT_DIR,
+                                 capture_output=True, text=True, check=True)
+            doc = json.loads(out.stdout)
+            env = {k: v for k, v in self.user_env.items() if k not in doc["unset"]}
+            env.update(doc["env"])
+            env["PATH"] = os.pathsep.join([*doc["path_prepend"], self.env.get("PATH", "/usr/bin:/bin")])
+            self.plain[stack] = env
+            self.directory = doc["directory"]
+            lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(doc["env"].items())]
+            lines.append("export PATH=" + ":".join(shlex.quote(p) for p in doc["path_prepend"]) + ':"$PATH"')
+            lines += [f"unset {k}" for k in doc["unset"]]
+            path = envdir / f"{stack}.sh"
+            path.write_text("\n".join(lines) + "\n")
+            path.chmod(0o600)
+
+    def pulumi(self, stack: str, *args: str) -> procs.Measured:
+        return procs.run_measured(["pulumi", *args, "-s", stack], env=self.plain[stack], cwd=self.directory)
+
+    def xargs(self, stacks: list[str], command: str, parallel: int) -> procs.Measured:
+        script = (f'. {shlex.quote(str(self.root / "env"))}/"$1".sh && cd {shlex.quote(self.directory)} && '
+                  f'{command}')
+        line = (f"printf '%s\\n' {' '.join(shlex.quote(s) for s in stacks)} | "
+                f"xargs -P {parallel} -n1 sh -c {shlex.quote(script)} sh")
+        return procs.run_measured(["sh", "-c", line], env=self.user_env)
 
 
-# --------------------------------------------------------------------------- breakdown (strace)
+def report_of(m: procs.Measured) -> dict[str, Any]:
+    try:
+        return json.loads(m.stdout)
+    except json.JSONDecodeError:
+        return {}
 
 
-def breakdown(root: Path, bin_dir: Path, skip_flag: bool) -> dict[str, Any]:
-    """One target, each operation under strace: every process the runner starts and the time in it."""
-    tenant = "bench-trace-0"
-    world = RunnerWorld(root, bin_dir, [tenant])
-    ops = [("first-deploy", "up", []), ("redeploy", "up", []), ("drift", "drift", [])]
+def failures_of(m: procs.Measured, ok: set[str]) -> list[str]:
+    doc = report_of(m)
+    if not doc:
+        return [f"exit {m.returncode}, no JSON: {m.stderr.strip()[-300:]}"]
+    return [f"{t['stack']}: {t['status']}: {(t.get('error') or '')[:200]}"
+            for t in doc.get("targets", []) if t["status"] not in ok]
+
+
+def help_text(command: str) -> str:
+    return subprocess.run([RUNNER_BIN, command, "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}).stdout
+
+
+def option_block(text: str, option: str) -> str:
+    """The help of one option (its line and the indented lines after it)."""
+    found = re.search(rf"^\s+{re.escape(option)}\b.*(?:\n\s{{8,}}(?!-).*)*", text, re.M)
+    return found.group(0) if found else ""
+
+
+# --------------------------------------------------------------------------- one measured run
+
+
+class Run:
+    """One execution of a mode: wall, exact CPU of its tree, CPU split, peak RSS and concurrency."""
+
+    def __init__(self, mode: str, targets: int):
+        self.mode, self.targets = mode, targets
+        self.wall_s = self.cpu_s = 0.0
+        self.by_class = {"root": 0.0, "engine": 0.0, "other": 0.0, "unattributed": 0.0}
+        self.peak_rss_mb = 0.0
+        self.peak_engines = 0
+        self.per_stack_cpu: dict[str, float] = {}
+        self.failures: list[str] = []
+        self.load1 = 0.0
+        self.extra: dict[str, Any] = {}
+
+    def add(self, m: procs.Measured, stack: str | None = None) -> None:
+        self.cpu_s += m.cpu_s
+        for k, v in m.cpu_by_class.items():
+            self.by_class[k] += v
+        self.peak_rss_mb = max(self.peak_rss_mb, m.peak_rss_mb)
+        self.peak_engines = max(self.peak_engines, m.peak_engines)
+        self.load1 = max(self.load1, m.load1)
+        if stack is not None:
+            self.per_stack_cpu[stack] = self.per_stack_cpu.get(stack, 0.0) + m.cpu_s
+            if m.returncode != 0:
+                self.failures.append(f"{stack}: exit {m.returncode}: {m.stderr.strip()[-200:]}")
+
+
+def plain_seq(world: World, stacks: list[str], commands: list[list[str]], mode: str) -> Run:
+    run = Run(mode, len(stacks))
+    t0 = time.perf_counter()
+    for stack in stacks:
+        for args in commands:
+            run.add(world.pulumi(stack, *args), stack)
+    run.wall_s = time.perf_counter() - t0
+    return run
+
+
+def plain_xargs(world: World, stacks: list[str], commands: list[list[str]], mode: str) -> Run:
+    run = Run(mode, len(stacks))
+    command = " && ".join(f'pulumi {" ".join(args)} -s "$1"' for args in commands)
+    m = world.xargs(stacks, command, CORES)
+    run.add(m)
+    run.wall_s = m.wall_s
+    if m.returncode != 0:
+        run.failures.append(f"xargs exit {m.returncode}: {m.stderr.strip()[-300:]}")
+    return run
+
+
+def runner_run(world: World, mode: str, targets: int, argv: list[str], ok: set[str]) -> Run:
+    run = Run(mode, targets)
+    m = world.runner(*argv)
+    run.add(m)
+    run.wall_s = m.wall_s
+    run.failures = failures_of(m, ok)
+    doc = report_of(m)
+    run.extra["statuses"] = doc.get("counts", {})
+    # Retries as the report counts them (keys of the retries work, #17): a
+    # per-target `attempts` list or count.
+    attempts = [t.get("attempts") for t in doc.get("targets", []) if t.get("attempts")]
+    if attempts:
+        run.extra["retries"] = sum((len(a) if isinstance(a, list) else int(a)) - 1 for a in attempts
+                                   if isinstance(a, (list, int)))
+    return run
+
+
+UP = ["up", "--yes", "--skip-preview"]
+DRIFT = [["refresh", "--preview-only"], ["preview"]]
+
+
+def modes_for(world: World, concurrencies: list[str], skip_flag: bool) -> list[tuple[str, str, Any]]:
+    """(operation, mode, callable returning a Run) in a fixed base order."""
+    tenants = world.stacks[1:]
+    out: list[tuple[str, str, Any]] = [
+        ("redeploy", "plain-seq", lambda: plain_seq(world, world.stacks, [UP], "plain-seq")),
+        ("redeploy", "plain-xargs", lambda: plain_xargs(world, world.stacks, [UP], "plain-xargs")),
+    ]
+    for c in concurrencies:
+        out.append(("redeploy", f"runner-c{c}", lambda c=c: runner_run(
+            world, f"runner-c{c}", len(world.stacks),
+            ["up", "--all-tenants", "--yes", "--json", "--log-format", "text", "--release", RELEASE,
+             "--concurrency", c], {"succeeded", "skipped"})))
     if skip_flag:
-        ops.append((SKIP_OP, "up", ["--skip-unchanged"]))
-    out: dict[str, Any] = {}
-    for name, command, extra in ops:
-        trace_log = root / f"strace-{name}.log"
-        m = procs.trace(world.argv(command, 1, extra), trace_log, env=world.env, cwd=PROJECT_DIR)
-        try:
-            doc = json.loads(m.stdout)
-        except json.JSONDecodeError:
-            out[name] = {"error": f"exit {m.returncode}: {m.stderr.strip()[-500:]}"}
-            continue
-        out[name] = analyse_trace(trace_log, doc, m)
+        out.append(("redeploy", "runner-skip", lambda: runner_run(
+            world, "runner-skip", len(world.stacks),
+            ["up", "--all-tenants", "--yes", "--json", "--log-format", "text", "--release", RELEASE,
+             "--concurrency", str(CORES), "--skip-unchanged"], {"succeeded", "skipped"})))
+    out += [
+        ("drift", "plain-seq", lambda: plain_seq(world, tenants, DRIFT, "plain-seq")),
+        ("drift", "plain-xargs", lambda: plain_xargs(world, tenants, DRIFT, "plain-xargs")),
+    ]
+    for c in concurrencies:
+        out.append(("drift", f"runner-c{c}", lambda c=c: runner_run(
+            world, f"runner-c{c}", len(tenants),
+            ["drift", "--all-tenants", "--json", "--log-format", "text", "--concurrency", c], {"in-sync"})))
     return out
 
 
-def _stack_of(proc: procs.Proc) -> str | None:
-    args = proc.args
-    for i, arg in enumerate(args):
-        if arg == "--stack" and i + 1 < len(args):
-            return args[i + 1]
-    return None
+def summarize(runs: list[Run]) -> dict[str, Any]:
+    def spread(values: list[float], digits: int = 3) -> dict[str, Any]:
+        return {"median": _r(statistics.median(values), digits), "min": _r(min(values), digits),
+                "max": _r(max(values), digits)}
+    first = runs[0]
+    row: dict[str, Any] = {
+        "mode": first.mode, "targets": first.targets, "repeats": len(runs),
+        "wall_s": spread([r.wall_s for r in runs]), "cpu_s": spread([r.cpu_s for r in runs]),
+        "cpu_by_class_s": {k: _r(statistics.median([r.by_class[k] for r in runs])) for k in first.by_class},
+        "peak_rss_mb": _r(max(r.peak_rss_mb for r in runs), 1),
+        "peak_concurrent_targets": max(r.peak_engines for r in runs),
+        "failures": sum(len(r.failures) for r in runs), "load1_max": round(max(r.load1 for r in runs), 2),
+    }
+    if row["peak_concurrent_targets"]:
+        row["peak_rss_mb_per_concurrent_target"] = _r(row["peak_rss_mb"] / row["peak_concurrent_targets"], 1)
+    notes = [f for r in runs for f in r.failures][:5]
+    if notes:
+        row["failure_notes"] = notes
+    for key in ("retries",):
+        values = [r.extra[key] for r in runs if key in r.extra]
+        if values:
+            row[key] = values
+    return row
 
 
-def analyse_trace(trace_log: Path, doc: dict, m: procs.Measured) -> dict[str, Any]:
-    tree, renames = procs.process_tree(trace_log)
-    children: dict[int, list[procs.Proc]] = {}
-    for proc in tree.values():
-        children.setdefault(proc.parent, []).append(proc)
-    for kids in children.values():
-        kids.sort(key=lambda p: p.exec_at or p.forked)
+def measure_fleet(tmp: Path, bin_dir: Path, n: int, repeats: int, concurrencies: list[str],
+                  skip_flag: bool) -> dict[str, Any]:
+    world = World(tmp / f"fleet-{n}", bin_dir, tenant_ids(n))
+    log(f"N={n}: first deploy by the runner (concurrency {CORES})")
+    first = runner_run(world, f"runner-c{CORES}", len(world.stacks),
+                       ["up", "--all-tenants", "--yes", "--json", "--log-format", "text", "--release", RELEASE,
+                        "--concurrency", str(CORES)], {"succeeded"})
+    if first.failures:
+        raise SystemExit(f"first deploy failed: {first.failures[:3]}")
+    world.prepare_plain()
+    modes = modes_for(world, concurrencies, skip_flag)
+    runs: dict[tuple[str, str], list[Run]] = {}
+    for repeat in range(repeats):
+        k = repeat % len(modes)
+        for op, mode, fn in modes[k:] + modes[:k]:
+            run = fn()
+            runs.setdefault((op, mode), []).append(run)
+            log(f"N={n} repeat {repeat + 1}/{repeats} {op:<8} {mode:<12} {run.wall_s:6.1f}s wall "
+                f"{run.cpu_s:6.1f} CPU-s{'  FAILURES: ' + run.failures[0] if run.failures else ''}")
+    rows = [{"operation": "first-deploy", "tenants": n, **summarize([first])}]
+    for (op, _mode), group in runs.items():
+        rows.append({"operation": op, "tenants": n, **summarize(group)})
+    # The floor: the engine's own CPU per stack (median over repeats of each
+    # stack's plain CLI commands), summed, over the cores.
+    floors = {}
+    for op in ("redeploy", "drift"):
+        seq = runs[(op, "plain-seq")]
+        stacks = seq[0].per_stack_cpu
+        engine_cpu = sum(statistics.median([r.per_stack_cpu[s] for r in seq]) for s in stacks)
+        floors[op] = {"engine_cpu_s": _r(engine_cpu), "wall_s": _r(engine_cpu / CORES), "stacks": len(stacks),
+                      "engine_cpu_per_stack_s": _r(statistics.median(
+                          [statistics.median([r.per_stack_cpu[s] for r in seq]) for s in stacks]))}
+    for row in rows:
+        floor = floors.get(row["operation"])
+        if floor and row["mode"].startswith("runner-c"):
+            row["overhead_cpu_per_target_ms"] = _r((row["cpu_s"]["median"] - floor["engine_cpu_s"])
+                                                   / row["targets"] * 1000, 1)
+            row["orchestrator_cpu_share"] = _r(row["cpu_by_class_s"]["root"] / row["cpu_s"]["median"])
+        if floor:
+            row["ratio_to_floor"] = _r(row["wall_s"]["median"] / floor["wall_s"], 2)
+    shutil.rmtree(world.root / "platform", ignore_errors=True)
+    return {"tenants": n, "floor": floors, "rows": rows}
 
-    def subtree(pid: int) -> list[procs.Proc]:
-        found, queue = [], [pid]
-        while queue:
-            for kid in children.get(queue.pop(), []):
-                found.append(kid)
-                queue.append(kid.pid)
-        return found
 
-    root = min(tree.values(), key=lambda p: p.forked)
-    workers = [p for p in tree.values() if p.kind.startswith("runner worker")]
-    per_stack: dict[str, Any] = {}
-    for worker in workers:
-        calls = [p for p in children.get(worker.pid, []) if p.kind.startswith("pulumi")]
-        stack = next((s for s in map(_stack_of, calls) if s), "?")
-        target = next((t for t in doc.get("targets", []) if t["stack"] == stack), None)
-        if target and target.get("started") and target.get("ended"):
-            t_start = dt.datetime.fromisoformat(target["started"]).timestamp()
-            t_end = dt.datetime.fromisoformat(target["ended"]).timestamp()
+# --------------------------------------------------------------------------- latency profile
+
+
+def measure_latency(tmp: Path, bin_dir: Path, n: int, latency_ms: int, concurrencies: list[str],
+                    throttle: float | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"tenants": n, "latency_ms": latency_ms, "throttle_rate": throttle or 0.0, "rows": []}
+    defaults: dict[str, Any] = {"simulated_latency_ms": latency_ms}
+    if throttle:
+        defaults["simulated_throttle_rate"] = str(throttle)
+    for c in concurrencies:
+        world = World(tmp / f"latency-{n}-c{c}", bin_dir, ["probe-0", *tenant_ids(n, "l")], defaults)
+        # One stack's critical path and first-deploy CPU, with the plain CLI on a
+        # probe stack: the runner deploys it (and shared), the CLI destroys and redeploys it.
+        probe = world.runner("up", "--tenant", "probe-0", "--yes", "--json", "--release", RELEASE,
+                             *(["--retries", "5"] if throttle else []))
+        if probe.returncode != 0:
+            raise SystemExit(f"latency probe deploy failed: {failures_of(probe, {'succeeded'})[:2]}")
+        stack = "probe-0.staging"
+        world.prepare_plain([stack])
+        world.pulumi(stack, "destroy", "--yes", "--skip-preview")
+        plain = world.pulumi(stack, *UP)
+        if plain.returncode != 0:
+            log(f"plain first deploy of the probe failed (throttled?): {plain.stderr.strip()[-200:]}")
+        critical_s, cpu_per_stack = plain.wall_s, plain.cpu_s
+        log(f"latency N={n} c={c}: first deploy")
+        argv = ["up", "--all-tenants", "--exclude-tenant", "probe-0", "--yes", "--json", "--log-format", "text",
+                "--release", RELEASE, "--concurrency", c, *(["--retries", "5"] if throttle else [])]
+        run = runner_run(world, f"runner-c{c}", n, argv, {"succeeded"})
+        row = {"operation": "first-deploy-latency", "tenants": n, **summarize([run])}
+        used = run.peak_engines if c == "auto" else int(c)
+        cpu_floor = cpu_per_stack * n / CORES
+        io_bound = n / max(used, 1) * critical_s
+        row.update({"concurrency_used": used, "critical_path_s": _r(critical_s),
+                    "engine_cpu_per_stack_s": _r(cpu_per_stack), "cpu_floor_s": _r(cpu_floor),
+                    "io_bound_s": _r(io_bound), "bound_s": _r(max(cpu_floor, io_bound)),
+                    "ratio_to_bound": _r(run.wall_s / max(cpu_floor, io_bound))})
+        log(f"  {run.wall_s:.1f}s wall, bound {max(cpu_floor, io_bound):.1f}s, {len(run.failures)} failure(s)")
+        out["rows"].append(row)
+        shutil.rmtree(world.root / "platform", ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------- targets and the README table
+
+
+def _row(rows: list[dict], op: str, mode: str) -> dict | None:
+    return next((r for r in rows if r["operation"] == op and r["mode"] == mode), None)
+
+
+def _best_runner(rows: list[dict], op: str) -> dict | None:
+    runner = [r for r in rows if r["operation"] == op and r["mode"].startswith("runner-c")]
+    return min(runner, key=lambda r: r["wall_s"]["median"]) if runner else None
+
+
+def evaluate(doc: dict) -> list[dict]:
+    """The targets of issue #17, each met / missed / not measured, with the measured value."""
+    checks: list[dict] = []
+
+    def check(target: str, value: Any, met: bool | None, detail: str = "") -> None:
+        checks.append({"target": target, "value": value, "met": met, "detail": detail})
+
+    fleets = doc.get("fleets", [])
+    if fleets:
+        fleet = max(fleets, key=lambda f: f["tenants"])
+        rows, n = fleet["rows"], fleet["tenants"]
+        best, xargs, seq = _best_runner(rows, "redeploy"), _row(rows, "redeploy", "plain-xargs"), \
+            _row(rows, "redeploy", "plain-seq")
+        if best and xargs and seq:
+            a = xargs["wall_s"]["median"] / best["wall_s"]["median"]
+            b = seq["wall_s"]["median"] / best["wall_s"]["median"]
+            check(f"no-change redeploy N={n}: runner >= 1.5x faster than xargs -P{CORES}", f"{a:.2f}x", a >= 1.5,
+                  best["mode"])
+            check(f"no-change redeploy N={n}: runner >= 3x faster than the sequential loop", f"{b:.2f}x", b >= 3,
+                  best["mode"])
+            check("runner CPU beyond the plain CLI's per target <= 50 ms",
+                  f"{best['overhead_cpu_per_target_ms']:.0f} ms", best["overhead_cpu_per_target_ms"] <= 50, best["mode"])
+            check("orchestrator process CPU <= 5% of the run's total", f"{best['orchestrator_cpu_share'] * 100:.1f}%",
+                  best["orchestrator_cpu_share"] <= 0.05, best["mode"])
+        runner_rows = [r for r in rows if r["mode"].startswith("runner") and r.get("peak_rss_mb_per_concurrent_target")]
+        if runner_rows:
+            worst = max(runner_rows, key=lambda r: r["peak_rss_mb_per_concurrent_target"])
+            v = worst["peak_rss_mb_per_concurrent_target"]
+            check("peak RSS <= 200 MB per concurrent target", f"{v:.0f} MB", v <= 200,
+                  f"{worst['operation']} {worst['mode']}")
+        skip = _row(rows, "redeploy", "runner-skip")
+        if skip and xargs:
+            v = skip["wall_s"]["median"] / xargs["wall_s"]["median"]
+            check("--skip-unchanged no-change redeploy <= 3% of the xargs time", f"{v * 100:.1f}%", v <= 0.03)
         else:
-            t_start, t_end = worker.forked, worker.ended or worker.forked
-        engine_s = sum(c.duration for c in calls)
-        # Time from the worker's exec to its first engine call: interpreter start + imports + workspace setup.
-        first_call = min((c.exec_at or c.forked for c in calls), default=worker.ended or worker.forked)
-        last_end = max((c.ended or 0 for c in calls), default=first_call)
-        entries = []
-        for call in calls:
-            inner = []
-            for sub in subtree(call.pid):
-                if sub.kind == "fork (no exec)":
-                    continue
-                inner.append({"kind": sub.kind, "start_offset_s": _r((sub.exec_at or sub.forked) - (call.exec_at or 0)),
-                              "duration_s": _r(sub.duration)})
-            writes = [r for r in renames if call.exec_at and call.exec_at <= r[0] <= (call.ended or r[0])
-                      and "/.pulumi/" in r[2]]
-            entries.append({
-                "kind": call.kind, "command": _short(call.args), "start_offset_s": _r((call.exec_at or 0) - t_start),
-                "duration_s": _r(call.duration), "children": inner,
-                "state_writes": len(writes),
-                "state_write_paths": sorted({_tail(w[2]) for w in writes}),
-            })
-        per_stack[stack] = {
-            "target_wall_s": _r(t_end - t_start),
-            "worker_s": _r(worker.duration),
-            "worker_start_to_first_engine_call_s": _r(first_call - (worker.exec_at or worker.forked)),
-            "worker_after_last_engine_call_s": _r((worker.ended or last_end) - last_end),
-            "orchestrator_outside_worker_s": _r((t_end - t_start) - worker.duration),
-            "engine_calls_s": _r(engine_s),
-            "engine_calls": len(calls),
-            "overhead_s": _r((t_end - t_start) - engine_s),
-            "calls": entries,
-        }
-    run_level = [{"kind": p.kind, "command": _short(p.args), "duration_s": _r(p.duration)}
-                 for p in children.get(root.pid, []) if not p.kind.startswith("runner worker") and p.kind != "fork (no exec)"]
-    counts: dict[str, int] = {}
-    for proc in tree.values():
-        if proc.kind != "fork (no exec)":
-            counts[proc.kind] = counts.get(proc.kind, 0) + 1
-    return {"wall_s_under_strace": _r(m.wall_s), "processes": counts, "run_level": run_level,
-            "targets": per_stack, "exit_code": doc.get("exit_code")}
-
-
-def _short(args: list[str]) -> str:
-    keep = []
-    for arg in args:
-        arg = os.path.basename(arg) if arg.startswith("/") and len(keep) == 0 else arg
-        keep.append(arg if len(arg) < 60 else arg[:57] + "...")
-    return " ".join(keep)
-
-
-def _tail(path: str) -> str:
-    return path.split("/.pulumi/", 1)[-1]
-
-
-# --------------------------------------------------------------------------- report
-
-
-def entry(op: str, n: int, c: int | None, mode: str, sample: Sample, naive: Sample | None,
-          floor_s: float | None) -> dict[str, Any]:
-    d = {"operation": op, "tenants": n, "concurrency": c, "mode": mode, **sample.to_dict()}
-    if naive is not None and sample.wall_s:
-        d["speedup_vs_naive"] = _r(naive.wall_s / sample.wall_s)
-        d["ratio_to_naive"] = _r(sample.wall_s / naive.wall_s)
-    if floor_s:
-        d["floor_s"] = _r(floor_s)
-        d["ratio_to_floor"] = _r(sample.wall_s / floor_s)
-    if c:
-        d["peak_rss_mb_per_concurrent_target"] = _r(sample.peak_rss_mb / c, 1)
-    return d
-
-
-def evaluate(entries: list[dict], breakdown_doc: dict | None, ns: list[int]) -> list[dict]:
-    """The issue's targets, on the largest N measured (they are stated for N=50 on 2 cores)."""
-    checks = []
-    n = max(ns)
-    runner = [e for e in entries if e["mode"] == "runner"]
-    redeploy = [e for e in runner if e["operation"] == "redeploy" and e["tenants"] == n]
-    if redeploy:
-        best = min(redeploy, key=lambda e: e["wall_s"])
-        checks.append({"target": f"redeploy N={n}: runner at best concurrency >= 2.5x faster than naive",
-                       "value": best.get("speedup_vs_naive"), "pass": (best.get("speedup_vs_naive") or 0) >= 2.5,
-                       "concurrency": best["concurrency"]})
-        checks.append({"target": f"redeploy N={n}: runner wall <= 1.3x floor",
-                       "value": best.get("ratio_to_floor"), "pass": (best.get("ratio_to_floor") or 99) <= 1.3,
-                       "concurrency": best["concurrency"]})
-    rss = [e for e in runner if e["tenants"] == n]
-    if rss:
-        worst = max(rss, key=lambda e: e["peak_rss_mb_per_concurrent_target"])
-        checks.append({"target": "peak RSS <= 350 MB per concurrent target", "value": worst["peak_rss_mb_per_concurrent_target"],
-                       "pass": worst["peak_rss_mb_per_concurrent_target"] <= 350,
-                       "where": f"{worst['operation']} N={worst['tenants']} c={worst['concurrency']}"})
-    if breakdown_doc and "redeploy" in breakdown_doc:
-        targets = breakdown_doc["redeploy"].get("targets", {})
-        overhead = [t["overhead_s"] for s, t in targets.items() if s != "shared"]
-        if overhead:
-            checks.append({"target": "redeploy: runner overhead per target (outside engine processes) <= 100 ms",
-                           "value": overhead[0], "pass": overhead[0] <= 0.1})
-    if len(ns) > 1:
-        lo = min(ns)
-        expected = n / lo
-        for c in sorted({e["concurrency"] for e in runner}):
-            a = next((e for e in redeploy_all(runner, lo, c)), None)
-            b = next((e for e in redeploy_all(runner, n, c)), None)
+            check("--skip-unchanged no-change redeploy <= 3% of the xargs time", None, None, "not measured")
+        if len(fleets) > 1:
+            lo = min(fleets, key=lambda f: f["tenants"])
+            a, b = _best_runner(lo["rows"], "redeploy"), _row(rows, "redeploy", (_best_runner(lo["rows"], "redeploy") or {}).get("mode"))
             if a and b:
-                growth = b["wall_s"] / a["wall_s"]
-                checks.append({"target": f"redeploy c={c}: wall N={n} within {0.8 * expected:.1f}x-{1.2 * expected:.1f}x of N={lo}",
-                               "value": _r(growth, 2), "pass": 0.8 * expected <= growth <= 1.2 * expected})
-    skip = [e for e in runner if e["operation"] == SKIP_OP and e["tenants"] == n]
-    if skip:
-        best = min(skip, key=lambda e: e["wall_s"])
-        checks.append({"target": f"--skip-unchanged redeploy N={n} <= 5% of naive",
-                       "value": best.get("ratio_to_naive"), "pass": (best.get("ratio_to_naive") or 1) <= 0.05})
-    else:
-        checks.append({"target": "--skip-unchanged redeploy <= 5% of naive", "value": None, "pass": None,
-                       "note": "runner up has no --skip-unchanged yet: not measured"})
+                g = b["wall_s"]["median"] / a["wall_s"]["median"]
+                ratio = n / lo["tenants"]
+                check(f"N={n} / N={lo['tenants']} stays linear ({0.8 * ratio:.0f}x-{1.2 * ratio:.0f}x)", f"{g:.2f}x",
+                      0.8 * ratio <= g <= 1.2 * ratio, a["mode"])
+    latency = doc.get("latency")
+    if latency and latency.get("rows"):
+        best = min(latency["rows"], key=lambda r: r["ratio_to_bound"])
+        check(f"latency profile N={latency['tenants']} first deploy: wall <= 1.3x max(CPU floor, N/c x critical path)",
+              f"{best['ratio_to_bound']:.2f}x", best["ratio_to_bound"] <= 1.3,
+              f"{best['mode']}, concurrency used {best['concurrency_used']}")
+        if latency.get("throttle_rate"):
+            fails = sum(r["failures"] for r in latency["rows"])
+            check(f"{latency['throttle_rate'] * 100:.0f}% throttling injected: 0 failed targets, retries counted",
+                  f"{fails} failed", fails == 0, f"retries {[r.get('retries') for r in latency['rows']]}")
+        else:
+            check("5% throttling injected: 0 failed targets, retries counted", None, None,
+                  "not measured: the runner has no --retries")
     return checks
 
 
-def redeploy_all(runner: list[dict], n: int, c: int):
-    return [e for e in runner if e["operation"] == "redeploy" and e["tenants"] == n and e["concurrency"] == c]
+def table(doc: dict, source: str) -> str:
+    lines = [f"Measured {doc['date'][:10]} on {doc['cores']} cores ({doc['machine_note']}), "
+             f"`{doc['command']}` ({doc['duration_s'] / 60:.0f} min; results in `{source}`). "
+             "Wall and CPU are medians of the repeats, [min-max] in brackets.", ""]
+    for fleet in doc.get("fleets", []):
+        n = fleet["tenants"]
+        lines += [f"**N={n}** tenants (+ shared on redeploy); floor = the plain CLI's engine CPU / {doc['cores']} "
+                  f"cores: redeploy {fleet['floor']['redeploy']['wall_s']:.1f} s, drift {fleet['floor']['drift']['wall_s']:.1f} s.", "",
+                  "| operation | mode | wall s | CPU s | CPU ms per target: orchestrator / workers (or xargs, sh) / "
+                  "engine / unattributed | beyond plain CLI ms per target | peak RSS MB per concurrent target | "
+                  "wall / floor | failures |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in fleet["rows"]:
+            w, c, k = r["wall_s"], r["cpu_s"], r["cpu_by_class_s"]
+            per = {key: value / r["targets"] * 1000 for key, value in k.items()}
+            split = f"{per['root']:.0f} / {per['other']:.0f} / {per['engine']:.0f} / {per['unattributed']:.0f}"
+            overhead = r.get("overhead_cpu_per_target_ms") if r["mode"].startswith("runner-c") else None
+            ratio = r.get("ratio_to_floor")
+            lines.append(f"| {r['operation']} | {r['mode']} | {w['median']:.1f} [{w['min']:.1f}-{w['max']:.1f}] | "
+                         f"{c['median']:.1f} | {split} | {'' if overhead is None else f'{overhead:.0f}'} | "
+                         f"{r.get('peak_rss_mb_per_concurrent_target') or ''} | "
+                         f"{'' if ratio is None else f'{ratio:.2f}'} | {r['failures']} |")
+        lines.append("")
+    latency = doc.get("latency")
+    if latency and latency.get("rows"):
+        lines += [f"**Latency profile**: first deploy of N={latency['tenants']} with `simulated_latency_ms: "
+                  f"{latency['latency_ms']}`, `simulated_throttle_rate: {latency['throttle_rate']}`.", "",
+                  "| mode | concurrency used | wall s | CPU floor s | N/c x critical path s | wall / bound | failures |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in latency["rows"]:
+            lines.append(f"| {r['mode']} | {r['concurrency_used']} | {r['wall_s']['median']:.1f} | {r['cpu_floor_s']:.1f} | "
+                         f"{r['io_bound_s']:.1f} | {r['ratio_to_bound']:.2f} | {r['failures']} |")
+        lines.append("")
+    lines += ["Targets of issue #17:", "", "| target | measured | |", "| --- | --- | --- |"]
+    for ch in doc["checks"]:
+        verdict = {True: "met", False: "**missed**", None: "not measured"}[ch["met"]]
+        detail = f" ({ch['detail']})" if ch.get("detail") else ""
+        lines.append(f"| {ch['target']} | {ch['value'] if ch['value'] is not None else '-'}{detail} | {verdict} |")
+    for note in doc.get("notes", []):
+        lines += ["", note]
+    return "\n".join(lines)
 
 
-def print_table(entries: list[dict], checks: list[dict], breakdown_doc: dict | None) -> None:
-    head = (f"{'operation':<24} {'N':>3} {'mode':<10} {'wall s':>8} {'cpu s':>8} {'rss MB':>7} "
-            f"{'med s':>6} {'p95 s':>6} {'x naive':>8} {'/floor':>7} {'fail':>4}")
-    print(head)
-    print("-" * len(head))
-    for e in entries:
-        mode = e["mode"] if e["mode"] != "runner" else f"runner c{e['concurrency']}"
-        speed = f"{e['speedup_vs_naive']:.2f}" if e.get("speedup_vs_naive") is not None else ""
-        floor = f"{e['ratio_to_floor']:.2f}" if e.get("ratio_to_floor") is not None else ""
-        print(f"{e['operation']:<24} {e['tenants']:>3} {mode:<10} {e['wall_s']:>8.2f} {e['cpu_s']:>8.2f} "
-              f"{e['peak_rss_mb']:>7.0f} {_f(e['per_target_median_s'])} {_f(e['per_target_p95_s'])} "
-              f"{speed:>8} {floor:>7} {e['failures']:>4}")
-    busy = [e for e in entries if (e.get("load1_max") or 0) > CORES]
-    if busy:
-        print(f"\nWARNING: {len(busy)} of {len(entries)} measurements ran while the 1-minute load average "
-              f"exceeded {CORES} cores (max {max(e['load1_max'] for e in busy):.1f}): other work shared the machine.")
-    print("\n(x naive = naive wall / runner wall; /floor = runner wall / floor; floor = empty-program "
-          f"engine time per stack x N / {CORES} cores)")
-    if breakdown_doc:
-        print_breakdown(breakdown_doc)
-    print("\nTargets (largest N):")
-    for check in checks:
-        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[check["pass"]]
-        print(f"  {verdict}  {check['target']}: {check.get('value')}{'  ' + check['note'] if check.get('note') else ''}")
-
-
-def _f(value: float | None) -> str:
-    return f"{value:>6.2f}" if value is not None else f"{'':>6}"
-
-
-def print_breakdown(doc: dict) -> None:
-    print("\nWhere one target's time goes (runner, concurrency 1, under strace -f; times inflated by tracing):")
-    for op, data in doc.items():
-        if "error" in data:
-            print(f"\n  {op}: {data['error']}")
-            continue
-        print(f"\n  {op}: {data['wall_s_under_strace']:.2f} s for the whole command; processes started: "
-              + ", ".join(f"{k} x{v}" for k, v in sorted(data["processes"].items())))
-        for p in data["run_level"]:
-            print(f"    run-level  {p['duration_s']:>6.3f}s  {p['command']}")
-        for stack, t in data["targets"].items():
-            print(f"    [{stack}] target {t['target_wall_s']:.3f}s = engine calls {t['engine_calls_s']:.3f}s "
-                  f"({t['engine_calls']} CLI processes) + overhead {t['overhead_s']:.3f}s "
-                  f"(worker start->1st call {t['worker_start_to_first_engine_call_s']:.3f}s, "
-                  f"worker after last call {t['worker_after_last_engine_call_s']:.3f}s, "
-                  f"orchestrator outside worker {t['orchestrator_outside_worker_s']:.3f}s)")
-            for call in t["calls"]:
-                writes = f"  state writes: {call['state_writes']}" if call["state_writes"] else ""
-                print(f"      +{call['start_offset_s']:>6.3f}s {call['duration_s']:>6.3f}s  {call['command'][:110]}{writes}")
-                for child in call["children"]:
-                    print(f"           +{child['start_offset_s']:>6.3f}s {child['duration_s']:>6.3f}s  {child['kind']}")
+def regenerate_readme() -> int:
+    files = sorted(RESULTS.glob("*.json"))
+    docs = [(p, json.loads(p.read_text())) for p in files]
+    docs = [(p, d) for p, d in docs if d.get("benchmark") == "bench.fleet" and d.get("version") == 2]
+    if not docs:
+        print(f"no bench.fleet results in {RESULTS}", file=sys.stderr)
+        return 2
+    path, doc = max(docs, key=lambda pd: pd[1]["date"])
+    text = README.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        print(f"{README}: no {TABLE_START} ... {TABLE_END} markers", file=sys.stderr)
+        return 2
+    head, rest = text.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    doc["checks"] = evaluate(doc)  # the targets as this version of the bench reads them
+    body = table(doc, str(path.relative_to(PROJECT_DIR)))
+    README.write_text(f"{head}{TABLE_START}\n{body}\n{TABLE_END}{tail}")
+    print(f"README.md: table from {path.relative_to(PROJECT_DIR)}")
+    return 0
 
 
 # --------------------------------------------------------------------------- main
@@ -570,93 +545,82 @@ def parse_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tenants", type=parse_list, default=[10, 50], help="fleet sizes N (default 10,50)")
-    parser.add_argument("--concurrency", type=parse_list, default=[1, 2, 4], help="runner concurrencies (default 1,2,4)")
-    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/<date>-<host>.json)")
-    parser.add_argument("--floor-samples", type=int, default=10, help="stacks sampled for the floor (median x N / cores)")
-    parser.add_argument("--no-trace", action="store_true", help="skip the strace breakdown of one target")
-    parser.add_argument("--no-naive", action="store_true", help="skip the naive loop (no speedup figures)")
+    parser.add_argument("--tenants", type=parse_list, default=[50], help="fleet sizes N (default 50; e.g. 10,50)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row (default 3; median and min/max)")
+    parser.add_argument("--concurrency", default=None,
+                        help=f"runner concurrencies (default 1,{CORES},auto; auto only when the runner accepts it)")
+    parser.add_argument("--latency-tenants", type=int, default=100, help="latency profile N (default 100; 0: skip)")
+    parser.add_argument("--latency-ms", type=int, default=500, help="simulated_latency_ms of the profile (default 500)")
+    parser.add_argument("--throttle-rate", type=float, default=0.05,
+                        help="simulated_throttle_rate of the profile when the runner has --retries (default 0.05)")
+    parser.add_argument("--label", default=socket.gethostname(), help="results file bench/results/<date>-<label>.json")
+    parser.add_argument("--machine-note", default="", help="how quiet the machine was (goes into the table)")
+    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/<date>-<label>.json)")
+    parser.add_argument("--table", action="store_true", help="only regenerate the README table from bench/results")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
+    if args.table:
+        return regenerate_readme()
 
     from runner.bootstrap import ensure_engine
 
     bin_dir = ensure_engine()
+    up_help = help_text("up")
+    auto = "auto" in option_block(up_help, "--concurrency")
+    skip_flag = "--skip-unchanged" in up_help
+    retries = "--retries" in up_help
+    concurrencies = (args.concurrency.split(",") if args.concurrency
+                     else ["1", str(CORES), *(["auto"] if auto else [])])
+    notes = []
+    if "auto" in concurrencies and not auto:
+        concurrencies.remove("auto")
+    if not auto:
+        notes.append("`runner up --concurrency auto` is not accepted by this runner: its rows are not measured.")
+    if not retries:
+        notes.append("`runner up --retries` does not exist in this runner: the latency profile runs without "
+                     "injected throttling.")
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    log(f"work dir {tmp}; engine {bin_dir}; {CORES} cores")
+    log(f"work dir {tmp}; engine {bin_dir}; {CORES} cores; concurrency {concurrencies}; "
+        f"--skip-unchanged {skip_flag}; --retries {retries}")
     started = time.time()
     try:
-        probe_env = RunnerWorld(tmp / "probe", bin_dir, ["bench-probe-0"]).env
-        skip_flag = skip_unchanged_supported(probe_env)
-        log(f"--skip-unchanged {'available' if skip_flag else 'not available: that scenario is not run'}")
-
-        log(f"floor: empty program, {min(args.floor_samples, max(args.tenants))} stacks")
-        floor = Floor(tmp / "floor", bin_dir, min(args.floor_samples, max(args.tenants))).measure()
-        entries: list[dict] = []
-        for n in args.tenants:
-            naive: dict[str, Sample] = {}
-            if not args.no_naive:
-                log(f"naive loop, N={n}")
-                world = Naive(tmp / f"naive-{n}", bin_dir, n)
-                naive["first-deploy"] = world.first_deploy()
-                naive["redeploy"] = world.redeploy()
-                naive["drift"] = world.drift()
-                naive[SKIP_OP] = naive["redeploy"]
-            floors = {op: floor_for(floor[op], n) for op in OPERATIONS}
-            floors[SKIP_OP] = floors["redeploy"]
-            for op in OPERATIONS:
-                entries.append({"operation": op, "tenants": n, "concurrency": None, "mode": "floor",
-                                "wall_s": _r(floors[op]), "cpu_s": _r(statistics.median(floor[op].per_target) * n),
-                                "peak_rss_mb": _r(floor[op].peak_rss_mb, 1), **stats(floor[op].per_target),
-                                "failures": floor[op].failures, "load1_max": round(floor[op].load1_max, 2),
-                                "floor_stacks_sampled": len(floor[op].per_target)})
-                if op in naive:
-                    entries.append(entry(op, n, None, "naive", naive[op], None, floors[op]))
-            for c in args.concurrency:
-                log(f"runner N={n} concurrency={c}")
-                world = RunnerWorld(tmp / f"runner-{n}-c{c}", bin_dir, tenant_ids(n))
-                plan = [("first-deploy", "up", []), ("redeploy", "up", []), ("drift", "drift", [])]
-                if skip_flag:
-                    plan.append((SKIP_OP, "up", ["--skip-unchanged"]))
-                for op, command, extra in plan:
-                    sample, _doc = world.run(command, c, extra)
-                    log(f"  {op}: {sample.wall_s:.1f}s, {sample.failures} failure(s)")
-                    for note in sample.notes[:3]:
-                        log(f"    {note}")
-                    entries.append(entry(op, n, c, "runner", sample, naive.get(op), floors[op]))
-                shutil.rmtree(world.root / "platform", ignore_errors=True)
-        breakdown_doc = None
-        if not args.no_trace:
-            log("breakdown: one target under strace")
-            try:
-                breakdown_doc = breakdown(tmp / "trace", bin_dir, skip_flag)
-            except RuntimeError as exc:
-                log(f"breakdown skipped: {exc}")
-        entries.sort(key=lambda e: (OPERATIONS.index(e["operation"]) if e["operation"] in OPERATIONS else 9,
-                                    e["tenants"], {"floor": 0, "naive": 1, "runner": 2}[e["mode"]], e["concurrency"] or 0))
-        checks = evaluate(entries, breakdown_doc, args.tenants)
+        fleets = [measure_fleet(tmp, bin_dir, n, args.repeats, concurrencies, skip_flag) for n in args.tenants]
+        latency = None
+        if args.latency_tenants:
+            lat_c = ["auto"] if auto else [str(CORES), str(2 * CORES)]
+            latency = measure_latency(tmp, bin_dir, args.latency_tenants, args.latency_ms, lat_c,
+                                      args.throttle_rate if retries else None)
+        load = os.getloadavg()
         doc = {
-            "benchmark": "bench.fleet", "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "benchmark": "bench.fleet", "version": 2,
+            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "host": socket.gethostname(), "cores": CORES, "python": sys.version.split()[0],
-            "engine": str(bin_dir), "argv": sys.argv[1:] if argv is None else argv,
-            "tenants": args.tenants, "concurrency": args.concurrency, "skip_unchanged_available": skip_flag,
-            "duration_s": _r(time.time() - started, 1),
+            "engine": str(bin_dir), "command": "python -m bench.fleet " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "machine_note": args.machine_note or (f"load average {load[0]:.1f} at the end" if load[0] > CORES * 0.5
+                                                  else "quiet"),
+            "duration_s": _r(time.time() - started, 1), "concurrency": concurrencies,
+            "features": {"concurrency_auto": auto, "skip_unchanged": skip_flag, "retries": retries},
             "method": {
-                "naive": "sequential plain pulumi CLI: stack init + config set per key + up --yes --non-interactive "
-                         "(first deploy); up (redeploy, shared stack included as the runner deploys it on every up); "
-                         "refresh --preview-only + preview (drift)",
-                "floor": "empty python program, same operations with --skip-preview, median per stack x N / cores",
-                "cpu_s": "getrusage(RUSAGE_CHILDREN) delta: user+sys of every waited-for process of the tree",
-                "peak_rss_mb": "max over 50 ms samples of the summed RSS of the process tree (/proc)",
-                "per_target": "runner: targets[].ended - started from --json (shared stack excluded); "
-                              "naive: sum of that target's CLI calls",
+                "shared_stack": "redeploy: counted on every side (the runner ups it first; the plain modes up it "
+                                "too, first in the list); drift: on none (runner drift checks tenant stacks only)",
+                "plain_env": "each stack's environment from `runner env --stack S` (passphrase, backend, "
+                             "PULUMI_HOME, PATH) in the directory it names; xargs sources the shell lines per stack",
+                "cpu_s": "exact: getrusage(RUSAGE_CHILDREN) delta of the whole process tree",
+                "cpu_by_class_s": "sampled every 50 ms from /proc: root = the command itself (the runner's "
+                                  "orchestrator), other = workers (or xargs/sh), engine = pulumi CLIs and all "
+                                  "below them; unattributed = exact total - sampled",
+                "floor": "sum over stacks of the median engine CPU of each stack's plain CLI commands, / cores",
+                "overhead_cpu_per_target_ms": "(runner CPU - floor engine CPU) / targets",
+                "peak_rss_mb_per_concurrent_target": "peak summed RSS of the tree / most pulumi CLIs alive at once",
+                "order": "modes rotate by one per repeat",
             },
-            "entries": entries, "checks": checks, "breakdown": breakdown_doc,
+            "fleets": fleets, "latency": latency, "notes": notes,
         }
-        out = args.out or PROJECT_DIR / "bench" / "results" / f"{dt.date.today().isoformat()}-{socket.gethostname()}.json"
+        doc["checks"] = evaluate(doc)
+        out = args.out or RESULTS / f"{dt.date.today().isoformat()}-{args.label}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=2) + "\n")
-        print_table(entries, checks, breakdown_doc)
+        print(table(doc, str(out)))
         print(f"\nresults: {out}")
         return 0
     finally:

@@ -136,6 +136,11 @@ class Settings:
     hosted_zone_id: str = ""
     domain_configured: bool = False
     """``domain`` was set in config (on aws: a custom domain with TLS)."""
+    simulated_latency_ms: str = ""
+    simulated_throttle_rate: str = ""
+    """The local platform's simulated cloud API: its providers read these from
+    the stack config themselves (never resource inputs, so changing them changes
+    nothing); the program only checks them, to fail once with a clear message."""
 
     @classmethod
     def from_config(cls, config: pulumi.Config) -> "Settings":
@@ -143,7 +148,8 @@ class Settings:
         values: dict[str, Any] = {}
         for key in ("platform", "app_version", "region", "domain", "platform_root", "migrations_dir",
                     "release", "tenant_name", "account_email_domain", "smoke_text",
-                    "organizational_unit_id", "hosted_zone_id"):
+                    "organizational_unit_id", "hosted_zone_id", "simulated_latency_ms",
+                    "simulated_throttle_rate"):
             value = config.get(key)
             values[key] = value if value else getattr(defaults, key)
         values["purge_data"] = bool(config.get_bool("purge_data") or False)
@@ -197,6 +203,8 @@ def main(stack: Optional[str] = None, config: Optional[pulumi.Config] = None) ->
     target = parse_stack(stack or pulumi.get_stack())
     settings = Settings.from_config(config or pulumi.Config())
     platform = platform_module(settings.platform)
+    if settings.platform == "local":
+        platform.simulation_settings(settings.simulated_latency_ms, settings.simulated_throttle_rate)
     deployment = Deployment(target)
     if target.is_shared:
         _shared(deployment, settings, platform)

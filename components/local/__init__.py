@@ -8,6 +8,7 @@ from components.local.account import CloudAccount, CloudAccountArgs
 from components.local.backend import Backend, BackendArgs
 from components.local.frontend import Frontend, FrontendArgs
 from components.local.git import GitRepository, GitRepositoryArgs
+from components.local.providers import THROTTLE_MESSAGE, simulation_settings
 
 __all__ = [
     "Backend",
@@ -18,4 +19,6 @@ __all__ = [
     "FrontendArgs",
     "GitRepository",
     "GitRepositoryArgs",
+    "THROTTLE_MESSAGE",
+    "simulation_settings",
 ]

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import sqlite3
 import string
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pulumi.dynamic import (
+    ConfigureRequest,
     CreateResult,
     DiffResult,
     ReadResult,
@@ -37,6 +40,36 @@ from pulumi.dynamic import (
 from components.local import _fs
 
 _SKIP = {"__provider"}
+
+#: Config keys of the simulated cloud API (Pulumi.yaml declares them).
+LATENCY_KEY = "simulated_latency_ms"
+THROTTLE_KEY = "simulated_throttle_rate"
+#: What a throttled call's error says (the words of AWS's throttling errors).
+THROTTLE_MESSAGE = "ThrottlingException: Rate exceeded (simulated)"
+
+
+class ThrottlingError(Exception):
+    """A simulated throttled API call (nothing was changed)."""
+
+
+def simulation_settings(latency_ms: Any, throttle_rate: Any) -> tuple[float, float]:
+    """(latency in seconds, throttle rate) from the config values (strings in
+    stack config; empty or None means 0); ValueError naming the key if invalid."""
+    def number(key: str, value: Any, kind: type) -> float:
+        if value in (None, ""):
+            return 0
+        try:
+            return kind(str(value).strip())
+        except ValueError:
+            raise ValueError(f"config {key}: expected {'a whole number of milliseconds' if kind is int else 'a fraction between 0 and 1'}, "
+                             f"got {value!r}") from None
+    latency = number(LATENCY_KEY, latency_ms, int)
+    rate = number(THROTTLE_KEY, throttle_rate, float)
+    if not 0 <= latency <= 600_000:
+        raise ValueError(f"config {LATENCY_KEY}: expected 0 to 600000 milliseconds, got {latency_ms!r}")
+    if not 0 <= rate <= 1:
+        raise ValueError(f"config {THROTTLE_KEY}: expected a fraction between 0 and 1, got {throttle_rate!r}")
+    return latency / 1000, rate
 
 
 def _inputs(props: dict[str, Any]) -> dict[str, Any]:
@@ -64,13 +97,54 @@ class _Provider(ResourceProvider):
     def resource_id(self, props: dict[str, Any]) -> str:  # pragma: no cover
         raise NotImplementedError
 
-    # -- CRUD -------------------------------------------------------------
+    # -- the simulated cloud API -------------------------------------------
+    # Set from the stack's config when the engine configures the provider
+    # (dynamic providers receive the whole stack config): never part of the
+    # serialized provider, the inputs or the outputs, so changing them changes
+    # no resource, and they apply to every call, refresh and destroy included.
+    _latency_s: float = 0.0
+    _throttle_rate: float = 0.0
+    _rng: random.Random | None = None
+
+    def configure(self, req: ConfigureRequest) -> None:
+        self.simulate(*simulation_settings(req.config.get(LATENCY_KEY), req.config.get(THROTTLE_KEY)))
+
+    def simulate(self, latency_s: float, throttle_rate: float, seed: int | None = None) -> None:
+        """Make each create/read/update/delete wait ``latency_s`` and fail a
+        ``throttle_rate`` fraction of them as throttled (``seed``: a
+        reproducible sequence of throttled calls; default: OS entropy)."""
+        self._latency_s, self._throttle_rate = latency_s, throttle_rate
+        self._rng = random.Random(seed)
+
+    def _cloud_call(self, operation: str, name: str) -> None:
+        if self._latency_s:
+            time.sleep(self._latency_s)
+        if self._throttle_rate and self._rng is not None and self._rng.random() < self._throttle_rate:
+            raise ThrottlingError(f"{THROTTLE_MESSAGE}: {operation} {type(self).__name__} {name}")
+
+    # -- CRUD: one simulated API call each, then the provider's own hook --
     def create(self, props: dict[str, Any]) -> CreateResult:
+        self._cloud_call("create", self.resource_id(_inputs(props)))
+        return self._create(props)
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        self._cloud_call("read", id_)
+        return self._read(id_, props)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        self._cloud_call("update", _id)
+        return self._update(_id, olds, news)
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        self._cloud_call("delete", _id)
+        self._delete(_id, props)
+
+    def _create(self, props: dict[str, Any]) -> CreateResult:
         props = _inputs(props)
         self.apply(props, None)
         return CreateResult(self.resource_id(props), {**props, **self.observe(props)})
 
-    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+    def _read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         props = _inputs(props)
         return ReadResult(id_, {**props, **self.observe(props)})
 
@@ -88,7 +162,7 @@ class _Provider(ResourceProvider):
             delete_before_replace=bool(replaces),
         )
 
-    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+    def _update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         news = _inputs(news)
         self.apply(news, _inputs(olds))
         return UpdateResult({**news, **self.observe(news)})
@@ -185,7 +259,7 @@ class BareRepoProvider(_Provider):
         )
         return DiffResult(changes=changed or bool(replaces), replaces=replaces, delete_before_replace=bool(replaces))
 
-    def delete(self, _id, props):
+    def _delete(self, _id, props):
         shutil.rmtree(props["path"], ignore_errors=True)
         _fs.prune_empty_dirs(Path(props["path"]).parent, Path(props["path"]).parent.parent)
 
@@ -228,7 +302,7 @@ class AccountDirProvider(_Provider):
         os.chmod(path, 0o700)
         (path / "account.json").write_text(json.dumps(self._document(props), indent=2) + "\n")
 
-    def delete(self, _id, props):
+    def _delete(self, _id, props):
         # The account directory is the tenant's, shared by its environments:
         # when two of them are destroyed at once (sync --prune), the other
         # environment's destroy may remove parts of it, or all of it, while
@@ -354,7 +428,7 @@ class DatabaseProvider(_Provider):
     def apply(self, props, olds):
         apply_migrations(Path(props["path"]), props["migrations"])
 
-    def delete(self, _id, props):
+    def _delete(self, _id, props):
         if not props.get("purge_data"):
             return
         path = Path(props["path"])
@@ -414,7 +488,7 @@ class ReleaseProvider(_Provider):
         _fs.write_files(base / release_rel, self._files(props), within=base / "releases")
         _fs.point_current(base, release_rel)
 
-    def delete(self, _id, props):
+    def _delete(self, _id, props):
         base = Path(props["base"])
         shutil.rmtree(base / "releases", ignore_errors=True)
         link = base / "current"
@@ -442,7 +516,7 @@ class CachePurgeProvider(_Provider):
     def expect(self, props):
         return {}
 
-    def read(self, id_, props):
+    def _read(self, id_, props):
         return ReadResult(id_, _inputs(props))
 
     def _purge(self, props) -> str:
@@ -459,11 +533,11 @@ class CachePurgeProvider(_Provider):
     def apply(self, props, olds):  # pragma: no cover - create/update below
         self._purge(props)
 
-    def create(self, props):
+    def _create(self, props):
         props = _inputs(props)
         return CreateResult(props["log_path"], {**props, "purged_at": self._purge(props)})
 
-    def update(self, _id, olds, news):
+    def _update(self, _id, olds, news):
         news = _inputs(news)
         return UpdateResult({**news, "purged_at": self._purge(news)})
 
@@ -473,7 +547,7 @@ class CachePurgeProvider(_Provider):
         changed = any(olds.get(k) != news.get(k) for k in ("release", "app_version", "trigger"))
         return DiffResult(changes=changed or bool(replaces), replaces=replaces, delete_before_replace=bool(replaces))
 
-    def delete(self, _id, props):
+    def _delete(self, _id, props):
         log = Path(props["log_path"])
         if log.exists():
             log.unlink()

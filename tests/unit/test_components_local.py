@@ -335,3 +335,93 @@ def test_cache_purge_appends_a_line_per_change(tmp_path):
     prov.update(created.id, created.outs, news)
     lines = Path(props["log_path"]).read_text().splitlines()
     assert len(lines) == 2 and "release=r1" in lines[0] and "release=r2" in lines[1]
+
+
+# ---------------------------------------------------------------------------
+# The simulated cloud API (simulated_latency_ms, simulated_throttle_rate)
+# ---------------------------------------------------------------------------
+
+from pulumi.dynamic import Config as DynamicConfig, ConfigureRequest  # noqa: E402
+
+
+def _configured(provider, **config):
+    """``provider`` configured as the engine does: with the whole stack config."""
+    provider.configure(ConfigureRequest(DynamicConfig({f"runner:{k}": v for k, v in config.items()}, "runner")))
+    return provider
+
+
+def test_simulated_latency_delays_each_crud_call_but_not_diff(tmp_path, monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(P.time, "sleep", slept.append)
+    prov = _configured(P.CachePurgeProvider(), simulated_latency_ms="250")
+    props = {"log_path": str(tmp_path / "purges.log"), "release": "r1", "app_version": "1", "trigger": "a"}
+    created = prov.create(dict(props))
+    prov.diff(created.id, created.outs, props)
+    prov.read(created.id, created.outs)
+    prov.update(created.id, created.outs, {**props, "release": "r2"})
+    prov.delete(created.id, created.outs)
+    assert slept == [0.25] * 4
+    assert set(created.outs) == {*props, "purged_at"}, "the settings must never reach the state"
+
+
+def test_no_simulation_without_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(P.time, "sleep", lambda s: pytest.fail("slept without simulated_latency_ms"))
+    for prov in (P.AccountDirProvider(), _configured(P.AccountDirProvider())):
+        props = {"path": str(tmp_path / "acme"), "tenant_id": "acme", "account_id": "123456789012"}
+        prov.delete(prov.create(dict(props)).id, props)
+
+
+def test_simulated_throttling_fails_before_changing_anything_and_is_reproducible(tmp_path):
+    prov = _configured(P.AccountDirProvider(), simulated_throttle_rate="1")
+    path = tmp_path / "accounts" / "acme"
+    props = {"path": str(path), "tenant_id": "acme", "account_id": "123456789012"}
+    with pytest.raises(P.ThrottlingError, match=r"ThrottlingException: Rate exceeded \(simulated\): create"):
+        prov.create(dict(props))
+    assert not path.exists()
+
+    def pattern(seed):
+        prov = P.AccountDirProvider()
+        prov.simulate(0, 0.3, seed=seed)
+        outcome = []
+        for i in range(200):
+            try:
+                prov.read(str(i), dict(props))
+                outcome.append(False)
+            except P.ThrottlingError:
+                outcome.append(True)
+        return outcome
+
+    first = pattern(7)
+    assert first == pattern(7), "the same seed throttles the same calls"
+    assert 30 <= sum(first) <= 90, f"about 30% of 200 calls throttled, got {sum(first)}"
+
+
+@pytest.mark.parametrize("latency, rate, message", [
+    ("-1", "0", "simulated_latency_ms: expected 0 to 600000"),
+    ("fast", "0", "simulated_latency_ms: expected a whole number"),
+    ("0", "1.5", "simulated_throttle_rate: expected a fraction between 0 and 1"),
+    ("0", "5%", "simulated_throttle_rate: expected a fraction"),
+])
+def test_invalid_simulation_settings_name_the_key(latency, rate, message):
+    with pytest.raises(ValueError, match=message):
+        P.simulation_settings(latency, rate)
+    with pytest.raises(ValueError, match=message):
+        _configured(P.ReleaseProvider(), simulated_latency_ms=latency, simulated_throttle_rate=rate)
+
+
+def test_simulation_settings_defaults_and_units():
+    assert P.simulation_settings(None, None) == (0, 0)
+    assert P.simulation_settings("", "") == (0, 0)
+    assert P.simulation_settings("1500", "0.05") == (1.5, 0.05)
+    assert P.simulation_settings(200, 0.5) == (0.2, 0.5)
+
+
+def test_configured_provider_serializes_as_before():
+    """Configuring happens in the provider process, after deserializing: the
+    serialized provider (stored in the state) never carries the settings."""
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    before = serialize_provider(P.ReleaseProvider())
+    configured = _configured(P.ReleaseProvider(), simulated_latency_ms="100")
+    assert configured._latency_s == 0.1
+    assert serialize_provider(P.ReleaseProvider()) == before
