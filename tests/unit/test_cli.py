@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import xml.etree.ElementTree as ET
 
@@ -78,7 +79,7 @@ def test_usage_errors_exit_2_before_anything_runs(monkeypatch):
     def never(*a, **k):
         raise AssertionError("the fleet must not run")
 
-    monkeypatch.setattr("runner.fleet.Fleet.run", never)
+    monkeypatch.setattr("runner.fleet.Fleet.run_batch", never)
     runner = CliRunner()
     unknown = runner.invoke(cli.main, ["up", "--tenant", "custmer-1", "--yes"])
     assert unknown.exit_code == 2 and "did you mean 'customer-1'" in unknown.stderr
@@ -94,30 +95,21 @@ def test_help_lists_every_exit_code():
 
 
 class FakeFleet:
-    """Stands in for the engine: records the jobs it was asked to run."""
+    """Stands in for the engine: records the batches it was asked to run; each target succeeds."""
 
     runs: list = []
 
-    def __init__(self, project_dir, **kw):
+    def __init__(self, project_dir, *, progress=None, **kw):
         self.master = "fake-master-passphrase"
+        self.progress = progress
 
-    def _ledger_record(self, *a, **k):
-        pass
+    def interruptible(self, report):
+        return contextlib.nullcontext(self)
 
-    def _ledger_call(self, what, method, *args, default=None, **kwargs):
-        return method(*args, **kwargs)
-
-    def flush_ledger_errors(self, report):
-        pass
-
-    def shared_job(self, *a, **k):
-        return None
-
-    def run(self, jobs, options, *, report, **kw):
-        FakeFleet.runs.append((options.operation, [j.stack for j in jobs]))
-        for job in jobs:
-            report.add(rpt.TargetResult(job.tenant, job.environment, job.stack, options.operation, rpt.SUCCEEDED))
-        return report
+    def run_batch(self, jobs, run, policy=None):
+        if jobs:
+            FakeFleet.runs.append((run.settings.operation, [j.stack for j in jobs]))
+        return [rpt.TargetResult(j.tenant, j.environment, j.stack, j.operation, rpt.SUCCEEDED) for j in jobs]
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ import pytest
 
 from runner import engine, protocol
 from runner import report as rpt
-from runner.fleet import Fleet, FleetOptions, Job
+from runner.fleet import Fleet, Job, RunSettings
+from runner.plan import RunPlan
+from runner.run import Run
 
 
 class FlakyLedger:
@@ -46,6 +48,20 @@ class FlakyLedger:
     def run_operations(self, run_id):
         return []
 
+    def finish_run(self, run_id, status, counts):
+        pass
+
+
+def run_all(fleet, ledger, jobs, settings, **plan_options):
+    """What ops.fleet_run does with a plan: each step run by the fleet, recorded by the run."""
+    run = Run(ledger, settings, run_id="run-1")
+    plan = RunPlan(jobs, settings, **plan_options)
+    for step in plan:
+        results = fleet.run_batch(step.jobs, run, plan)
+        run.add(results)
+        plan.done(step, results)
+    return run.finish()
+
 
 @pytest.fixture
 def fleet(tmp_path, monkeypatch):
@@ -73,35 +89,30 @@ def _jobs(*names):
 
 
 def test_a_ledger_error_while_recording_a_result_does_not_abort_the_run(fleet):
-    fleet.ledger = FlakyLedger("b.staging")
-    options = FleetOptions(operation="preview", concurrency=2, run_id="run-1")
-
-    report = fleet.run(_jobs("a", "b", "c"), options)
+    ledger = FlakyLedger("b.staging")
+    report = run_all(fleet, ledger, _jobs("a", "b", "c"), RunSettings(operation="preview", concurrency=2))
 
     assert [(t.stack, t.status) for t in report.targets] == [
         ("a.staging", rpt.SUCCEEDED), ("b.staging", rpt.SUCCEEDED), ("c.staging", rpt.SUCCEEDED)]
-    assert sorted(fleet.ledger.ended) == [("a.staging", rpt.SUCCEEDED), ("c.staging", rpt.SUCCEEDED)]
+    assert sorted(ledger.ended) == [("a.staging", rpt.SUCCEEDED), ("c.staging", rpt.SUCCEEDED)]
     assert any("ledger" in note and "readonly database" in note and "b.staging" in note for note in report.notes)
     assert report.errors and report.to_dict()["errors"] == report.errors
     assert report.exit_code == rpt.EXIT_FAILED
 
 
 def test_a_ledger_error_while_recording_a_not_started_target_does_not_abort_the_run(fleet):
-    fleet.ledger = FlakyLedger("none")
     fleet._stopping.set()  # as after an interrupt: every target is recorded not-started (ledger.record)
-    report = fleet.run(_jobs("a", "b"), FleetOptions(operation="preview", concurrency=1, run_id="run-1"))
+    report = run_all(fleet, FlakyLedger("none"), _jobs("a", "b"), RunSettings(operation="preview", concurrency=1))
     assert [t.status for t in report.targets] == [rpt.NOT_STARTED, rpt.NOT_STARTED]
     assert any("database is locked" in note for note in report.notes)
 
 
 def test_a_ledger_error_while_planning_a_rollback_does_not_abort_the_run(fleet):
-    fleet.ledger = FlakyLedger("none")
-
     def roll_back(job, result):
         raise RuntimeError("(sqlite3.OperationalError) unable to open database file")
 
-    report = fleet.run(_jobs("bad", "good"), FleetOptions(operation="preview", concurrency=1, run_id="run-1"),
-                       after_failure=roll_back)
+    report = run_all(fleet, FlakyLedger("none"), _jobs("bad", "good"),
+                     RunSettings(operation="preview", concurrency=1, on_failure="rollback"), rollback=roll_back)
     assert [(t.stack, t.status) for t in report.targets] == [("bad.staging", rpt.FAILED),
                                                              ("good.staging", rpt.SUCCEEDED)]
     assert "unable to open database file" in report.targets[0].details["rollback"]
