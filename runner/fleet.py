@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from runner.run import Run
 
 SHARED_STACK = "shared"
-WRITING = ("up", "rollback", "refresh", "destroy")  # operations that take the stack's lock
+Operation = rpt.Operation
+WRITING = (Operation.UP, Operation.ROLLBACK, Operation.REFRESH, Operation.DESTROY)  # they take the stack's lock
 DEFAULT_MAX_DESTROY = 5  # stacks one destructive command may destroy unless --max-destroy raises it
 DEFAULT_RETRIES = 2  # further attempts of a target whose engine error is transient (#17)
 
@@ -50,7 +51,7 @@ class FleetError(Exception):
 class RunSettings:
     """Every option of a fleet command, with its one default (the CLI passes its options through)."""
 
-    operation: str
+    operation: Operation | str
     concurrency: int = os.cpu_count() or 2
     on_failure: str = "continue"  # continue | stop | rollback
     max_failures: int | None = None
@@ -100,7 +101,7 @@ class Job:
     tenant: str | None
     environment: str
     stack: str
-    operation: str
+    operation: Operation | str
     config: Mapping[str, Any]
     secret_values: Mapping[str, str]
     credentials: Mapping[str, str] = field(default_factory=dict)

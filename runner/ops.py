@@ -20,8 +20,8 @@ from typing import Any
 
 from runner import registry as reg
 from runner import report as rpt
-from runner.fleet import (DEFAULT_MAX_DESTROY, SHARED_STACK, Fleet, FleetError, Job, Progress, RunSettings,
-                          build_jobs, new_run_id)
+from runner.fleet import (DEFAULT_MAX_DESTROY, SHARED_STACK, Fleet, FleetError, Job, Progress,  # noqa: F401
+                          RunSettings, build_jobs, new_run_id)  # RunSettings, DEFAULT_MAX_DESTROY: ops' API too
 from runner.plan import RunPlan
 from runner.run import Run
 
@@ -328,14 +328,7 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *,
                                             error=reason))
             plan = run_plan(registry, selection, jobs, settings, fleet, run, version)
             with fleet.interruptible(run.report):
-                for step in plan:
-                    for result in step.refused:
-                        run.record(result)
-                    results = fleet.run_batch(step.jobs, run, plan)
-                    run.add(results)
-                    plan.done(step, results)
-            run.report.waves += plan.waves
-            run.report.notes += plan.notes
+                run.execute(plan, fleet)
             after_run(ctx, fleet, run, jobs, version)
         return run.finish()
 

@@ -63,6 +63,19 @@ class Run:
         self.report.ended = self.report.ended or rpt.now()
         return self.report
 
+    def execute(self, plan, executor) -> rpt.Report:
+        """Carry out a RunPlan: each step's refused targets recorded, its batch run by the
+        executor (runner.fleet.Fleet, or a fake in tests), its results read by the plan."""
+        for step in plan:
+            for result in step.refused:
+                self.record(result)
+            results = executor.run_batch(step.jobs, self, plan)
+            self.add(results)
+            plan.done(step, results)
+        self.report.waves += plan.waves
+        self.report.notes += plan.notes
+        return self.report
+
     # ------------------------------------------------------------------ the report
 
     def add(self, results: Iterable[rpt.TargetResult]) -> None:
@@ -107,7 +120,8 @@ class Run:
         a later rollback runs the checkout only when it is that very program."""
         if self.ledger is None or op_id is None:
             return
-        details = {**result.details, "program_fingerprint": job.program_fingerprint}
+        details = {**result.details, **({"program_fingerprint": job.program_fingerprint}
+                                         if job.program_fingerprint else {})}
         self._call(f"recording the result of {result.stack}", self.ledger.record_end,
                    op_id, result.status, changes=result.changes, error=result.error,
                    error_resource=result.error_resource, error_component=result.error_component,

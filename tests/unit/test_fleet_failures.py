@@ -55,11 +55,7 @@ class FlakyLedger:
 def run_all(fleet, ledger, jobs, settings, **plan_options):
     """What ops.fleet_run does with a plan: each step run by the fleet, recorded by the run."""
     run = Run(ledger, settings, run_id="run-1")
-    plan = RunPlan(jobs, settings, **plan_options)
-    for step in plan:
-        results = fleet.run_batch(step.jobs, run, plan)
-        run.add(results)
-        plan.done(step, results)
+    run.execute(RunPlan(jobs, settings, **plan_options), fleet)
     return run.finish()
 
 
