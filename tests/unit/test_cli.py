@@ -139,3 +139,19 @@ def test_a_tag_alone_selects_tenants_on_the_command_line(fake_fleet):
     result = CliRunner().invoke(cli.main, ["refresh", "--tag", "tier=standard", "--yes", "--json"])
     assert result.exit_code == 0, result.output
     assert sorted(fake_fleet[0][1]) == ["customer-2.production", "customer-2.staging", "customer-3.production"]
+
+
+def test_fleet_options_pass_through_to_run_settings_with_one_set_of_defaults(fake_fleet, monkeypatch):
+    """#16: click options named like RunSettings fields go through as they are; an option
+    not given keeps RunSettings' default (not a second default in the CLI)."""
+    seen = []
+    monkeypatch.setattr(ops, "fleet_run", lambda ctx, sel, settings, **k: seen.append(settings) or _report(rpt.SUCCEEDED))
+    for command in ("up", "preview", "refresh", "destroy", "drift", "rollback"):
+        args = [command, "--tenant", "customer-1", "--retries", "4", *(["--yes"] if command not in ("preview", "drift") else [])]
+        result = CliRunner().invoke(cli.main, args)
+        assert result.exit_code == 0, result.output
+    assert [s.retries for s in seen] == [4] * 6 and [s.operation for s in seen][0] == "up"
+    CliRunner().invoke(cli.main, ["up", "--tenant", "customer-1", "--on-failure", "stop", "--yes"])
+    default = ops.RunSettings("up")
+    assert (seen[-1].on_failure, seen[-1].retries, seen[-1].concurrency, seen[-1].lock_timeout) == (
+        "stop", default.retries, default.concurrency, default.lock_timeout)

@@ -66,8 +66,14 @@ def fleet(tmp_path, monkeypatch):
           json.dumps({"type": "result", "ok": True, "changes": {"same": 2}, "outputs": {}})]
     failed = json.dumps({"type": "result", "ok": False, "error": {
         "kind": "failed", "message": "boom", "urn": None, "component": None}})
-    script = ("import json, sys; job = json.load(sys.stdin); "
-              f"print({failed!r} if job['stack'].startswith('bad') else {chr(10).join(ok)!r})")
+    throttled = json.dumps({"type": "result", "ok": False, "error": {
+        "kind": "transient", "message": "Throttling: Rate exceeded", "urn": None, "component": None}})
+    # `flaky` stacks are throttled on their first attempt (a marker file remembers it), then succeed
+    marker = str(tmp_path / "throttled-once")
+    script = ("import json, os, sys; job = json.load(sys.stdin); stack = job['stack']\n"
+              f"if stack.startswith('flaky') and not os.path.exists({marker!r}):\n"
+              f"    open({marker!r}, 'w').close(); print({throttled!r})\n"
+              f"else:\n    print({failed!r} if stack.startswith('bad') else {chr(10).join(ok)!r})")
 
     def fake_worker(args, **kwargs):
         assert args[-2:] == ["-m", "runner.worker"]
@@ -112,3 +118,21 @@ def test_a_ledger_error_while_planning_a_rollback_does_not_abort_the_run(fleet):
     assert [(t.stack, t.status) for t in report.targets] == [("bad.staging", rpt.FAILED),
                                                              ("good.staging", rpt.SUCCEEDED)]
     assert "unable to open database file" in report.targets[0].details["rollback"]
+
+
+class RecordingLedger(FlakyLedger):
+    def __init__(self):
+        super().__init__("none")
+
+
+def test_a_transient_error_is_retried_and_each_attempt_is_a_ledger_row(fleet):
+    """#17: throttling is not a failure of the target; the retry is recorded, not hidden."""
+    ledger = RecordingLedger()
+    report = run_all(fleet, ledger, _jobs("flaky", "bad"), RunSettings(operation="preview", concurrency=1, retries=2))
+    flaky, bad = report.targets
+    assert (flaky.status, flaky.attempts) == (rpt.SUCCEEDED, 2)
+    assert [a["error"] for a in flaky.details["attempts"]] == ["Throttling: Rate exceeded", None]
+    assert flaky.to_dict()["attempts"] == 2
+    assert ledger.ended.count(("flaky.staging", rpt.FAILED)) == 1 and ("flaky.staging", rpt.SUCCEEDED) in ledger.ended
+    assert (bad.status, bad.attempts) == (rpt.FAILED, 1), "a permanent error is never retried"
+    assert report.exit_code == rpt.EXIT_FAILED
