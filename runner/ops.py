@@ -320,13 +320,13 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *,
             jobs, skipped, refused = prepared_jobs(ctx, fleet, run, jobs, skipped, version, manifest)
             if settings.plan_only:  # sync --dry-run: say what would run, run and record nothing
                 return dry_run_report(run, jobs, skipped)
+            plan = run_plan(registry, selection, jobs, settings, fleet, run, version)  # a bad --wave: exit 2 here
             run.begin(shard=sel.shard)
             for target, reason in skipped:
                 run.record(skipped_result(target, reason, settings))
             for job, reason in refused:  # up --plans: a target whose preview failed has nothing to apply
                 run.record(rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.FAILED,
                                             error=reason))
-            plan = run_plan(registry, selection, jobs, settings, fleet, run, version)
             with fleet.interruptible(run.report):
                 run.execute(plan, fleet)
             after_run(ctx, fleet, run, jobs, version)
@@ -602,7 +602,7 @@ def offboard(ctx: Context, fleet: Fleet, stacks: list[str], report: rpt.Report, 
              settings: RunSettings) -> None:
     """Destroy and remove stacks of tenants that left; --purge also deletes their database."""
     with open_ledger(ctx) as ledger:
-        run = Run(ledger, replace(settings, operation="destroy", retries=settings.retries), report=report)
+        run = Run(ledger, replace(settings, operation="destroy"), report=report)
         jobs = []
         for stack in stacks:
             tenant_id, _, env = stack.partition(".")

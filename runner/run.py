@@ -1,5 +1,8 @@
 """One run: its report and every ledger write of it.
 
+Statuses and operations reach the ledger as plain strings (str() of the
+StrEnums): a database driver never sees an enum.
+
 The ledger is the record other runs read (lifecycle gates, rollback points,
 --skip-unchanged, `runner status`); a failure to write it (database locked,
 read-only, unreachable) never aborts a run: it becomes a note and a run
@@ -102,7 +105,7 @@ class Run:
             return
         self._call(f"recording the result of {result.stack}", self.ledger.record,
                    self.run_id, tenant=result.tenant, environment=result.environment, stack=result.stack,
-                   operation=result.operation, status=result.status, release=self.release,
+                   operation=str(result.operation), status=str(result.status), release=self.release,
                    error=result.error, details=result.details)
 
     def start(self, job: Job, *, started=None):
@@ -111,7 +114,7 @@ class Run:
             return None
         return self._call(f"recording the start of {job.stack}", self.ledger.record_start,
                           self.run_id, tenant=job.tenant, environment=job.environment, stack=job.stack,
-                          operation=job.operation, started=started,
+                          operation=str(job.operation), started=started,
                           release=job.config.get("release") or self.release, program_commit=job.program_commit,
                           config_fingerprint=job.config_fingerprint, config_snapshot=dict(job.config))
 
@@ -123,7 +126,7 @@ class Run:
         details = {**result.details, **({"program_fingerprint": job.program_fingerprint}
                                          if job.program_fingerprint else {})}
         self._call(f"recording the result of {result.stack}", self.ledger.record_end,
-                   op_id, result.status, changes=result.changes, error=result.error,
+                   op_id, str(result.status), changes=result.changes, error=result.error,
                    error_resource=result.error_resource, error_component=result.error_component,
                    details=details, ended=ended)
 
