@@ -97,8 +97,10 @@ def output_options(f):
 
 
 def fleet_options(f):
-    f = click.option("--concurrency", type=click.IntRange(min=1), default=os.cpu_count() or 2, show_default=True, help="Targets run at once, never exceeded.")(f)
-    f = click.option("--lock-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True, help="Seconds to wait for a stack locked by a live operation.")(f)
+    """--concurrency, --lock-timeout, --retries: no default here, ops.RunSettings holds them (one place)."""
+    f = click.option("--concurrency", type=click.IntRange(min=1), help="Targets run at once, never exceeded [default: CPU cores].")(f)
+    f = click.option("--lock-timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="Seconds to wait for a stack locked by a live operation [default: 120].")(f)
+    f = click.option("--retries", type=click.IntRange(min=0), metavar="N", help="Run a target again after a transient engine error (throttling, timeout, reset connection), up to N more times with backoff; every attempt is recorded [default: 2].")(f)
     return f
 
 
@@ -225,29 +227,32 @@ def notify_targets(specs) -> list:
         raise UsageFailure(f"--notify: {exc}") from None
 
 
-def run_fleet_command(operation: str, kw: dict, guard: dict | None = None, **settings) -> None:
+def run_settings(operation: str, kw: dict) -> "ops.RunSettings":
+    """The options of a fleet command as ops.RunSettings: every option named like one of its
+    fields is passed through; an option not given (None) keeps RunSettings' default."""
+    import dataclasses
+
+    from runner import ops
+
+    names = {f.name for f in dataclasses.fields(ops.RunSettings)} - {"operation", "argv"}
+    given = {k: v for k, v in kw.items() if k in names and v is not None}
+    return ops.RunSettings(operation=operation, argv=tuple(sys.argv[1:]), **given)
+
+
+def selectors(kw: dict) -> "ops.Selectors":
+    from runner import ops
+
+    return ops.Selectors(tenants=kw["tenants"], all_tenants=kw["all_tenants"], envs=kw["envs"], tags=kw["tags"],
+                         exclude=kw["exclude"], untenanted=kw["untenanted"], shard=kw["shard"])
+
+
+def run_fleet_command(operation: str, kw: dict, guard: dict | None = None) -> None:
     from runner import ops
 
     targets = notify_targets(kw.pop("notify", ()))
     ctx = _context(kw)
-    sel = ops.Selectors(tenants=kw["tenants"], all_tenants=kw["all_tenants"], envs=kw["envs"], tags=kw["tags"],
-                        exclude=kw["exclude"], untenanted=kw["untenanted"], shard=kw["shard"])
-    run = ops.RunSettings(operation=operation, concurrency=kw["concurrency"], lock_timeout=kw["lock_timeout"],
-                          run_id=kw["run_id"], argv=sys.argv[1:], **settings)
-    make = make_progress_factory(kw["log_format"], operation)
-    holder = {}
-
-    def factory(run_id, total):
-        holder["p"] = make(run_id, total)
-        if hasattr(holder["p"], "__enter__"):
-            holder["p"].__enter__()
-        return holder["p"]
-
-    try:
-        report = ops.fleet_run(ctx, sel, run, make_progress=factory, **(guard or {}))
-    finally:
-        if hasattr(holder.get("p"), "__exit__"):
-            holder["p"].__exit__(None, None, None)
+    report = ops.fleet_run(ctx, selectors(kw), run_settings(operation, kw),
+                           make_progress=make_progress_factory(kw["log_format"], operation), **(guard or {}))
     emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"],
                 notify_targets=targets)
 
@@ -285,13 +290,10 @@ def main():
                    "plan file changed; a target whose state moved fails as a stale plan; no other target is touched.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_problems
-def up(release, on_failure, max_failures, rerun_failed, ignore_lifecycle, strategy, wave, skip_unchanged, max_age,
-       plans, yes, **kw):
+def up(skip_unchanged, max_age, **kw):
     """Deploy the selected targets: the shared stack first, then environments in
     promotion order (lifecycle gates), each in the registry's rollout waves."""
-    run_fleet_command("up", kw, release=release, on_failure=on_failure, max_failures=max_failures,
-                      rerun_failed=rerun_failed, ignore_lifecycle=ignore_lifecycle, strategy=strategy, wave=wave,
-                      skip_unchanged=max_age * 3600 if skip_unchanged else None, plans=plans)
+    run_fleet_command("up", {**kw, "skip_unchanged": max_age * 3600 if skip_unchanged else None})
 
 
 @main.command()
@@ -302,9 +304,9 @@ def up(release, on_failure, max_failures, rerun_failed, ignore_lifecycle, strate
 @click.option("--to", "rollback_to", metavar="RELEASE", help="Go back to this release instead of the last good one.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_problems
-def rollback(rollback_to, yes, **kw):
+def rollback(**kw):
     """Redeploy each target's last good release (or --to RELEASE) with its recorded config and program."""
-    run_fleet_command("rollback", kw, rollback_to=rollback_to)
+    run_fleet_command("rollback", kw)
 
 
 @main.command()
@@ -332,9 +334,7 @@ def sync(prune, purge, dry_run, release, shard, yes, max_destroy, **kw):
         raise UsageFailure("--purge goes with --prune")
     targets = notify_targets(kw.pop("notify", ()))
     ctx = _context(kw)
-    settings = ops.RunSettings(operation="up", concurrency=kw["concurrency"], lock_timeout=kw["lock_timeout"],
-                               run_id=kw["run_id"], release=release, argv=sys.argv[1:], yes=yes,
-                               max_destroy=ops.DEFAULT_MAX_DESTROY if max_destroy is None else max_destroy)
+    settings = run_settings("up", {**kw, "release": release, "yes": yes, "max_destroy": max_destroy})
     report = ops.sync(ctx, settings, prune=prune, purge=purge, dry_run=dry_run, shard=shard,
                       make_progress=make_progress_factory(kw["log_format"]), **destroy_guard_callbacks())
     emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"],
@@ -433,9 +433,9 @@ def status(as_json, html_path, **kw):
               help="Save each changed target's update plan, DIR/manifest.json and DIR/summary.md (a pull-request "
                    "comment) for `up --plans DIR`.")
 @handle_problems
-def preview(detailed_exitcode, save_plans, **kw):
+def preview(**kw):
     """Show what `up` would change, per target."""
-    run_fleet_command("preview", kw, detailed_exitcode=detailed_exitcode, save_plans=save_plans)
+    run_fleet_command("preview", kw)
 
 
 @main.command()
@@ -445,7 +445,7 @@ def preview(detailed_exitcode, save_plans, **kw):
 @output_options
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_problems
-def refresh(yes, **kw):
+def refresh(**kw):
     """Accept reality into the state of the selected targets."""
     run_fleet_command("refresh", kw)
 
@@ -459,17 +459,14 @@ def refresh(yes, **kw):
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @max_destroy_option
 @handle_problems
-def destroy(remove_stacks, yes, max_destroy, **kw):
+def destroy(**kw):
     """Destroy the selected targets' resources (the tenant database is kept).
 
     Lists the stacks first, asks (or needs --yes off a terminal), refuses more
     than --max-destroy and refuses a shard."""
-    from runner import ops
-
     if not (kw["tenants"] or kw["all_tenants"] or kw["untenanted"]) or not (kw["tenants"] or kw["envs"]):
         raise UsageFailure("destroy needs explicit selectors: --tenant T (or --all-tenants with --env E)")
-    run_fleet_command("destroy", kw, guard=destroy_guard_callbacks(), remove_stacks=remove_stacks, yes=yes,
-                      max_destroy=ops.DEFAULT_MAX_DESTROY if max_destroy is None else max_destroy)
+    run_fleet_command("destroy", kw, guard=destroy_guard_callbacks())
 
 
 @main.command()
@@ -480,14 +477,14 @@ def destroy(remove_stacks, yes, max_destroy, **kw):
 @click.option("--remediate", type=click.Choice(["up", "refresh"]),
               help="Then fix: `up` re-applies the code to drifted/pending targets, `refresh` accepts reality into the state.")
 @handle_problems
-def drift(remediate, **kw):
+def drift(**kw):
     """Compare reality, state and code for each target, without writing state (exit 3 on drift).
 
     in-sync: reality, state and code agree. drifted: resources changed out of
     band (refresh preview). pending: code or config ahead of the deployment
     (preview). drifted+pending: both.
     """
-    run_fleet_command("drift", kw, remediate=remediate)
+    run_fleet_command("drift", kw)
 
 
 @main.command()

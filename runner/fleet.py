@@ -1,25 +1,36 @@
-"""Fleet operations: fan jobs out to worker processes, at most `concurrency` at once.
+"""Fleet execution: run a batch of jobs in worker processes, at most `concurrency` at once.
 
-`Fleet.run` takes plain jobs and returns a :class:`~runner.report.Report`; it
-never imports click. Programs that start from the registry call
-`runner.ops.fleet_run` (see the README, "Using the core from Python").
+`Fleet` executes what it is given (worker processes, concurrency, waiting for
+a locked stack, retrying transient engine errors, signals); the order of work
+is the :class:`~runner.plan.RunPlan`'s, the report and the ledger are the
+:class:`~runner.run.Run`'s. It never imports click. Programs that start from
+the registry call `runner.ops.fleet_run` (see the README, "Using the core from
+Python").
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from runner import engine, health, recovery
 from runner import report as rpt
@@ -29,7 +40,13 @@ from runner.protocol import WorkerProcess, WorkerRequest, WorkerResult
 from runner.registry.errors import SecretError
 from runner.worker import descendants
 
-WRITING = ("up", "rollback", "refresh", "destroy")  # operations that take the stack's lock
+if TYPE_CHECKING:
+    from runner.run import Run
+
+Operation = rpt.Operation
+WRITING = (Operation.UP, Operation.ROLLBACK, Operation.REFRESH, Operation.DESTROY)  # they take the stack's lock
+DEFAULT_MAX_DESTROY = 5  # stacks one destructive command may destroy unless --max-destroy raises it
+DEFAULT_RETRIES = 2  # further attempts of a target whose engine error is transient (#17)
 
 
 class FleetError(Exception):
@@ -37,31 +54,78 @@ class FleetError(Exception):
 
 
 @dataclass(frozen=True)
-class FleetOptions:
-    operation: str
+class RunSettings:
+    """Every option of a fleet command, with its one default (the CLI passes its options through)."""
+
+    operation: Operation | str
     concurrency: int = os.cpu_count() or 2
     on_failure: str = "continue"  # continue | stop | rollback
     max_failures: int | None = None
     lock_timeout: float = 120.0
+    retries: int = DEFAULT_RETRIES  # transient engine errors: attempts after the first (#17)
     release: str | None = None
     run_id: str | None = None
-    with_shared: bool | None = None  # default: only `up` deploys the shared stack first
+    detailed_exitcode: bool = False
     remove_stacks: bool = False  # destroy: also remove the stacks (offboarding)
+    remediate: str | None = None  # drift: "up" enforces the code, "refresh" accepts reality
+    rerun_failed: str | None = None  # up: only the targets that failed in this run ("last": the newest)
+    rollback_to: str | None = None  # rollback: this release instead of the last good one
+    ignore_lifecycle: bool = False  # up: deploy even where the lifecycle gates refuse (recorded)
+    strategy: str | None = None  # up: "waves" | "all-at-once" (default: waves when the registry has a rollout)
+    wave: str | None = None  # up: run this wave only
+    skip_unchanged: float | None = None  # up: skip unchanged, drift-clean targets (value: max drift age, s)
+    only_stacks: frozenset[str] | None = None  # restrict the selection to these stacks
+    plan_only: bool = False  # compute what would run, run nothing (sync --dry-run)
+    yes: bool = False  # destructive operations: confirmed on the command line (guard_destroy)
+    max_destroy: int = DEFAULT_MAX_DESTROY  # destructive operations: refuse to destroy more stacks
+    save_plans: str | None = None  # preview: save update plans, manifest.json, summary.md here (#20)
+    plans: str | None = None  # up: apply exactly the plans saved there (#20)
+    argv: Sequence[str] = ()
     extra_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+FleetOptions = RunSettings  # the name the fleet layer used before the two option types became one
+
+
+@dataclass(frozen=True)
+class ProgramTree:
+    """Another commit's program (a rollback or drift check of an older release): a git worktree."""
+
+    dir: str
+    name: str
+    project_dir: str  # the project it was checked out of (relative config paths resolve there)
 
 
 @dataclass(frozen=True)
 class Job:
-    """What one worker runs: a target's stack, operation, config and secrets."""
+    """What one worker runs: a target's stack, operation, config and secrets, and how to run it.
+
+    ``details`` holds report data only (why, what it rolls back to, ...): it is
+    copied into the target's result; everything the engine or the ledger needs
+    is a field of its own."""
 
     tenant: str | None
     environment: str
     stack: str
-    operation: str
+    operation: Operation | str
     config: Mapping[str, Any]
     secret_values: Mapping[str, str]
     credentials: Mapping[str, str] = field(default_factory=dict)
     details: Mapping[str, Any] = field(default_factory=dict)
+    # how the engine runs it
+    refresh: bool = False  # up: refresh first (after a recovery)
+    remove_stack: bool = False  # destroy: also remove the stack (offboarding)
+    program: ProgramTree | None = None  # another commit's program; None: the project's
+    plan_file: str | None = None  # review flow (#20): the update plan to save (preview) or apply (up)
+    review: Mapping[str, Any] | None = None  # review flow: what the preview saw
+    # what the ledger records of it
+    program_commit: str | None = None
+    program_fingerprint: str | None = None
+    config_fingerprint: str | None = None
+    # what happened on the way (also shown in the result's details)
+    wave: str | None = None
+    recovered: tuple[str, ...] = ()
+    repaired: bool = False  # its checkpoint was repaired once already in this attempt
 
 
 def new_run_id() -> str:
@@ -73,8 +137,8 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def build_jobs(targets: Iterable, operation: str, options: FleetOptions,
-           resolve_secrets: Callable[[Any], Mapping[str, str]]) -> list[Job]:
+def build_jobs(targets: Iterable, operation: str, options: RunSettings,
+               resolve_secrets: Callable[[Any], Mapping[str, str]]) -> list[Job]:
     """Build every job before anything runs: a missing secret stops the run (exit 2)."""
     jobs, problems = [], []
     for target in targets:
@@ -87,14 +151,57 @@ def build_jobs(targets: Iterable, operation: str, options: FleetOptions,
         config = {**target.config, **options.extra_config}
         if options.release:
             config["release"] = options.release
-        jobs.append(Job(target.tenant, target.environment, target.stack, operation, config, secret_values))
+        jobs.append(Job(target.tenant, target.environment, target.stack, operation, config, secret_values,
+                        remove_stack=options.remove_stacks))
     if problems:
         raise FleetError("\n".join(problems))
     return jobs
 
 
+def not_started(job: Job, reason: str, status: str = rpt.NOT_STARTED) -> rpt.TargetResult:
+    """The result of a job that never ran (the plan or an interrupt held it back)."""
+    return rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, status,
+                            error=reason, details={**job.details, "reason": reason})
+
+
+def retry_transient(attempt: Callable[[], rpt.TargetResult], retries: int, *,
+                    stopping: Callable[[], bool] = lambda: False, wait=None, sleep=None) -> rpt.TargetResult:
+    """Run ``attempt`` again while its error is transient (throttling, a timeout,
+    a reset connection), at most ``retries`` more times, with exponential
+    backoff and jitter; any other outcome is final at once. The result says how
+    many attempts it took (``attempts``) and, after more than one, each attempt's
+    error and times (``details["attempts"]``)."""
+    tries: list[dict[str, Any]] = []
+
+    def once() -> rpt.TargetResult:
+        result = attempt()
+        tries.append({"error": result.error_line or None, "started": rpt.iso(result.started),
+                      "ended": rpt.iso(result.ended)})
+        return result
+
+    retrying = Retrying(
+        retry=retry_if_result(lambda r: r.error_kind == rpt.TRANSIENT and r.status in (rpt.FAILED, rpt.ERROR)
+                              and not stopping()),
+        stop=stop_after_attempt(max(0, retries) + 1), wait=wait or wait_exponential_jitter(multiplier=2, max=30),
+        retry_error_callback=lambda state: state.outcome.result(),
+        **({"sleep": sleep} if sleep is not None else {}),
+    )
+    result = retrying(once)
+    result.attempts = len(tries)
+    if len(tries) > 1:
+        result.details["attempts"] = tries
+    return result
+
+
 class Progress:
-    """Receives what happens; the CLI plugs in a live view or plain lines."""
+    """Receives what happens; the CLI plugs in a live view or plain lines.
+    A context manager: entered for the run (a live view starts and stops)."""
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
 
     def started(self, job: Job) -> None: ...
     def event(self, job: Job, data: dict) -> None: ...
@@ -102,9 +209,20 @@ class Progress:
     def note(self, message: str) -> None: ...
 
 
+class StartPolicy(Protocol):
+    """What a batch asks before each job starts and tells after each finishes (the RunPlan)."""
+
+    def may_start(self, job: Job) -> str | None: ...  # None, or why it must not start
+    def finished(self, job: Job, result: rpt.TargetResult) -> list[Job]: ...  # follow-ups to run at once
+
+
 class Fleet:
+    """Executes batches of jobs: one worker process per target, at most
+    `concurrency` at once; a locked stack is waited for, a transient error
+    retried; SIGINT/SIGTERM stop the workers gracefully."""
+
     def __init__(self, project_dir: Path, *, state_dir: Path | None = None, backend: str | None = None,
-                 ledger=None, progress: Progress | None = None, bin_dir: Path | None = None):
+                 progress: Progress | None = None, bin_dir: Path | None = None):
         self.project_dir = project_dir.resolve()
         self.state_dir = engine.private_dir((state_dir or self.project_dir / ".runner").resolve())
         # before the engine is touched: an unusable passphrase is a usage error (exit 2)
@@ -116,47 +234,90 @@ class Fleet:
             work_root=self.state_dir / "work",
         )
         engine.prepare_program_dir(self.settings)
-        self.ledger = ledger
         self.progress = progress or Progress()
         self._procs: dict[int, WorkerProcess] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self.ledger_errors: list[str] = []  # moved into the report's notes/errors by `run`
 
     @classmethod
     def open(cls, project_dir: str | Path = ".", **kwargs) -> "Fleet":
         return cls(Path(project_dir), **kwargs)
 
+    def log_dir(self, run_id: str) -> Path:
+        return self.state_dir / "logs" / run_id
+
+    # ------------------------------------------------------------------ a batch
+
+    def run_batch(self, jobs: Sequence[Job], run: "Run", policy: StartPolicy | None = None) -> list[rpt.TargetResult]:
+        """Run the jobs, at most `concurrency` at once. Each asks `policy` before it
+        starts and tells it how it ended; the follow-up jobs the policy answers
+        run at once. Returns the results in job order (a follow-up right after
+        its cause), whatever order they finished in."""
+
+        def attempt(job: Job) -> rpt.TargetResult:
+            try:
+                return self.run_target(job, run)
+            except Exception as exc:  # noqa: BLE001 - one target's unexpected error never aborts the others
+                return rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.FAILED,
+                                        ended=rpt.now(), error=f"runner error: {type(exc).__name__}: {exc}")
+
+        def one(job: Job) -> list[rpt.TargetResult]:
+            reason = "the run was interrupted" if self._stopping.is_set() else (
+                policy.may_start(job) if policy is not None else None)
+            if reason:
+                result = not_started(job, reason)
+                run.log(result)
+            else:
+                result = attempt(job)
+            follow_ups = policy.finished(job, result) if policy is not None else []
+            # e.g. a rollback of a failed target: at once, in this slot; never after an interrupt
+            return [result, *(attempt(j) for j in follow_ups if not self._stopping.is_set())]
+
+        if not jobs:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, run.settings.concurrency)) as pool:
+            return [r for rows in pool.map(one, jobs) for r in rows]
+
+    def run_target(self, job: Job, run: "Run") -> rpt.TargetResult:
+        """One target to its outcome: transient errors retried, a live lock waited for."""
+        return retry_transient(lambda: self._wait_for_lock(job, run), run.settings.retries,
+                               stopping=self._stopping.is_set)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     # ------------------------------------------------------------------ one target
 
-    def run_job(self, job: Job, run_id: str, log_dir: Path, *, release: str | None = None) -> rpt.TargetResult:
+    def run_job(self, job: Job, run: "Run") -> rpt.TargetResult:
         """Run one job in a worker process; returns its result (never raises for engine errors)."""
         started = rpt.now()
+        log_dir = self.log_dir(run.run_id)
         holders = recovery.holders_dir(self.settings.work_root)
         recovered = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack, holders_dir=holders)
         if job.operation in WRITING:
-            recovered += self._recover_first(job, run_id, log_dir)
+            recovered += self._recover_first(job, run)
         elif job.operation == "recover":
             recovered += recovery.remove_dead_locks(self.settings.backend_url, job.stack, holders)
         if recovered:
-            job = replace(job, details={**job.details, "recovered": recovered, "refresh": job.operation == "up"})
+            job = replace(job, recovered=(*job.recovered, *recovered), refresh=job.operation == "up")
         self.progress.started(job)
-        program = job.details.get("program")  # rollback to another commit: {"dir", "name"}
+        program = job.program  # rollback to another commit
         if program:
-            engine.prepare_program_dir(replace(self.settings, project_dir=Path(program["dir"]),
-                                               program_name=program["name"]))
+            engine.prepare_program_dir(replace(self.settings, project_dir=Path(program.dir),
+                                               program_name=program.name))
         request = WorkerRequest(
             bin_dir=str(self.settings.bin_dir),
-            project_dir=program["dir"] if program else str(self.settings.project_dir),
-            program_name=program["name"] if program else "program",
+            project_dir=program.dir if program else str(self.settings.project_dir),
+            program_name=program.name if program else "program",
             backend_url=self.settings.backend_url, work_root=str(self.settings.work_root),
             stack=job.stack, operation="up" if job.operation == "rollback" else job.operation,
             config=dict(job.config), secret_values=dict(job.secret_values),
-            remove_stack=job.details.get("remove_stack", False), refresh=job.details.get("refresh", False),
+            remove_stack=job.remove_stack, refresh=job.refresh,
             # the program's own tree first (stacks/, components/); the worker itself keeps the installed runner
-            pythonpath=program["dir"] if program else str(self.settings.project_dir),
+            pythonpath=program.dir if program else str(self.settings.project_dir),
             # review flow (#20): the update plan file to save or apply, and what the preview saw
-            plan=job.details.get("plan_file"), review=job.details.get("review"),
+            plan=job.plan_file, review=dict(job.review) if job.review is not None else None,
         )
         env = engine.worker_environment(
             self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials)
@@ -178,7 +339,7 @@ class Fleet:
                     elif message.get("phase") == "begin":
                         if begun is None:
                             begun = rpt.now()
-                            op_id = self._ledger_start(run_id, job, release, started=begun)
+                            op_id = run.start(job, started=begun)
                     elif message.get("phase") == "end":  # the engine's summary: it still holds the lock
                         engine_done = engine_done or rpt.now()
                     else:
@@ -188,31 +349,29 @@ class Fleet:
             finally:
                 with self._lock:
                     self._procs.pop(proc.pid, None)
-        if outcome is not None and (outcome.error or {}).get("kind") == "checkpoint" and not job.details.get("repaired"):
+        if outcome is not None and (outcome.error or {}).get("kind") == "checkpoint" and not job.repaired:
             # the engine cannot read the checkpoint: a kill mid-write; repair once and run again
             repaired = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack, stale_after=0,
                                                         holders_dir=holders)
             if repaired:
-                self._ledger_end(op_id, self._result(job, outcome, proc.returncode, started), ended=rpt.now())
-                return self.run_job(replace(job, details={**job.details, "repaired": True,
-                                                          "recovered": [*recovered, *repaired]}),
-                                    run_id, log_dir, release=release)
+                run.end(op_id, job, self._result(job, outcome, proc.returncode, started), ended=rpt.now())
+                return self.run_job(replace(job, repaired=True, recovered=(*job.recovered, *repaired)), run)
             if any(lock["alive"] for lock in recovery.locks(self.settings.backend_url, job.stack, holders)):
                 # The engine reads the checkpoint before it locks, and the file backend rewrites the
                 # `.attrs` sidecar in place: we read while a live holder wrote. Wait as for its lock.
                 outcome.error = {**outcome.error, "kind": "locked",
-                                    "message": "the checkpoint is being written by another operation"}
+                                 "message": "the checkpoint is being written by another operation"}
         result = self._result(job, outcome, proc.returncode, started)
         result.details["log"] = str(log_path)  # the engine's output for this target, secrets masked
         if result.error and "(see the target's log)" in result.error:
             result.error = result.error.replace("(see the target's log)", f"(see {log_path})")
         if op_id is None:  # the engine never began (e.g. locked, or failed before the update)
-            op_id = self._ledger_start(run_id, job, release, started=started)
-        self._ledger_end(op_id, result, ended=engine_done)
+            op_id = run.start(job, started=started)
+        run.end(op_id, job, result, ended=engine_done)
         self.progress.finished(result)
         return result
 
-    def _recover_first(self, job: Job, run_id: str, log_dir: Path) -> list[str]:
+    def _recover_first(self, job: Job, run: "Run") -> list[str]:
         """Before a writing operation: remove locks of dead holders on this host and,
         when the target's last operation was interrupted, clear the pending
         operations it left in the state. Returns what was done."""
@@ -220,20 +379,26 @@ class Fleet:
                                           recovery.holders_dir(self.settings.work_root))
         # `interrupted`: set at the start of each run by ledger.mark_interrupted_runs for rows whose
         # process on this host is dead; a row still running elsewhere belongs to a live operation.
-        last = self._ledger_call(f"reading the history of {job.stack}", self.ledger.history, job.stack, limit=1,
-                                 default=[]) if self.ledger is not None else []
+        last = run.history(job.stack, limit=1)
         interrupted = bool(last) and last[0].status == rpt.FAILED and last[0].error == "interrupted"
         if done or interrupted:
-            check = self.run_job(replace(job, operation="recover", config={}, secret_values={}), run_id, log_dir)
+            check = self.run_job(replace(job, operation="recover", config={}, secret_values={}), run)
             if check.status not in (rpt.SUCCEEDED, rpt.SKIPPED):
                 done.append(f"pending operations not resolved: {check.error_line}")
             done += [f"{s['op']} of {s['name']}" for s in check.details.get("steps", [])]
         return done
 
     def _result(self, job: Job, outcome: WorkerResult | None, returncode: int, started) -> rpt.TargetResult:
+        details = dict(job.details)  # report data only; the run's facts about the job below
+        if job.wave:
+            details["wave"] = job.wave
+        if job.recovered:
+            details["recovered"] = list(job.recovered)
+        if job.program:
+            details["program"] = {"dir": job.program.dir, "name": job.program.name}
         result = rpt.TargetResult(
             tenant=job.tenant, environment=job.environment, stack=job.stack, operation=job.operation,
-            status=rpt.SUCCEEDED, started=started, ended=rpt.now(), details=dict(job.details),
+            status=rpt.SUCCEEDED, started=started, ended=rpt.now(), details=details,
         )
         if outcome is None:
             result.status = rpt.FAILED
@@ -243,6 +408,7 @@ class Fleet:
             return result
         if not outcome.ok:
             error = outcome.error
+            result.error_kind = error.get("kind")
             if job.operation == "recover" and error["kind"] == "not-found":
                 # a fleet-wide recover meets targets never deployed: nothing to recover there
                 result.status, result.error = rpt.SKIPPED, "never deployed: nothing to recover"
@@ -250,7 +416,7 @@ class Fleet:
             result.status = (rpt.LOCKED if error["kind"] == "locked"
                              else rpt.ERROR if job.operation == "drift" else rpt.FAILED)
             result.error, result.error_resource, result.error_component = (
-                error["message"], error["urn"], error["component"])
+                error["message"], error.get("urn"), error.get("component"))
             if self._stopping.is_set():  # the engine cancelled on our interrupt: say so
                 result.error = f"interrupted: {result.error}"
             return result
@@ -283,152 +449,51 @@ class Fleet:
             result.error = f"health check {failed['name']!r} failed: {failed['message']}"
             result.error_component = "health"
 
-    def _run_with_lock_wait(self, job: Job, run_id: str, log_dir: Path, options: FleetOptions,
-                            attempt: Callable[..., rpt.TargetResult] | None = None) -> rpt.TargetResult:
+    def _wait_for_lock(self, job: Job, run: "Run") -> rpt.TargetResult:
         """A stack locked by a live holder is waited for with backoff, up to --lock-timeout.
         Never `pulumi cancel`: it would delete a live holder's lock too."""
+        attempt = self._shared_once if job.stack == SHARED_STACK else self.run_job
+        timeout = run.settings.lock_timeout
         retrying = Retrying(
             retry=retry_if_result(lambda r: r.status == rpt.LOCKED and not self._stopping.is_set()),
-            wait=wait_exponential_jitter(initial=1, max=10), stop=stop_after_delay(options.lock_timeout),
+            wait=wait_exponential_jitter(initial=1, max=10), stop=stop_after_delay(timeout),
         )
         try:
-            return retrying(attempt or self.run_job, job, run_id, log_dir, release=options.release)
+            return retrying(attempt, job, run)
         except RetryError as exc:
             result = exc.last_attempt.result()
-            result.error = f"still locked by another operation after {options.lock_timeout:.0f}s"
+            result.error = f"still locked by another operation after {timeout:.0f}s"
             if hint := recovery.kept_locks_hint(self.settings.backend_url, job.stack,
                                                 recovery.holders_dir(self.settings.work_root)):
                 result.error += f": {hint}"  # a lock not provably dead is kept: say how to clear it by hand
             return result
 
-    def _run_shared(self, job: Job, run_id: str, log_dir: Path, options: FleetOptions) -> rpt.TargetResult:
+    def _shared_once(self, job: Job, run: "Run") -> rpt.TargetResult:
         """The shared stack is updated once per run: when shards start together,
         one updates it and the others wait for its lock, then find it done."""
-
         me = (socket.gethostname(), os.getpid())
-
-        def once(*args, **kwargs) -> rpt.TargetResult:
-            rows = [row for row in (self._ledger_call(f"reading this run's {SHARED_STACK} rows", self.ledger.run_operations,
-                                                      run_id, default=[]) if self.ledger is not None else [])
-                    if row.stack == SHARED_STACK and row.operation == "up"]
-            if any(row.status == rpt.SUCCEEDED for row in rows):
-                return rpt.TargetResult(None, SHARED_STACK, SHARED_STACK, "up", rpt.SUCCEEDED,
-                                        details={"reason": "updated by another shard of this run"})
-            if any(row.status == "running" and (row.host, row.pid) != me for row in rows):
-                # another shard is updating it right now: wait as for a lock, then find it done
-                return rpt.TargetResult(None, SHARED_STACK, SHARED_STACK, "up", rpt.LOCKED,
-                                        error="being updated by another shard of this run")
-            return self.run_job(*args, **kwargs)
-
-        return self._run_with_lock_wait(job, run_id, log_dir, options, attempt=once)
-
-    # ------------------------------------------------------------------ the fleet
-
-    def shared_job(self, defaults: Mapping[str, Any], options: FleetOptions) -> Job:
-        config = {k: v for k, v in defaults.items()}
-        if options.release:
-            config["release"] = options.release
-        return Job(None, SHARED_STACK, SHARED_STACK, "up", config, {})
-
-    def run(self, jobs: list[Job], options: FleetOptions, *, report: rpt.Report | None = None,
-            shared: Job | None = None, after_failure=None, schedule=None) -> rpt.Report:
-        """Run the jobs, at most `concurrency` at once, honouring the failure policy."""
-        run_id = options.run_id or new_run_id()
-        report = report or rpt.Report(run_id=run_id, command=options.operation, release=options.release)
-        log_dir = self.state_dir / "logs" / run_id
-        previous = self._install_signal_handlers(report)
-        shared_failed: list[rpt.TargetResult] = []
-        pending_shared = [shared] if shared is not None else []
-
-        def batch(some: list[Job]) -> list[rpt.TargetResult]:
-            # The shared stack is deployed before the first batch that runs anything: a run whose
-            # every target is blocked or skipped leaves `shared` alone.
-            if some and pending_shared:
-                result = self._run_shared(pending_shared.pop(), run_id, log_dir, options)
-                report.shared = result  # shown in the summary; `targets` keeps tenant targets only
-                if result.status != rpt.SUCCEEDED:
-                    report.add(result)
-                    shared_failed.append(result)
-            if shared_failed:
-                first = shared_failed[0]
-                results = []
-                for job in some:
-                    skipped = self._not_started(job, f"the shared stack {first.status}: {first.error_line}")
-                    if first.status == rpt.LOCKED:  # waiting on a lock, not broken: exit 4
-                        skipped.status = rpt.LOCKED
-                    results.append(report.add(skipped))
-                    self._ledger_record(run_id, skipped, options.release)
-                return results
-            return self.run_batch(some, options, report, log_dir, after_failure)
-
-        try:
-            if schedule is None:
-                batch(jobs)
-            else:  # phases and waves: the caller decides what runs after what
-                schedule(batch)
-        finally:
-            self._restore_signal_handlers(previous)
-            self.flush_ledger_errors(report)
-            report.ended = rpt.now()
-        return report
-
-    def flush_ledger_errors(self, report: rpt.Report) -> None:
-        """Ledger failures of this run become notes and run errors of the report (exit 1)."""
-        with self._lock:
-            errors, self.ledger_errors = self.ledger_errors, []
-        report.notes.extend(errors)
-        report.errors.extend(errors)
-
-    def run_batch(self, jobs: list[Job], options: FleetOptions, report: rpt.Report, log_dir: Path,
-                  after_failure: Callable[[Job, rpt.TargetResult], list[rpt.TargetResult]] | None = None,
-                  ) -> list[rpt.TargetResult]:
-        failures = 0
-        gate = threading.Lock()
-
-        def should_start() -> str | None:
-            if self._stopping.is_set():
-                return "the run was interrupted"
-            if options.on_failure == "stop" and failures:
-                return "stopped after a failure (--on-failure stop)"
-            if options.max_failures is not None and failures >= options.max_failures:
-                return f"stopped after {failures} failure(s) (--max-failures {options.max_failures})"
-            return None
-
-        def one(job: Job) -> rpt.TargetResult:
-            nonlocal failures
-            with gate:
-                reason = should_start()
-            try:
-                if reason:
-                    result = self._not_started(job, reason)
-                    self._ledger_record(report.run_id, result, options.release)
-                else:
-                    result = self._run_with_lock_wait(job, report.run_id, log_dir, options)
-            except Exception as exc:  # noqa: BLE001 - one target's unexpected error never aborts the others
-                result = rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.FAILED,
-                                          ended=rpt.now(), error=f"runner error: {type(exc).__name__}: {exc}")
-            with gate:
-                if result.status in (rpt.FAILED, rpt.ERROR):
-                    failures += 1
-            extra = []
-            if after_failure and result.status == rpt.FAILED and not self._stopping.is_set():
-                try:
-                    extra = after_failure(job, result)
-                except Exception as exc:  # noqa: BLE001 - e.g. the ledger unreadable: the run goes on
-                    result.details["rollback"] = f"not rolled back: {type(exc).__name__}: {exc}"
-            return [result, *extra]
-
-        with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
-            # in job order, whatever order they finished in; a rollback row follows its failure
-            results = [r for rows in pool.map(one, jobs) for r in rows]
-        report.targets.extend(results)
-        return results
-
-    def _not_started(self, job: Job, reason: str) -> rpt.TargetResult:
-        return rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.NOT_STARTED,
-                                error=reason, details={**job.details, "reason": reason})
+        rows = [row for row in run.operations() if row.stack == SHARED_STACK and row.operation == "up"]
+        if any(row.status == rpt.SUCCEEDED for row in rows):
+            return rpt.TargetResult(None, SHARED_STACK, SHARED_STACK, "up", rpt.SUCCEEDED,
+                                    details={"reason": "updated by another shard of this run"})
+        if any(row.status == "running" and (row.host, row.pid) != me for row in rows):
+            # another shard is updating it right now: wait as for a lock, then find it done
+            return rpt.TargetResult(None, SHARED_STACK, SHARED_STACK, "up", rpt.LOCKED,
+                                    error="being updated by another shard of this run")
+        return self.run_job(job, run)
 
     # ------------------------------------------------------------------ interrupts
+
+    @contextlib.contextmanager
+    def interruptible(self, report: rpt.Report):
+        """While inside: SIGINT/SIGTERM mark the report interrupted, start no new
+        target and stop the running engines (a second signal kills them)."""
+        previous = self._install_signal_handlers(report)
+        try:
+            yield self
+        finally:
+            for sig, old in (previous or {}).items():
+                signal.signal(sig, old)
 
     def _install_signal_handlers(self, report: rpt.Report):
         if threading.current_thread() is not threading.main_thread():
@@ -447,11 +512,6 @@ class Fleet:
 
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    @staticmethod
-    def _restore_signal_handlers(previous) -> None:
-        for sig, old in (previous or {}).items():
-            signal.signal(sig, old)
-
     def _signal_workers(self, sig: int, tree: bool = False) -> None:
         with self._lock:
             pids = list(self._procs)
@@ -461,44 +521,3 @@ class Fleet:
                     os.kill(target, sig)
                 except ProcessLookupError:
                     pass
-
-    # ------------------------------------------------------------------ ledger
-
-    def _ledger_call(self, what: str, method, *args, default=None, **kwargs):
-        """A ledger call that cannot abort the run: a failure (database locked,
-        read-only, unreachable) is collected for the report, and `default` returned."""
-        try:
-            return method(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any driver error; the report says which
-            message = (f"ledger error while {what}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
-                       f"(this report holds the outcome; the next run marks unfinished ledger rows interrupted)")
-            with self._lock:
-                self.ledger_errors.append(message)
-            return default
-
-    def _ledger_start(self, run_id: str, job: Job, release: str | None, started=None):
-        if self.ledger is None:
-            return None
-        return self._ledger_call(f"recording the start of {job.stack}", self.ledger.record_start,
-            run_id, tenant=job.tenant, environment=job.environment, stack=job.stack, operation=job.operation,
-            started=started,
-            release=job.config.get("release") or release, program_commit=job.details.get("program_commit"),
-            config_fingerprint=job.details.get("config_fingerprint"), config_snapshot=dict(job.config),
-        )
-
-    def _ledger_end(self, op_id, result: rpt.TargetResult, ended=None) -> None:
-        if self.ledger is None or op_id is None:
-            return
-        details = {k: v for k, v in result.details.items() if k not in ("program_commit", "config_fingerprint")}
-        self._ledger_call(f"recording the result of {result.stack}", self.ledger.record_end,
-                          op_id, result.status, changes=result.changes, error=result.error,
-                          error_resource=result.error_resource, error_component=result.error_component,
-                          details=details, ended=ended)
-
-    def _ledger_record(self, run_id: str, result: rpt.TargetResult, release: str | None) -> None:
-        if self.ledger is None:
-            return
-        self._ledger_call(f"recording the result of {result.stack}", self.ledger.record,
-                          run_id, tenant=result.tenant, environment=result.environment, stack=result.stack,
-                          operation=result.operation, status=result.status, release=release,
-                          error=result.error, details=result.details)

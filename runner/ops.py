@@ -20,11 +20,21 @@ from typing import Any
 
 from runner import registry as reg
 from runner import report as rpt
-from runner.fleet import Fleet, FleetError, FleetOptions, Job, build_jobs, new_run_id
+from runner.fleet import (  # noqa: F401
+    DEFAULT_MAX_DESTROY,
+    Fleet,
+    FleetError,
+    Job,
+    Progress,
+    RunSettings,  # RunSettings, DEFAULT_MAX_DESTROY: ops' API too
+    build_jobs,
+    new_run_id,
+)
 from runner.names import PROJECT_DIR, SHARED_STACK
+from runner.plan import RunPlan
+from runner.run import Run
 
 DEFAULT_REGISTRY = PROJECT_DIR / "stacks" / "tenants.yaml"
-DEFAULT_MAX_DESTROY = 5  # stacks one destructive command may destroy unless --max-destroy raises it
 
 
 from runner.problems import UsageProblem  # noqa: E402  (defined low, so runner.engine can raise it too)
@@ -248,7 +258,7 @@ def skip_decision(ledger, job: Job, max_age: float) -> tuple[bool, str]:
     last = ledger.last_good_release(job.stack)
     if last is None:
         return False, "not skipped: never deployed successfully"
-    if last.config_fingerprint != job.details.get("config_fingerprint"):
+    if last.config_fingerprint != job.config_fingerprint:
         return False, f"not skipped: {_what_changed(last, job)} since run {last.run_id}"
     if max_age == math.inf:
         return True, f"unchanged since run {last.run_id}"
@@ -285,242 +295,246 @@ def open_ledger(ctx: Context):
     return Ledger(ctx.ledger_url)
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    operation: str
-    concurrency: int = os.cpu_count() or 2
-    on_failure: str = "continue"
-    max_failures: int | None = None
-    lock_timeout: float = 120.0
-    release: str | None = None
-    run_id: str | None = None
-    detailed_exitcode: bool = False
-    remove_stacks: bool = False
-    remediate: str | None = None  # drift: "up" enforces the code, "refresh" accepts reality
-    rerun_failed: str | None = None  # up: only the targets that failed in this run ("last": the newest)
-    rollback_to: str | None = None  # rollback: this release instead of the last good one
-    ignore_lifecycle: bool = False  # up: deploy even where the lifecycle gates refuse (recorded)
-    strategy: str | None = None  # up: "waves" | "all-at-once" (default: waves when the registry has a rollout)
-    wave: str | None = None  # up: run this wave only
-    skip_unchanged: float | None = None  # up: skip unchanged, drift-clean targets (value: max drift age, s)
-    only_stacks: frozenset[str] | None = None  # restrict the selection to these stacks
-    plan_only: bool = False  # compute what would run, run nothing (sync --dry-run)
-    yes: bool = False  # destructive operations: confirmed on the command line (guard_destroy)
-    max_destroy: int = DEFAULT_MAX_DESTROY  # destructive operations: refuse to destroy more stacks
-    save_plans: str | None = None  # preview: save update plans, manifest.json, summary.md here (#20)
-    plans: str | None = None  # up: apply exactly the plans saved there (#20)
-    argv: Sequence[str] = ()
-    extra_config: dict[str, Any] = field(default_factory=dict)
-
-
-def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *, progress=None,
-              make_progress=None, announce: Callable[[str], None] | None = None,
+def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *,
+              make_progress: Callable[[str, int], Progress] | None = None,
+              announce: Callable[[str], None] | None = None,
               confirm: Callable[[list[str]], bool] | None = None) -> rpt.Report:
     """up / preview / refresh / destroy / drift / rollback over the selected targets.
-    destroy: listed, limited and confirmed first (guard_destroy; announce/confirm)."""
-    from runner import engine, releases
 
+    Reads top to bottom: the registry and the selection, the release, the
+    jobs (every secret resolved before the engine is touched), the plan
+    (order, gates, waves, failure policy), then the run: each step of the
+    plan executed by the fleet, recorded by the run. ``make_progress(run_id,
+    total)`` gives the progress display, a context manager entered for the run.
+    destroy: listed, limited and confirmed first (guard_destroy; announce/confirm)."""
     registry = load(ctx)
+    selection = select(registry, fleet_selectors(sel, settings))
+    version = ProgramVersion.of(ctx.project_dir)
+    settings, manifest = run_settings(ctx, settings, version)
+    with open_ledger(ctx) as ledger:
+        run = Run(ledger, settings, release=settings.release)
+        run.mark_interrupted()
+        targets, skipped = chosen_targets(ledger, selection, settings)
+        if settings.operation == "destroy":
+            guard_destroy([t.stack for t in targets], "destroy", settings, announce=announce, confirm=confirm)
+        try:  # every secret resolved before the engine is touched: a missing one is exit 2
+            jobs = build_jobs(targets, settings.operation, settings,
+                              lambda t: reg.resolve_secrets(t, registry.base_dir))
+        except FleetError as exc:
+            raise UsageProblem(str(exc)) from None
+        with (make_progress or (lambda run_id, total: Progress()))(run.run_id, len(targets)) as progress:
+            fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url, progress=progress)
+            jobs = [stamped(fleet, ledger, j, version, settings) for j in jobs]
+            jobs, skipped, refused = prepared_jobs(ctx, fleet, run, jobs, skipped, version, manifest)
+            if settings.plan_only:  # sync --dry-run: say what would run, run and record nothing
+                return dry_run_report(run, jobs, skipped)
+            plan = run_plan(registry, selection, jobs, settings, fleet, run, version)  # a bad --wave: exit 2 here
+            run.begin(shard=sel.shard)
+            for target, reason in skipped:
+                run.record(skipped_result(target, reason, settings))
+            for job, reason in refused:  # up --plans: a target whose preview failed has nothing to apply
+                run.record(rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.FAILED,
+                                            error=reason))
+            with fleet.interruptible(run.report):
+                run.execute(plan, fleet)
+            after_run(ctx, fleet, run, jobs, version)
+        return run.finish()
+
+
+def fleet_selectors(sel: Selectors, settings: RunSettings) -> Selectors:
+    """What the operation selects when no tenant is named; destroy never runs in a shard."""
     if settings.rerun_failed and not (sel.tenants or sel.all_tenants or sel.untenanted):
         sel = replace(sel, all_tenants=True)
     if operation_is_fleet_wide_by_default(settings.operation) or settings.plans:
         sel = replace(sel, default_all_tenants=True)  # up --plans: the manifest says which targets
     if settings.operation == "destroy":
         refuse_shard("destroy", sel.shard)
-    selection = select(registry, sel)
+    return sel
+
+
+@dataclass(frozen=True)
+class ProgramVersion:
+    """The program the project holds now: its commit (full, and 12 digits) and fingerprint."""
+
+    full_commit: str | None
+    commit: str | None
+    fingerprint: str
+
+    @classmethod
+    def of(cls, project_dir: Path) -> "ProgramVersion":
+        full = program_commit(project_dir, full=True)  # what a rollback verifies and checks out
+        short = full and full[:12] + ("-dirty" if full.endswith("-dirty") else "")
+        return cls(full, short, program_fingerprint(project_dir))
+
+
+def run_settings(ctx: Context, settings: RunSettings, version: ProgramVersion) -> tuple[RunSettings, dict | None]:
+    """The settings as the run uses them: its run id and release decided, labels checked;
+    `up --plans`: the reviewed manifest checked and its stacks the only ones."""
     run_id = settings.run_id or new_run_id()
     # both become directory names (logs/<run id>, releases/...): labels only (#15.3, #15.11)
     for what, value in (("--run-id", run_id), ("--release", settings.release)):
         if value is not None and (problem := reg.label_problem(value, what.removeprefix("--").replace("-", " "))):
             raise UsageProblem(f"{what}: {problem}")
-    full_commit = program_commit(ctx.project_dir, full=True)  # what a rollback verifies and checks out
-    commit = full_commit and full_commit[:12] + ("-dirty" if full_commit.endswith("-dirty") else "")
     operation = settings.operation
     # `up` deploys --release (default: the commit); the other operations compare
     # against what each target has deployed, unless --release names another one.
-    release = settings.release or (commit or "unversioned" if operation == "up" else None)
+    release = settings.release or (version.commit or "unversioned" if operation == "up" else None)
     manifest = None
     if settings.save_plans and operation == "preview":  # the plans hold what `up` will deploy
-        release = release or commit or "unversioned"
+        release = release or version.commit or "unversioned"
     elif settings.plans and operation == "up":  # exactly what was reviewed, or nothing (exit 2)
         from runner import review
 
         manifest = review.load_manifest(settings.plans)
-        review.check_manifest(settings.plans, manifest, program_commit=full_commit,
+        review.check_manifest(settings.plans, manifest, program_commit=version.full_commit,
                               registry_source=ctx.registry_source)
         release = settings.release or manifest.get("release") or release
         reviewed = review.reviewed_stacks(manifest)
         settings = replace(settings, only_stacks=reviewed if settings.only_stacks is None
                            else reviewed & settings.only_stacks)
-    options = FleetOptions(
-        operation=operation, concurrency=settings.concurrency, on_failure=settings.on_failure,
-        max_failures=settings.max_failures, lock_timeout=settings.lock_timeout, release=release,
-        run_id=run_id, remove_stacks=settings.remove_stacks, extra_config=settings.extra_config,
-    )
-    with open_ledger(ctx) as ledger:
-        ledger.mark_interrupted_runs()  # rows a killed runner left `running` on this host
-        targets, skipped = selection.targets, list(selection.skipped)
-        if settings.rerun_failed:
-            targets = rerun_targets(ledger, targets, settings.rerun_failed)
-        if settings.only_stacks is not None:
-            targets = [t for t in targets if t.stack in settings.only_stacks]
-            skipped = [(t, why) for t, why in skipped if t.stack in settings.only_stacks]
-        if operation == "destroy":
-            guard_destroy([t.stack for t in targets], "destroy", settings, announce=announce, confirm=confirm)
-        try:  # every secret resolved before the engine is touched: a missing one is exit 2
-            jobs = build_jobs(targets, operation, options, lambda t: reg.resolve_secrets(t, registry.base_dir))
-        except FleetError as exc:
-            raise UsageProblem(str(exc)) from None
-        if progress is None and make_progress is not None:
-            progress = make_progress(run_id, len(targets))
-        fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url, ledger=ledger,
-                      progress=progress)
-        program = program_fingerprint(ctx.project_dir)
-        if release is None and operation in ("preview", "drift", "refresh"):
-            jobs = [replace(j, config={**j.config, "release": deployed_release(ledger, j.stack, commit)}) for j in jobs]
-        jobs = [replace(j, details={
-            "program_commit": full_commit, "program_fingerprint": program,
-            "config_fingerprint": config_fingerprint(dict(j.config), dict(j.secret_values), fleet.master, program),
-            "remove_stack": settings.remove_stacks,
-        }) for j in jobs]
-        report = rpt.Report(run_id=run_id, command=operation, release=options.release,
-                            detailed_exitcode=settings.detailed_exitcode)
-        refused = []
-        if settings.save_plans and operation == "preview":
-            from runner import review
+    return replace(settings, run_id=run_id, release=release), manifest
 
-            jobs = review.preview_jobs(jobs, settings.save_plans)
-        elif manifest is not None:
-            jobs, refused = review.apply_jobs(jobs, settings.plans, manifest)
-            report.notes.append(f"applying the plans reviewed in run {manifest.get('run_id')}: {len(jobs)} target(s)")
-        if operation == "drift":  # each target against the code of its deployed release
-            jobs = [releases.at_deployed_program(ledger, j, ctx.project_dir, ctx.runner_dir, commit) for j in jobs]
-        if operation == "rollback":
-            jobs, impossible = plan_rollbacks(fleet, ledger, jobs, settings.rollback_to, commit)
-            skipped += impossible
-        if operation == "up" and settings.skip_unchanged is not None:
-            decisions = {j.stack: skip_decision(ledger, j, settings.skip_unchanged) for j in jobs}
-            skipped += [(j, why) for j in jobs for skip, why in [decisions[j.stack]] if skip]
-            jobs = [replace(j, details={**j.details, "skip_unchanged": decisions[j.stack][1]})
-                    for j in jobs if not decisions[j.stack][0]]
-            if progress is not None and settings.skip_unchanged != math.inf:
-                for stack, (skip, why) in decisions.items():
-                    progress.note(f"{stack}: {'skipped: ' if skip else ''}{why}")
-        if settings.plan_only:  # sync --dry-run: say what would run, run and record nothing
-            for job in jobs:
-                report.add(rpt.TargetResult(job.tenant, job.environment, job.stack, operation, rpt.SKIPPED,
-                                            details={"plan": "deploy"}))
-            for target, reason in skipped:
-                report.add(rpt.TargetResult(target.tenant, target.environment, target.stack, operation,
-                                            rpt.SKIPPED, error=reason))
-            report.ended = rpt.now()
-            return report
-        ledger.start_run(run_id, operation, argv=list(settings.argv), release=options.release,
-                         shard=sel.shard, options={"concurrency": settings.concurrency})
-        for target, reason in skipped:
-            status = rpt.FAILED if operation == "rollback" else rpt.SKIPPED
-            details = {"reason": reason}
-            if operation == "up" and settings.skip_unchanged is not None and reason.startswith("unchanged"):
-                details["skip_unchanged"] = f"skipped: {reason}"
-            result = report.add(rpt.TargetResult(target.tenant, target.environment, target.stack,
-                                                 operation, status, error=reason, details=details))
-            fleet._ledger_record(run_id, result, options.release)
-        for job, reason in refused:  # up --plans: a target whose preview failed has nothing to apply
-            fleet._ledger_record(run_id, report.add(rpt.TargetResult(
-                job.tenant, job.environment, job.stack, operation, rpt.FAILED, error=reason)), options.release)
-        shared = fleet.shared_job(registry.defaults, options) if operation == "up" and jobs else None
-        if operation == "preview" and jobs:  # the shared stack first; before its first deploy,
-            shared = fleet.shared_job(registry.defaults, options)
-            shared = replace(shared, operation="preview", config={  # its config as deployed, unless --release
-                **shared.config, "release": options.release or deployed_release(ledger, SHARED_STACK, commit)})
-            if SHARED_STACK not in engine.list_stacks(fleet.settings):  # tenants read its outputs as unknown
-                jobs = [replace(j, config={**j.config, "shared_planned": True}) for j in jobs]
 
-        def roll_back(job: Job, failed: rpt.TargetResult) -> list[rpt.TargetResult]:
-            """--on-failure rollback: the failed target goes back to its last good release."""
-            try:
-                row = releases.rollback_point(ledger, job.stack, current=job.config.get("release"))
-                program = releases.program_at(ctx.project_dir, ctx.runner_dir, row.program_commit, commit,
-                                              row=row, fingerprint=job.details.get("program_fingerprint"))
-            except releases.RollbackImpossible as exc:
-                failed.details["rollback"] = str(exc)
-                return []
-            back = releases.rollback_job(job, row, program)
-            return [fleet.run_job(back, run_id, fleet.state_dir / "logs" / run_id)]
+def chosen_targets(ledger, selection: reg.Selection, settings: RunSettings) -> tuple[list, list]:
+    """The targets to run and the (target, reason) pairs skipped: --rerun-failed, --plans narrow them."""
+    targets, skipped = selection.targets, list(selection.skipped)
+    if settings.rerun_failed:
+        targets = rerun_targets(ledger, targets, settings.rerun_failed)
+    if settings.only_stacks is not None:
+        targets = [t for t in targets if t.stack in settings.only_stacks]
+        skipped = [(t, why) for t, why in skipped if t.stack in settings.only_stacks]
+    return targets, skipped
 
-        schedule = None
-        if operation == "up":
-            schedule = up_schedule(fleet, ledger, registry, selection, jobs, report, settings, options)
-        fleet.run(jobs, options, report=report, shared=shared, schedule=schedule,
-                  after_failure=roll_back if settings.on_failure == "rollback" else None)
-        if settings.save_plans and operation == "preview" and not report.interrupted:
-            review.write_review(settings.save_plans, report, program_commit=full_commit, release=release,
-                                registry_source=ctx.registry_source)
-        if operation == "drift" and settings.remediate:
-            remediate(fleet, jobs, report, settings.remediate, options)
-        if operation == "drift" and (behind := [t.stack for t in report.targets if t.details.get("behind")]):
-            report.notes.append(f"{len(behind)} target(s) behind (newer code or shared stack outputs they have "
-                                f"not received; not drift, see details.behind): {', '.join(behind)}")
-        fleet._ledger_call("finishing the run", ledger.finish_run, run_id,
-                           "interrupted" if report.interrupted else "finished", report.counts)
-        fleet.flush_ledger_errors(report)  # a ledger failure mid-run: notes, exit 1, never a traceback
+
+def stamped(fleet: Fleet, ledger, job: Job, version: ProgramVersion, settings: RunSettings) -> Job:
+    """A job with what the ledger records of it: the program and the config's fingerprint. Without
+    --release, preview/drift/refresh compare against the release each target has deployed."""
+    if settings.release is None and job.operation in ("preview", "drift", "refresh"):
+        job = replace(job, config={**job.config, "release": deployed_release(ledger, job.stack, version.commit)})
+    return replace(job, program_commit=version.full_commit, program_fingerprint=version.fingerprint,
+                   config_fingerprint=config_fingerprint(dict(job.config), dict(job.secret_values), fleet.master,
+                                                         version.fingerprint))
+
+
+def prepared_jobs(ctx: Context, fleet: Fleet, run: Run, jobs: list[Job], skipped: list, version: ProgramVersion,
+                  manifest: dict | None) -> tuple[list[Job], list, list]:
+    """The jobs as this operation runs them: plans saved or applied (#20), drift against the deployed
+    program, rollbacks planned, unchanged targets skipped. Returns them, the skipped targets and
+    the (job, reason) of `up --plans` targets with no reviewed plan to apply."""
+    from runner import releases, review
+
+    settings, ledger, operation = run.settings, run.ledger, run.settings.operation
+    refused = []
+    if settings.save_plans and operation == "preview":
+        jobs = review.preview_jobs(jobs, settings.save_plans)
+    elif manifest is not None:
+        jobs, refused = review.apply_jobs(jobs, settings.plans, manifest)
+        run.report.notes.append(f"applying the plans reviewed in run {manifest.get('run_id')}: {len(jobs)} target(s)")
+    if operation == "drift":  # each target against the code of its deployed release
+        jobs = [releases.at_deployed_program(ledger, j, ctx.project_dir, ctx.runner_dir, version.commit)
+                for j in jobs]
+    if operation == "rollback":
+        jobs, impossible = plan_rollbacks(fleet, ledger, jobs, settings.rollback_to, version.commit)
+        skipped = skipped + impossible
+    if operation == "up" and settings.skip_unchanged is not None:
+        decisions = {j.stack: skip_decision(ledger, j, settings.skip_unchanged) for j in jobs}
+        skipped = skipped + [(j, why) for j in jobs for skip, why in [decisions[j.stack]] if skip]
+        jobs = [replace(j, details={**j.details, "skip_unchanged": decisions[j.stack][1]})
+                for j in jobs if not decisions[j.stack][0]]
+        if settings.skip_unchanged != math.inf:
+            for stack, (skip, why) in decisions.items():
+                fleet.progress.note(f"{stack}: {'skipped: ' if skip else ''}{why}")
+    return jobs, skipped, refused
+
+
+def skipped_result(target, reason: str, settings: RunSettings) -> rpt.TargetResult:
+    """A selected target that does not run: skipped; failed for a rollback with nothing to return to."""
+    details = {"reason": reason}
+    if settings.operation == "up" and settings.skip_unchanged is not None and reason.startswith("unchanged"):
+        details["skip_unchanged"] = f"skipped: {reason}"
+    return rpt.TargetResult(target.tenant, target.environment, target.stack, settings.operation,
+                            rpt.FAILED if settings.operation == "rollback" else rpt.SKIPPED, error=reason,
+                            details=details)
+
+
+def dry_run_report(run: Run, jobs: list[Job], skipped: list) -> rpt.Report:
+    report = run.report
+    for job in jobs:
+        report.add(rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.SKIPPED,
+                                    details={"plan": "deploy"}))
+    for target, reason in skipped:
+        report.add(rpt.TargetResult(target.tenant, target.environment, target.stack, run.settings.operation,
+                                    rpt.SKIPPED, error=reason))
+    report.ended = rpt.now()
     return report
 
 
-def up_schedule(fleet: Fleet, ledger, registry, selection, jobs: list[Job], report: rpt.Report,
-                settings: RunSettings, options: FleetOptions):
-    """Environments in promotion order, each in the rollout's waves; lifecycle
-    gates checked before each wave from the ledger; a wave whose failures
-    exceed the tolerance halts the rollout (later targets: not-started)."""
-    from runner import plan
+def run_plan(registry: reg.Registry, selection: reg.Selection, jobs: list[Job], settings: RunSettings,
+             fleet: Fleet, run: Run, version: ProgramVersion) -> RunPlan:
+    """The order of work: `up` deploys the shared stack first, then environments in promotion order,
+    each in the rollout's waves, behind the lifecycle gates; `preview` previews the shared stack first
+    (before its first deploy, tenants read its outputs as unknown); the rest run in one step."""
+    from runner import engine
+    from runner import plan as plans
 
-    envs = registry.environment_names
+    operation, release, envs = settings.operation, settings.release, registry.environment_names
+    shared = None
+    if operation in ("up", "preview") and jobs:
+        shared = Job(None, SHARED_STACK, SHARED_STACK, operation, dict(registry.defaults), {})
+        if operation == "up" and release:
+            shared = replace(shared, config={**shared.config, "release": release})
+        if operation == "preview":  # its config as deployed, unless --release
+            shared = replace(shared, config={**shared.config, "release": release or deployed_release(
+                run.ledger, SHARED_STACK, version.commit)})
+            if SHARED_STACK not in engine.list_stacks(fleet.settings):
+                jobs = [replace(j, config={**j.config, "shared_planned": True}) for j in jobs]
+    if operation != "up":
+        return plans.RunPlan(jobs, settings, shared=shared)
     connected = {t.id: t.environments for t in registry.tenants}
-    tags = {t.stack: dict(t.tags) for t in selection.targets}
-    strategy = settings.strategy or ("waves" if registry.rollout else "all-at-once")
-    rollout = registry.rollout if strategy == "waves" else None
-    if settings.wave and (rollout is None or settings.wave not in {w.name for w in rollout.waves}):
-        known = ", ".join(w.name for w in rollout.waves) if rollout else "none: no rollout in the registry"
-        raise UsageProblem(f"--wave {settings.wave}: unknown wave (known: {known})")
 
-    def refuse(job: Job, status: str, reason: str) -> None:
-        result = report.add(rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, status,
-                                             error=reason, details={**job.details, "reason": reason}))
-        fleet._ledger_record(report.run_id, result, options.release)
-
-    def schedule(batch) -> None:
-        halted = None
-        for env in envs:
-            for wave in plan.waves(rollout, [j for j in jobs if j.environment == env], tags, settings.wave):
-                if halted:
-                    for job in wave.jobs:
-                        refuse(job, rpt.NOT_STARTED, halted)
-                    continue
-                allowed = []
-                for job in wave.jobs:
-                    why = None if settings.ignore_lifecycle else fleet._ledger_call(
-                        f"checking the lifecycle gates of {job.stack}", plan.lifecycle_block,
-                        ledger, envs, connected, job, options.release,
+    def gate(job: Job) -> str | None:
+        if settings.ignore_lifecycle:
+            return None
+        return run.read(f"checking the lifecycle gates of {job.stack}", plans.lifecycle_block,
+                        run.ledger, envs, connected, job, release,
                         default="lifecycle gates not checked: the ledger could not be read")
-                    if why:
-                        refuse(job, rpt.BLOCKED, why)
-                    else:
-                        allowed.append(replace(job, details={**job.details, "wave": wave.name,
-                                                             "ignore_lifecycle": settings.ignore_lifecycle}))
-                if not allowed:
-                    continue
-                started = rpt.now()
-                results = batch(allowed)
-                failed = sum(r.status in (rpt.FAILED, rpt.ERROR) and r.operation == "up" for r in results)
-                report.waves.append({"environment": env, "wave": wave.name, "targets": len(allowed),
-                                     "failed": failed, "tolerance": wave.tolerance,
-                                     "started": started.isoformat(), "ended": rpt.now().isoformat()})
-                if rollout is not None and failed > wave.tolerance:
-                    halted = (f"rollout halted after wave {wave.name} ({env}): {failed} failure(s), "
-                              f"tolerance {wave.tolerance}")
-                    report.notes.append(halted)
 
-    return schedule
+    return plans.RunPlan(jobs, settings, shared=shared, environments=envs, rollout=registry.rollout,
+                         tags={t.stack: dict(t.tags) for t in selection.targets}, gate=gate,
+                         rollback=lambda job, failed: rollback_after_failure(fleet, run.ledger, job, failed,
+                                                                             version.commit))
+
+
+def rollback_after_failure(fleet: Fleet, ledger, job: Job, failed: rpt.TargetResult,
+                           commit: str | None) -> Job | None:
+    """--on-failure rollback: the job that returns a failed target to its last good release
+    (None, with the reason in the failure's details, when there is none)."""
+    from runner import releases
+
+    try:
+        row = releases.rollback_point(ledger, job.stack, current=job.config.get("release"))
+        program = releases.program_at(fleet.project_dir, fleet.state_dir, row.program_commit, commit, row=row,
+                                      fingerprint=job.program_fingerprint)
+    except releases.RollbackImpossible as exc:
+        failed.details["rollback"] = str(exc)
+        return None
+    return releases.rollback_job(job, row, program)
+
+
+def after_run(ctx: Context, fleet: Fleet, run: Run, jobs: list[Job], version: ProgramVersion) -> None:
+    """What follows the plan: the review files of `preview --save-plans`, drift's remediation and notes."""
+    settings, report = run.settings, run.report
+    if settings.save_plans and settings.operation == "preview" and not report.interrupted:
+        from runner import review
+
+        review.write_review(settings.save_plans, report, program_commit=version.full_commit,
+                            release=settings.release, registry_source=ctx.registry_source,
+                            fingerprints={j.stack: j.config_fingerprint for j in jobs})
+    if settings.operation == "drift" and settings.remediate:
+        remediate(fleet, run, jobs, settings.remediate)
+    if settings.operation == "drift" and (behind := [t.stack for t in report.targets if t.details.get("behind")]):
+        report.notes.append(f"{len(behind)} target(s) behind (newer code or shared stack outputs they have "
+                            f"not received; not drift, see details.behind): {', '.join(behind)}")
 
 
 def sync(ctx: Context, settings: RunSettings, *, prune: bool = False, purge: bool = False,
@@ -596,21 +610,22 @@ def sync(ctx: Context, settings: RunSettings, *, prune: bool = False, purge: boo
 def offboard(ctx: Context, fleet: Fleet, stacks: list[str], report: rpt.Report, *, purge: bool,
              settings: RunSettings) -> None:
     """Destroy and remove stacks of tenants that left; --purge also deletes their database."""
-    options = FleetOptions(operation="destroy", concurrency=settings.concurrency, lock_timeout=settings.lock_timeout,
-                           run_id=report.run_id)
     with open_ledger(ctx) as ledger:
-        fleet.ledger = ledger
+        run = Run(ledger, replace(settings, operation="destroy"), report=report)
         jobs = []
         for stack in stacks:
             tenant_id, _, env = stack.partition(".")
             last = ledger.last_good_release(stack)
             config = dict(last.config_snapshot or {}) if last else {}
-            jobs.append(Job(tenant_id, env, stack, "destroy", config, {}, details={"remove_stack": True,
-                                                                                   "offboard": True}))
-        if purge:  # the database is retained on destroy unless purge_data was set at the last up
-            fleet.run_batch([replace(j, operation="up", config={**j.config, "purge_data": True})
-                             for j in jobs if j.config], options, report, fleet.state_dir / "logs" / report.run_id)
-        fleet.run_batch(jobs, options, report, fleet.state_dir / "logs" / report.run_id)
+            jobs.append(Job(tenant_id, env, stack, "destroy", config, {}, remove_stack=True,
+                            details={"offboard": True}))
+        with fleet.interruptible(report):
+            if purge:  # the database is retained on destroy unless purge_data was set at the last up
+                run.add(fleet.run_batch([replace(j, operation="up", remove_stack=False,
+                                                 config={**j.config, "purge_data": True})
+                                         for j in jobs if j.config], run))
+            run.add(fleet.run_batch(jobs, run))
+        run.finish(close_row=False)  # recorded under the sync's run, which is already closed
 
 
 def rerun_targets(ledger, targets: list, run_ref: str) -> list:
@@ -631,7 +646,7 @@ def plan_rollbacks(fleet: Fleet, ledger, jobs: list[Job], to: str | None, commit
         try:
             row = releases.rollback_point(ledger, job.stack, to=to)
             program = releases.program_at(fleet.project_dir, fleet.state_dir, row.program_commit, commit,
-                                          row=row, fingerprint=job.details.get("program_fingerprint"))
+                                          row=row, fingerprint=job.program_fingerprint)
         except releases.RollbackImpossible as exc:
             impossible.append((job, str(exc)))
             continue
@@ -639,47 +654,46 @@ def plan_rollbacks(fleet: Fleet, ledger, jobs: list[Job], to: str | None, commit
     return planned, impossible
 
 
-def remediate(fleet: Fleet, jobs: list[Job], report: rpt.Report, how: str, options: FleetOptions) -> None:
+def remediate(fleet: Fleet, run: Run, jobs: list[Job], how: str) -> None:
     """Fix what the drift check found, then check again: the report shows the
     drift before, the remediation, and the drift after, for each fixed target."""
+    report = run.report
     wanted = {rpt.DRIFTED, rpt.DRIFTED_PENDING} | ({rpt.PENDING} if how == "up" else set())
     before = {t.stack: t for t in report.targets if t.operation == "drift" and t.status in wanted}
     todo = [j for j in jobs if j.stack in before]
     if not todo:
         return
-    log_dir = fleet.state_dir / "logs" / report.run_id
-    fix = replace(options, operation=how)
     if how == "up":
-        todo = [remediation_job(fleet, j) for j in todo]
-    fleet.run_batch([replace(j, operation=how, details={**j.details, "refresh": True}) for j in todo],
-                    fix, report, log_dir)
-    fixed = {t.stack for t in report.targets if t.operation == how and t.status == rpt.SUCCEEDED}
-    for stack in fixed:
-        before[stack].details["superseded"] = True
-    fleet.run_batch([replace(j, details={**j.details, "after": how}) for j in todo if j.stack in fixed],
-                    options, report, log_dir)
+        todo = [remediation_job(fleet, run.ledger, j) for j in todo]
+    with fleet.interruptible(report):
+        run.add(fleet.run_batch([replace(j, operation=how, refresh=True) for j in todo], run))
+        fixed = {t.stack for t in report.targets if t.operation == how and t.status == rpt.SUCCEEDED}
+        for stack in fixed:
+            before[stack].details["superseded"] = True
+        run.add(fleet.run_batch([replace(j, details={**j.details, "after": how}) for j in todo if j.stack in fixed],
+                                run))
 
 
 REMEDIATED = ".remediated-"
 
 
-def remediation_job(fleet: Fleet, job: Job) -> Job:
+def remediation_job(fleet: Fleet, ledger, job: Job) -> Job:
     """`drift --remediate up` deploys the current program and registry config onto the
     target's deployed release. When that is exactly what the deployed release had
     (same fingerprint: a repair of out-of-band changes), it keeps the label; otherwise
     it gets its own label, `<deployed release>.remediated-<fingerprint>`, so the ledger
     never files new config under the old release (a rollback to that release would
     deploy it) and the deployed `release` output says what happened."""
-    last = fleet.ledger.last_good_release(job.stack) if fleet.ledger is not None else None
-    if last is not None and last.config_fingerprint == job.details.get("config_fingerprint"):
+    last = ledger.last_good_release(job.stack) if ledger is not None else None
+    if last is not None and last.config_fingerprint == job.config_fingerprint:
         return job
     base = str(job.config.get("release") or "unversioned").split(REMEDIATED)[0]
-    label = f"{base}{REMEDIATED}{str(job.details.get('config_fingerprint') or '')[:8]}"
+    label = f"{base}{REMEDIATED}{str(job.config_fingerprint or '')[:8]}"
     config = {**job.config, "release": label}
     fingerprint = config_fingerprint(config, dict(job.secret_values), fleet.master,
                                      program_fingerprint(fleet.project_dir))
-    return replace(job, config=config, details={**job.details, "config_fingerprint": fingerprint,
-                                                "remediation_of": base})
+    return replace(job, config=config, config_fingerprint=fingerprint,
+                   details={**job.details, "remediation_of": base})
 
 
 def history(ctx: Context, tenant: str, env: str, limit: int = 50) -> list:
@@ -723,7 +737,7 @@ def outputs(ctx: Context, tenant: str, env: str) -> dict[str, Any]:
     target = selection.targets[0]
     fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url)
     job = Job(target.tenant, target.environment, target.stack, "outputs", {}, {})
-    result = fleet.run_job(job, new_run_id(), ctx.runner_dir / "logs" / "outputs")
+    result = fleet.run_job(job, Run(None, RunSettings("outputs"), run_id="outputs"))  # nothing recorded
     if result.status != rpt.SUCCEEDED:
         raise CommandProblem(f"{target.stack}: {result.error_line}")
     return result.outputs
@@ -776,7 +790,6 @@ def pulumi_stack_name(ctx: Context, tenant: str | None, env: str | None, stack: 
         raise UsageProblem("one stack: give --tenant T --env E, or --stack shared")
     registry = load(ctx)
     if stack:
-
         if stack == SHARED_STACK or stack in registry.environment_names:
             return stack
         tenant, dot, env = stack.partition(".")

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runner.fleet import Job
+from runner.fleet import Job, ProgramTree
 
 _WORKTREES = threading.Lock()
 
@@ -81,7 +81,7 @@ def _same(a: str | None, b: str | None) -> bool:
 
 
 def program_at(project_dir: Path, state_dir: Path, commit: str | None, checkout: str | None, *,
-               row=None, fingerprint: str | None = None) -> dict | None:
+               row=None, fingerprint: str | None = None) -> ProgramTree | None:
     """None when the checkout's program is the one to run; else a worktree of `commit`.
 
     The commit is verified to be one of this repository first. The checkout
@@ -105,7 +105,7 @@ def program_at(project_dir: Path, state_dir: Path, commit: str | None, checkout:
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RollbackImpossible(f"cannot check out program commit {commit}: {proc.stderr.strip()}")
-    return {"dir": str(tree), "name": f"program-{commit}", "project_dir": str(project_dir)}
+    return ProgramTree(dir=str(tree), name=f"program-{commit}", project_dir=str(project_dir))
 
 
 def anchored_config(config: dict[str, Any], project_dir: Path, tree: Path) -> dict[str, Any]:
@@ -137,17 +137,16 @@ def anchored_config(config: dict[str, Any], project_dir: Path, tree: Path) -> di
     return values
 
 
-def rollback_job(job: Job, row, program: dict | None) -> Job:
+def rollback_job(job: Job, row, program: ProgramTree | None) -> Job:
     """The job that redeploys `row`'s release with its recorded config."""
     config = dict(row.config_snapshot or job.config)
     config["release"] = row.release
-    details = {**job.details, "rollback_to": row.release, "rollback_from_run": row.run_id,
-               "program_commit": row.program_commit, "config_fingerprint": row.config_fingerprint}
-    details["program_fingerprint"] = (row.details or {}).get("program_fingerprint")
     if program:
-        details["program"] = program
-        config = anchored_config(config, Path(program["project_dir"]), Path(program["dir"]))
-    return replace(job, operation="rollback", config=config, details=details)
+        config = anchored_config(config, Path(program.project_dir), Path(program.dir))
+    return replace(job, operation="rollback", config=config, program=program,
+                   program_commit=row.program_commit, config_fingerprint=row.config_fingerprint,
+                   program_fingerprint=(row.details or {}).get("program_fingerprint"),
+                   details={**job.details, "rollback_to": row.release, "rollback_from_run": row.run_id})
 
 
 def at_deployed_program(ledger, job: Job, project_dir: Path, state_dir: Path, commit: str | None) -> Job:
@@ -161,7 +160,7 @@ def at_deployed_program(ledger, job: Job, project_dir: Path, state_dir: Path, co
         return job
     try:
         program = program_at(project_dir, state_dir, row.program_commit, commit, row=row,
-                             fingerprint=job.details.get("program_fingerprint"))
+                             fingerprint=job.program_fingerprint)
     except RollbackImpossible as exc:
         return replace(job, details={**job.details, "behind": [
             {"name": "program", "note": f"deployed from {row.program_commit}; checked with the project's code ({exc})"}]})
@@ -169,7 +168,8 @@ def at_deployed_program(ledger, job: Job, project_dir: Path, state_dir: Path, co
         return job
     note = (f"deployed from commit {row.program_commit}, the project is at {commit or 'an unknown commit'}"
             f"{' (uncommitted changes)' if (commit or '').endswith('-dirty') or row.program_commit == commit else ''}")
-    details = {**job.details, "program": program, "program_commit": row.program_commit,
-               "program_fingerprint": (row.details or {}).get("program_fingerprint"),
+    details = {**job.details,
                "behind": [{"name": "program", "deployed": row.program_commit, "project": commit, "note": note}]}
-    return replace(job, config=anchored_config(dict(job.config), project_dir, Path(program["dir"])), details=details)
+    return replace(job, config=anchored_config(dict(job.config), project_dir, Path(program.dir)), details=details,
+                   program=program, program_commit=row.program_commit,
+                   program_fingerprint=(row.details or {}).get("program_fingerprint"))

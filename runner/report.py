@@ -9,11 +9,11 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from runner.names import iso as _iso
-from runner.names import now  # noqa: F401  (rpt.now() is used across the runner)
+from runner.names import iso, now  # noqa: F401  (rpt.now(), rpt.iso() are used across the runner)
 
 # Exit codes (DESIGN.md, "CLI contract"); `runner --help` lists them from here.
 EXIT_OK = 0
@@ -31,12 +31,45 @@ EXIT_CODES = {
     EXIT_INTERRUPTED: "interrupted",
 }
 
+
+
+class Status(StrEnum):
+    """A target's outcome; the values are the report's and the ledger's strings."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    NOT_STARTED = "not-started"
+    LOCKED = "locked"
+    BLOCKED = "blocked"
+    IN_SYNC = "in-sync"
+    DRIFTED = "drifted"
+    PENDING = "pending"
+    DRIFTED_PENDING = "drifted+pending"
+    ERROR = "error"
+
+
+class Operation(StrEnum):
+    """What a job does to its stack (the report's and the ledger's `operation`)."""
+
+    UP = "up"
+    PREVIEW = "preview"
+    REFRESH = "refresh"
+    DESTROY = "destroy"
+    DRIFT = "drift"
+    ROLLBACK = "rollback"
+    RECOVER = "recover"
+    OUTPUTS = "outputs"
+
+
 SUCCEEDED, FAILED, SKIPPED, NOT_STARTED, LOCKED, BLOCKED = (
-    "succeeded", "failed", "skipped", "not-started", "locked", "blocked")
-IN_SYNC, DRIFTED, PENDING, DRIFTED_PENDING, ERROR = "in-sync", "drifted", "pending", "drifted+pending", "error"
+    Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.NOT_STARTED, Status.LOCKED, Status.BLOCKED)
+IN_SYNC, DRIFTED, PENDING, DRIFTED_PENDING, ERROR = (
+    Status.IN_SYNC, Status.DRIFTED, Status.PENDING, Status.DRIFTED_PENDING, Status.ERROR)
 FAILURES = {FAILED, ERROR, BLOCKED, NOT_STARTED}
 CHANGED = {DRIFTED, PENDING, DRIFTED_PENDING}
-STATUSES = (SUCCEEDED, FAILED, SKIPPED, NOT_STARTED, LOCKED, BLOCKED, IN_SYNC, DRIFTED, PENDING, DRIFTED_PENDING, ERROR)
+STATUSES = tuple(Status)
+TRANSIENT = "transient"  # an engine error kind worth another attempt (throttling, timeouts, resets)
 
 
 @dataclass
@@ -54,6 +87,8 @@ class TargetResult:
     error_component: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    error_kind: str | None = None  # the engine's classification (locked, transient, checkpoint, ...)
+    attempts: int = 1  # engine runs of this target: more than one after transient errors (#17)
 
     @property
     def duration(self) -> float | None:
@@ -95,7 +130,7 @@ class TargetResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["started"], data["ended"] = _iso(self.started), _iso(self.ended)
+        data["started"], data["ended"] = iso(self.started), iso(self.ended)
         data["duration_s"] = round(self.duration, 3) if self.duration is not None else None
         data["error"] = self.error_line or None
         data["error_message"] = self.error
@@ -160,8 +195,8 @@ class Report:
             "run_id": self.run_id,
             "command": self.command,
             "release": self.release,
-            "started": _iso(self.started),
-            "ended": _iso(self.ended),
+            "started": iso(self.started),
+            "ended": iso(self.ended),
             "exit_code": self.exit_code,
             "counts": self.counts,
             "notes": self.notes,
@@ -235,7 +270,7 @@ def junit_xml(report: Report) -> bytes:
     suite = ET.Element("testsuite", {
         "name": f"runner {report.command}", "tests": str(len(report.targets)),
         "failures": str(failures), "errors": "0", "skipped": str(skipped),
-        "time": f"{total_time:.3f}", "timestamp": _iso(report.started) or "",
+        "time": f"{total_time:.3f}", "timestamp": iso(report.started) or "",
     })
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", {"name": "run_id", "value": xml_text(report.run_id)})

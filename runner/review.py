@@ -65,13 +65,14 @@ def preview_jobs(jobs: list, plans_dir: str) -> list:
     (root / PLANS).mkdir(parents=True, exist_ok=True)
     for stale in (root / PLANS).glob("*.plan.json"):  # a directory reused: only this run's plans
         stale.unlink()
-    return [replace(j, details={**j.details, "plan_file": str(plan_path(root, j.stack))}) for j in jobs]
+    return [replace(j, plan_file=str(plan_path(root, j.stack))) for j in jobs]
 
 
 def write_review(plans_dir: str, report: rpt.Report, *, program_commit: str | None, release: str | None,
-                 registry_source: str) -> dict[str, Any]:
+                 registry_source: str, fingerprints: dict[str, str | None] | None = None) -> dict[str, Any]:
     """manifest.json and summary.md from a finished `preview --save-plans`; plan files of
-    targets without changes are removed (nothing to apply there)."""
+    targets without changes are removed (nothing to apply there). ``fingerprints``: each
+    stack's config fingerprint as previewed (`up --plans` compares it)."""
     root = Path(plans_dir).resolve()
     targets = []
     for row in report.targets:
@@ -81,7 +82,7 @@ def write_review(plans_dir: str, report: rpt.Report, *, program_commit: str | No
         plan = plan_path(root, row.stack)
         entry = {
             "stack": row.stack, "tenant": row.tenant, "environment": row.environment, "status": row.status,
-            "config_digest": row.details.get("config_fingerprint"),
+            "config_digest": (fingerprints or {}).get(row.stack),
             "state_version": row.details.get("state_version"),
             "changes": {k: v for k, v in (row.changes or {}).items() if v},
             "has_changes": changed, "steps": row.details.get("steps") or [],
@@ -250,8 +251,8 @@ def apply_jobs(jobs: list, plans_dir: str, manifest: dict) -> tuple[list, list]:
                                  f"({(entry.get('error') or '').splitlines()[0] if entry.get('error') else 'no plan'})"))
             continue
         review = {"state_version": entry.get("state_version"), "steps": entry.get("steps") or []}
-        if job.details.get("config_fingerprint") != entry.get("config_digest"):
+        if job.config_fingerprint != entry.get("config_digest"):
             review["stale"] = "its config (or a secret) changed since preview"
-        ready.append(replace(job, details={**job.details, "plan_file": str(root / entry["plan_file"]),
-                                           "review": review, "reviewed_run": manifest.get("run_id")}))
+        ready.append(replace(job, plan_file=str(root / entry["plan_file"]), review=review,
+                             details={**job.details, "reviewed_run": manifest.get("run_id")}))
     return ready, refused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import xml.etree.ElementTree as ET
 
@@ -81,7 +82,7 @@ def test_usage_errors_exit_2_before_anything_runs(monkeypatch):
     def never(*a, **k):
         raise AssertionError("the fleet must not run")
 
-    monkeypatch.setattr("runner.fleet.Fleet.run", never)
+    monkeypatch.setattr("runner.fleet.Fleet.run_batch", never)
     runner = CliRunner()
     unknown = runner.invoke(cli.main, ["up", "--tenant", "custmer-1", "--yes"])
     assert unknown.exit_code == 2 and "did you mean 'customer-1'" in unknown.stderr
@@ -112,30 +113,21 @@ def test_help_lists_every_exit_code():
 
 
 class FakeFleet:
-    """Stands in for the engine: records the jobs it was asked to run."""
+    """Stands in for the engine: records the batches it was asked to run; each target succeeds."""
 
     runs: list = []
 
-    def __init__(self, project_dir, **kw):
+    def __init__(self, project_dir, *, progress=None, **kw):
         self.master = "fake-master-passphrase"
+        self.progress = progress
 
-    def _ledger_record(self, *a, **k):
-        pass
+    def interruptible(self, report):
+        return contextlib.nullcontext(self)
 
-    def _ledger_call(self, what, method, *args, default=None, **kwargs):
-        return method(*args, **kwargs)
-
-    def flush_ledger_errors(self, report):
-        pass
-
-    def shared_job(self, *a, **k):
-        return None
-
-    def run(self, jobs, options, *, report, **kw):
-        FakeFleet.runs.append((options.operation, [j.stack for j in jobs]))
-        for job in jobs:
-            report.add(rpt.TargetResult(job.tenant, job.environment, job.stack, options.operation, rpt.SUCCEEDED))
-        return report
+    def run_batch(self, jobs, run, policy=None):
+        if jobs:
+            FakeFleet.runs.append((run.settings.operation, [j.stack for j in jobs]))
+        return [rpt.TargetResult(j.tenant, j.environment, j.stack, j.operation, rpt.SUCCEEDED) for j in jobs]
 
 
 @pytest.fixture
@@ -165,3 +157,19 @@ def test_a_tag_alone_selects_tenants_on_the_command_line(fake_fleet):
     result = CliRunner().invoke(cli.main, ["refresh", "--tag", "tier=standard", "--yes", "--json"])
     assert result.exit_code == 0, result.output
     assert sorted(fake_fleet[0][1]) == ["customer-2.production", "customer-2.staging", "customer-3.production"]
+
+
+def test_fleet_options_pass_through_to_run_settings_with_one_set_of_defaults(fake_fleet, monkeypatch):
+    """#16: click options named like RunSettings fields go through as they are; an option
+    not given keeps RunSettings' default (not a second default in the CLI)."""
+    seen = []
+    monkeypatch.setattr(ops, "fleet_run", lambda ctx, sel, settings, **k: seen.append(settings) or _report(rpt.SUCCEEDED))
+    for command in ("up", "preview", "refresh", "destroy", "drift", "rollback"):
+        args = [command, "--tenant", "customer-1", "--retries", "4", *(["--yes"] if command not in ("preview", "drift") else [])]
+        result = CliRunner().invoke(cli.main, args)
+        assert result.exit_code == 0, result.output
+    assert [s.retries for s in seen] == [4] * 6 and [s.operation for s in seen][0] == "up"
+    CliRunner().invoke(cli.main, ["up", "--tenant", "customer-1", "--on-failure", "stop", "--yes"])
+    default = ops.RunSettings("up")
+    assert (seen[-1].on_failure, seen[-1].retries, seen[-1].concurrency, seen[-1].lock_timeout) == (
+        "stop", default.retries, default.concurrency, default.lock_timeout)

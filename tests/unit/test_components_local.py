@@ -341,7 +341,8 @@ def test_cache_purge_appends_a_line_per_change(tmp_path):
 # The simulated cloud API (simulated_latency_ms, simulated_throttle_rate)
 # ---------------------------------------------------------------------------
 
-from pulumi.dynamic import Config as DynamicConfig, ConfigureRequest  # noqa: E402
+from pulumi.dynamic import Config as DynamicConfig  # noqa: E402
+from pulumi.dynamic import ConfigureRequest
 
 
 def _configured(provider, **config):

@@ -16,7 +16,9 @@ import pytest
 
 from runner import engine, protocol
 from runner import report as rpt
-from runner.fleet import Fleet, FleetOptions, Job
+from runner.fleet import Fleet, Job, RunSettings
+from runner.plan import RunPlan
+from runner.run import Run
 
 
 class FlakyLedger:
@@ -46,6 +48,16 @@ class FlakyLedger:
     def run_operations(self, run_id):
         return []
 
+    def finish_run(self, run_id, status, counts):
+        pass
+
+
+def run_all(fleet, ledger, jobs, settings, **plan_options):
+    """What ops.fleet_run does with a plan: each step run by the fleet, recorded by the run."""
+    run = Run(ledger, settings, run_id="run-1")
+    run.execute(RunPlan(jobs, settings, **plan_options), fleet)
+    return run.finish()
+
 
 @pytest.fixture
 def fleet(tmp_path, monkeypatch):
@@ -54,8 +66,14 @@ def fleet(tmp_path, monkeypatch):
           json.dumps({"type": "result", "ok": True, "changes": {"same": 2}, "outputs": {}})]
     failed = json.dumps({"type": "result", "ok": False, "error": {
         "kind": "failed", "message": "boom", "urn": None, "component": None}})
-    script = ("import json, sys; job = json.load(sys.stdin); "
-              f"print({failed!r} if job['stack'].startswith('bad') else {chr(10).join(ok)!r})")
+    throttled = json.dumps({"type": "result", "ok": False, "error": {
+        "kind": "transient", "message": "Throttling: Rate exceeded", "urn": None, "component": None}})
+    # `flaky` stacks are throttled on their first attempt (a marker file remembers it), then succeed
+    marker = str(tmp_path / "throttled-once")
+    script = ("import json, os, sys; job = json.load(sys.stdin); stack = job['stack']\n"
+              f"if stack.startswith('flaky') and not os.path.exists({marker!r}):\n"
+              f"    open({marker!r}, 'w').close(); print({throttled!r})\n"
+              f"else:\n    print({failed!r} if stack.startswith('bad') else {chr(10).join(ok)!r})")
 
     def fake_worker(args, **kwargs):
         assert args[-2:] == ["-m", "runner.worker"]
@@ -73,35 +91,48 @@ def _jobs(*names):
 
 
 def test_a_ledger_error_while_recording_a_result_does_not_abort_the_run(fleet):
-    fleet.ledger = FlakyLedger("b.staging")
-    options = FleetOptions(operation="preview", concurrency=2, run_id="run-1")
-
-    report = fleet.run(_jobs("a", "b", "c"), options)
+    ledger = FlakyLedger("b.staging")
+    report = run_all(fleet, ledger, _jobs("a", "b", "c"), RunSettings(operation="preview", concurrency=2))
 
     assert [(t.stack, t.status) for t in report.targets] == [
         ("a.staging", rpt.SUCCEEDED), ("b.staging", rpt.SUCCEEDED), ("c.staging", rpt.SUCCEEDED)]
-    assert sorted(fleet.ledger.ended) == [("a.staging", rpt.SUCCEEDED), ("c.staging", rpt.SUCCEEDED)]
+    assert sorted(ledger.ended) == [("a.staging", rpt.SUCCEEDED), ("c.staging", rpt.SUCCEEDED)]
     assert any("ledger" in note and "readonly database" in note and "b.staging" in note for note in report.notes)
     assert report.errors and report.to_dict()["errors"] == report.errors
     assert report.exit_code == rpt.EXIT_FAILED
 
 
 def test_a_ledger_error_while_recording_a_not_started_target_does_not_abort_the_run(fleet):
-    fleet.ledger = FlakyLedger("none")
     fleet._stopping.set()  # as after an interrupt: every target is recorded not-started (ledger.record)
-    report = fleet.run(_jobs("a", "b"), FleetOptions(operation="preview", concurrency=1, run_id="run-1"))
+    report = run_all(fleet, FlakyLedger("none"), _jobs("a", "b"), RunSettings(operation="preview", concurrency=1))
     assert [t.status for t in report.targets] == [rpt.NOT_STARTED, rpt.NOT_STARTED]
     assert any("database is locked" in note for note in report.notes)
 
 
 def test_a_ledger_error_while_planning_a_rollback_does_not_abort_the_run(fleet):
-    fleet.ledger = FlakyLedger("none")
-
     def roll_back(job, result):
         raise RuntimeError("(sqlite3.OperationalError) unable to open database file")
 
-    report = fleet.run(_jobs("bad", "good"), FleetOptions(operation="preview", concurrency=1, run_id="run-1"),
-                       after_failure=roll_back)
+    report = run_all(fleet, FlakyLedger("none"), _jobs("bad", "good"),
+                     RunSettings(operation="preview", concurrency=1, on_failure="rollback"), rollback=roll_back)
     assert [(t.stack, t.status) for t in report.targets] == [("bad.staging", rpt.FAILED),
                                                              ("good.staging", rpt.SUCCEEDED)]
     assert "unable to open database file" in report.targets[0].details["rollback"]
+
+
+class RecordingLedger(FlakyLedger):
+    def __init__(self):
+        super().__init__("none")
+
+
+def test_a_transient_error_is_retried_and_each_attempt_is_a_ledger_row(fleet):
+    """#17: throttling is not a failure of the target; the retry is recorded, not hidden."""
+    ledger = RecordingLedger()
+    report = run_all(fleet, ledger, _jobs("flaky", "bad"), RunSettings(operation="preview", concurrency=1, retries=2))
+    flaky, bad = report.targets
+    assert (flaky.status, flaky.attempts) == (rpt.SUCCEEDED, 2)
+    assert [a["error"] for a in flaky.details["attempts"]] == ["Throttling: Rate exceeded", None]
+    assert flaky.to_dict()["attempts"] == 2
+    assert ledger.ended.count(("flaky.staging", rpt.FAILED)) == 1 and ("flaky.staging", rpt.SUCCEEDED) in ledger.ended
+    assert (bad.status, bad.attempts) == (rpt.FAILED, 1), "a permanent error is never retried"
+    assert report.exit_code == rpt.EXIT_FAILED

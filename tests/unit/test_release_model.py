@@ -82,7 +82,7 @@ STACK = "acme.staging"
 
 def job(fingerprint: str = "fp-1", **config) -> Job:
     return Job("acme", "staging", STACK, "up", {"release": "r1", "app_version": "1.0.0", **config}, {},
-               details={"config_fingerprint": fingerprint})
+               config_fingerprint=fingerprint)
 
 
 def deploy(lg: Ledger, run_id: str, fingerprint: str = "fp-1", *, ago: float = 60, op: str = "up",
@@ -150,24 +150,24 @@ def test_sync_decides_on_the_fingerprint_alone(ledger):
 # --------------------------------------------------------------------------- drift --remediate up
 
 
-def fake_fleet(ledger, project_dir: Path):
-    return SimpleNamespace(ledger=ledger, master="master", project_dir=project_dir)
+def fake_fleet(project_dir: Path):
+    return SimpleNamespace(master="master", project_dir=project_dir)
 
 
 def test_remediating_new_config_gets_its_own_release_label(ledger, project):
     deploy(ledger, "run-1", "fp-1")
-    fixed = ops.remediation_job(fake_fleet(ledger, project), job("fp-2abcdef99", app_version="1.0.1"))
+    fixed = ops.remediation_job(fake_fleet(project), ledger, job("fp-2abcdef99", app_version="1.0.1"))
     assert fixed.config["release"] == "r1.remediated-fp-2abcd"
     assert fixed.config["app_version"] == "1.0.1"
     assert fixed.details["remediation_of"] == "r1"
-    assert fixed.details["config_fingerprint"] not in ("fp-1", "fp-2abcdef99")
-    again = ops.remediation_job(fake_fleet(ledger, project),
+    assert fixed.config_fingerprint not in ("fp-1", "fp-2abcdef99")
+    again = ops.remediation_job(fake_fleet(project), ledger,
                                 Job("acme", "staging", STACK, "up", {**fixed.config}, {},
-                                    details={"config_fingerprint": "fp-3zzzzzzzz"}))
+                                    config_fingerprint="fp-3zzzzzzzz"))
     assert again.config["release"] == "r1.remediated-fp-3zzzz"  # of the release, not of a remediation
 
 
 def test_repairing_reality_keeps_the_deployed_label(ledger, project):
     deploy(ledger, "run-1", "fp-1")
     same = job("fp-1")
-    assert ops.remediation_job(fake_fleet(ledger, project), same) is same
+    assert ops.remediation_job(fake_fleet(project), ledger, same) is same

@@ -23,7 +23,6 @@ def _never(*a, **k):
 def no_engine(monkeypatch):
     monkeypatch.setattr("runner.engine.list_stacks", _never)
     monkeypatch.setattr("runner.fleet.Fleet.__init__", _never)
-    monkeypatch.setattr("runner.fleet.Fleet.run", _never)
     monkeypatch.setattr("runner.fleet.Fleet.run_batch", _never)
     monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
     monkeypatch.delenv("JOB_COMPLETION_COUNT", raising=False)

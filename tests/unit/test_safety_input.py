@@ -119,11 +119,11 @@ def test_rollback_checks_out_a_full_commit_id_of_this_repository(repo, tmp_path)
     head = _git("rev-parse", "HEAD", cwd=repo)
     state = tmp_path / ".runner"
     program = releases.program_at(repo, state, f"{first}-dirty", head[:12])
-    assert program["dir"] == str(state / "worktrees" / first)
-    assert (Path(program["dir"]) / "f").read_text() == "1"
+    assert program.dir == str(state / "worktrees" / first)
+    assert (Path(program.dir) / "f").read_text() == "1"
     assert releases.program_at(repo, state, head, head[:12]) is None, "the checkout's own program"
     # rows recorded before full ids: a short hex id is expanded to the full commit first
-    assert releases.program_at(repo, state, first[:12], head[:12])["dir"] == str(state / "worktrees" / first)
+    assert releases.program_at(repo, state, first[:12], head[:12]).dir == str(state / "worktrees" / first)
 
 
 def test_a_new_state_dir_made_by_a_ledger_command_is_private(tmp_path, monkeypatch):
