@@ -277,3 +277,18 @@ def repair_checkpoint_files(backend_url: str, stack: str, stale_after: float = S
             path.unlink(missing_ok=True)
             repaired.append(f"removed empty {path.name} left by an interrupted checkpoint write")
     return repaired
+
+
+def checkpoint_readable(backend_url: str, stack: str) -> bool:
+    """Whether a file:// backend's checkpoint of the stack reads whole now: its
+    JSON parses and every `.attrs` sidecar is filled. After the engine said it
+    could not read it, True means a concurrent write has completed since (the
+    engine reads the checkpoint before it takes the lock): a retry will read it."""
+    if not backend_url.startswith("file://"):
+        return False
+    folder = Path(urlparse(backend_url).path) / ".pulumi" / "stacks" / PROJECT
+    try:
+        json.loads((folder / f"{stack}.json").read_text())
+        return all(path.stat().st_size > 0 for path in folder.glob(f"{stack}.json*.attrs"))
+    except (OSError, ValueError):
+        return False
