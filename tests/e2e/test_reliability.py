@@ -206,9 +206,20 @@ def _frontend_release(point) -> bool:  # the new frontend release is on disk, `c
                for t in KILL_TENANTS)
 
 
-def _checkpoint_write(point) -> bool:  # the file backend is writing a tenant's checkpoint (its .tmp exists)
+def _checkpoint_write(point) -> bool:
+    """The file backend writes a tenant's checkpoint: a new `.tmp` beside it (mid-write), or its
+    `.attrs` sidecar rewritten (the write just ended) since the up started."""
     stacks = point.sandbox.state / "state" / ".pulumi" / "stacks" / "runner"
-    return any(p.name.endswith(".tmp") for p in stacks.glob("kill-*.staging.json*")) if stacks.is_dir() else False
+    now = {}
+    for path in stacks.glob("kill-*.staging.json*"):
+        if path.name.endswith((".tmp", ".attrs")):
+            try:
+                now[path.name] = path.stat().st_mtime_ns
+            except FileNotFoundError:  # a .tmp renamed while listed: a write in progress
+                now[path.name] = -1
+    if not hasattr(point, "baseline"):  # the first poll, right after the runner started
+        point.baseline = now
+    return any(point.baseline.get(name) != mtime for name, mtime in now.items())
 
 
 # (name, what changes in the registry, when to kill, what the recovery must clear)
