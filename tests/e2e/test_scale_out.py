@@ -211,9 +211,11 @@ def test_three_shards_share_postgres_state_and_ledger(sandbox, pg_urls, tmp_path
     check(ups["shared"] == 1, f"{ups['shared']} succeeded shared ups in the run: {shared_rows}")
     tenant_rows = [r for r in rows if r.stack != "shared" and r.status != "locked"]
     check(len(tenant_rows) == TENANTS, f"tenant rows: {Counter((r.operation, r.status) for r in tenant_rows)}")
-    waits = [r for r in rows if r.status == "locked"]
+    # (shards also wait for each other on the shared stack: not counted here)
+    waits = [r for r in rows if r.status == "locked" and r.stack != "shared"]
     check(waits and {r.stack for r in waits} == {f"{contested}.staging"},
-          f"the owning shard recorded no wait on the held lock, or waited elsewhere: {[(r.stack, r.error) for r in waits]}")
+          f"the owning shard recorded no wait on the held lock, or waited on another tenant: "
+          f"{[(r.stack, r.error) for r in waits]}")
     check(run is not None and run.status == "finished", f"run: {run}")
     check(run is not None and {p.part for p in run.parts} == {f"{i}/{SHARDS}" for i in range(SHARDS)},
           f"run parts: {run and run.parts}")
