@@ -356,9 +356,11 @@ class Fleet:
             if repaired:
                 run.end(op_id, job, self._result(job, outcome, proc.returncode, started), ended=rpt.now())
                 return self.run_job(replace(job, repaired=True, recovered=(*job.recovered, *repaired)), run)
-            if any(lock["alive"] for lock in recovery.locks(self.settings.backend_url, job.stack, holders)):
+            if (any(lock["alive"] for lock in recovery.locks(self.settings.backend_url, job.stack, holders))
+                    or recovery.checkpoint_readable(self.settings.backend_url, job.stack)):
                 # The engine reads the checkpoint before it locks, and the file backend rewrites the
-                # `.attrs` sidecar in place: we read while a live holder wrote. Wait as for its lock.
+                # `.attrs` sidecar in place: we read while a live holder wrote (it may have finished
+                # and unlocked since: the checkpoint reads whole now). Wait as for its lock.
                 outcome.error = {**outcome.error, "kind": "locked",
                                  "message": "the checkpoint is being written by another operation"}
         result = self._result(job, outcome, proc.returncode, started)

@@ -22,6 +22,7 @@ import base64
 import json
 import os
 import re
+import signal
 import socket
 import time
 from pathlib import Path
@@ -211,14 +212,51 @@ def locks(backend_url: str, stack: str, holders_dir: Path | None = None) -> list
 
 
 def remove_dead_locks(backend_url: str, stack: str, holders_dir: Path | None = None) -> list[str]:
-    """Remove the locks whose holder is provably dead (see the module doc); describe each."""
-    removed = []
+    """End the leftovers of dead runs, then remove the locks whose holder is
+    provably dead (see the module doc); describe each."""
+    done = end_leftovers(holders_dir, stack)
     for lock in locks(backend_url, stack, holders_dir):
         if not lock["alive"]:
             lock["remove"]()
-            removed.append(f"lock of dead pid {lock['pid']} on {lock['hostname']} ({lock['why']})")
+            done.append(f"lock of dead pid {lock['pid']} on {lock['hostname']} ({lock['why']})")
     _prune_holder_records(holders_dir, stack)
-    return removed
+    return done
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def end_leftovers(holders_dir: Path | None, stack: str) -> list[str]:
+    """Kill the processes a dead run left running: the engine starts its plugins
+    (language host, dynamic provider) in process groups of their own, so a
+    kill -9 of the runner's process group leaves them running. A process is
+    ended only when it is provably ours and its run is dead: a holder record of
+    this host, PID namespace and boot names it with its start time, and the
+    worker that wrote the record (the record's file name) has exited."""
+    me = identity()
+    ended = []
+    for path, record in _holder_records(holders_dir, stack):
+        if (record.get("hostname"), record.get("pidns"), record.get("boot_id")) != (
+                me["hostname"], me["pidns"], me["boot_id"]):
+            continue
+        pids = {int(p): t for p, t in (record.get("pids") or {}).items()}
+        worker = int(path.stem) if path.stem.isdigit() else None
+        if worker is None or worker not in pids or start_time(worker) == pids[worker]:
+            continue  # not a worker's record, or its worker still runs: a live operation
+        for pid, started in pids.items():
+            if start_time(pid) != started:
+                continue  # exited (or the pid was reused)
+            command = _cmdline(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            ended.append(f"ended process {pid} ({command[:80]}) left running by a dead run")
+    return ended
 
 
 def _prune_holder_records(holders_dir: Path | None, stack: str) -> None:
@@ -278,3 +316,18 @@ def repair_checkpoint_files(backend_url: str, stack: str, stale_after: float = S
             path.unlink(missing_ok=True)
             repaired.append(f"removed empty {path.name} left by an interrupted checkpoint write")
     return repaired
+
+
+def checkpoint_readable(backend_url: str, stack: str) -> bool:
+    """Whether a file:// backend's checkpoint of the stack reads whole now: its
+    JSON parses and every `.attrs` sidecar is filled. After the engine said it
+    could not read it, True means a concurrent write has completed since (the
+    engine reads the checkpoint before it takes the lock): a retry will read it."""
+    if not backend_url.startswith("file://"):
+        return False
+    folder = Path(urlparse(backend_url).path) / ".pulumi" / "stacks" / PROJECT
+    try:
+        json.loads((folder / f"{stack}.json").read_text())
+        return all(path.stat().st_size > 0 for path in folder.glob(f"{stack}.json*.attrs"))
+    except (OSError, ValueError):
+        return False

@@ -201,7 +201,8 @@ def platform_module(platform: str) -> ModuleType:
 
 def main(stack: Optional[str] = None, config: Optional[pulumi.Config] = None) -> Deployment:
     target = parse_stack(stack or pulumi.get_stack())
-    settings = Settings.from_config(config or pulumi.Config())
+    config = config or pulumi.Config()
+    settings = Settings.from_config(config)
     platform = platform_module(settings.platform)
     if settings.platform == "local":
         platform.simulation_settings(settings.simulated_latency_ms, settings.simulated_throttle_rate)
@@ -209,7 +210,7 @@ def main(stack: Optional[str] = None, config: Optional[pulumi.Config] = None) ->
     if target.is_shared:
         _shared(deployment, settings, platform)
     else:
-        _tenant(deployment, settings, platform)
+        _tenant(deployment, settings, platform, db_password=config.get_secret("db_password"))
     for key, value in deployment.outputs.items():
         pulumi.export(key, value)
     return deployment
@@ -232,7 +233,8 @@ def _shared(deployment: Deployment, settings: Settings, platform: ModuleType) ->
     deployment.outputs.update({"git_urls": urls, "release": settings.release})
 
 
-def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) -> None:
+def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType,
+            db_password: Optional[pulumi.Output[str]] = None) -> None:
     t = deployment.target
     tenant_name = settings.tenant_name or ("Untenanted" if not t.tenanted else t.tenant_id)
     domain = settings.domain or f"{t.tenant_id}.example.com"
@@ -297,7 +299,7 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType) ->
         backend = platform.Backend(
             "backend",
             platform.BackendArgs(account_dir=account.account_dir, migrations=migrations, app_files=app_files,
-                                 purge_data=settings.purge_data, **common),
+                                 purge_data=settings.purge_data, db_password=db_password, **common),
         )
         frontend = platform.Frontend(
             "frontend",

@@ -28,13 +28,14 @@ def hash_files(files: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
-def hash_dir(path: Path) -> str:
-    """Content hash of every regular file under ``path``; MISSING if absent."""
+def hash_dir(path: Path, skip: tuple[str, ...] = ()) -> str:
+    """Content hash of every regular file under ``path`` but ``skip`` (relative
+    paths); MISSING if absent."""
     if not path.is_dir():
         return MISSING
     files: dict[str, str] = {}
     for child in sorted(path.rglob("*")):
-        if child.is_file() and not child.is_symlink():
+        if child.is_file() and not child.is_symlink() and child.relative_to(path).as_posix() not in skip:
             files[child.relative_to(path).as_posix()] = child.read_bytes().decode(
                 "utf-8", errors="replace"
             )
@@ -61,9 +62,12 @@ def release_dir_name(app_version: str) -> str:
     return app_version
 
 
-def write_files(target: Path, files: dict[str, str], *, within: Path | None = None) -> None:
-    """Replace ``target`` with exactly ``files`` (written next to it, then
-    renamed); with ``within``, only when ``target`` resolves below it."""
+def write_files(target: Path, files: dict[str, str], *, within: Path | None = None,
+                private: dict[str, str] | None = None) -> None:
+    """Replace ``target`` with exactly ``files`` and ``private`` (written next to
+    it, then renamed; ``private`` files created with mode 0600, never readable
+    by others even for a moment); with ``within``, only when ``target``
+    resolves below it."""
     if within is not None:
         confined(target, within)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +78,11 @@ def write_files(target: Path, files: dict[str, str], *, within: Path | None = No
         dest = staging / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(text, encoding="utf-8")
+    for rel, text in (private or {}).items():
+        dest = staging / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as fh:
+            fh.write(text)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)

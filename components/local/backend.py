@@ -24,14 +24,18 @@ class BackendArgs:
     are filled with version, tenant, environment, release)."""
     purge_data: bool = False
     """Delete the database on destroy (default: keep it)."""
+    db_password: Optional[pulumi.Input[str]] = None
+    """The app's database password (a secret Output): written to the release's
+    ``backend.env`` (``DB_PASSWORD=...``, mode 0600), where the app reads it."""
 
 
 class Backend(pulumi.ComponentResource):
     """The backend of one tenant and environment.
 
     ``<account_dir>/<env>/backend/db.sqlite3`` with the migrations applied,
-    then ``releases/<app_version>/`` (app.json + app files) with a ``current``
-    link. ``backend_url`` is the ``file://`` URL of the ``current`` release
+    then ``releases/<app_version>/`` (app.json + app files, and ``backend.env``
+    with the database password when one is given) with a ``current`` link.
+    ``backend_url`` is the ``file://`` URL of the ``current`` release
     directory (there is no server on the local platform).
     """
 
@@ -61,9 +65,14 @@ class Backend(pulumi.ComponentResource):
         }
         templates = {**args.app_files, "app.json": json.dumps(values, indent=2, sort_keys=True) + "\n"}
         # The app is released only after its schema is in place.
+        release = {"base": base, "app_version": args.app_version, "templates": templates, "values": values}
+        if args.db_password is not None:
+            # a secret input: the engine keeps it (and the output of the same name) encrypted in the state
+            # (an empty password, the config default, writes no file)
+            release["env"] = pulumi.Output.secret(args.db_password).apply(lambda p: {"DB_PASSWORD": p} if p else {})
         self.app = Release(
             f"{name}-app",
-            {"base": base, "app_version": args.app_version, "templates": templates, "values": values},
+            release,
             pulumi.ResourceOptions(parent=self, depends_on=[self.database]),
         )
         self.backend_url = self.app.base.apply(lambda b: f"file://{b}/current")

@@ -443,6 +443,10 @@ class DatabaseProvider(_Provider):
 # ---------------------------------------------------------------------------
 
 
+#: The backend release's environment file (secrets for the app, mode 0600).
+ENV_FILE = "backend.env"
+
+
 def render_files(templates: dict[str, str], values: dict[str, str]) -> dict[str, str]:
     return {name: string.Template(text).safe_substitute(values) for name, text in templates.items()}
 
@@ -452,8 +456,11 @@ class ReleaseProvider(_Provider):
     ``<base>/current`` pointing at it. Old release directories are kept
     (they are what a rollback switches back to).
 
-    Inputs: base, app_version, templates {name: text}, values {key: str}.
-    Outputs: release_dir, current, content_hash.
+    Inputs: base, app_version, templates {name: text}, values {key: str},
+    env {NAME: value} (optional, secret: written to ``backend.env``, mode 0600,
+    kept out of ``content_hash`` so no digest of a secret reaches the state).
+    Outputs: release_dir, current, content_hash, env_file (``ok`` when the
+    file holds exactly ``env`` with mode 0600, else what is wrong).
     """
 
     replace_keys = ("base",)
@@ -464,13 +471,28 @@ class ReleaseProvider(_Provider):
     def _files(self, props) -> dict[str, str]:
         return render_files(props["templates"], props["values"])
 
+    @staticmethod
+    def _env_text(props) -> str:
+        return "".join(f"{k}={v}\n" for k, v in sorted((props.get("env") or {}).items()))
+
+    def _env_state(self, props, release_dir: Path) -> str:
+        path = release_dir / ENV_FILE
+        if not props.get("env"):
+            return "" if not path.exists() else "unexpected"
+        if not path.is_file():
+            return _fs.MISSING
+        if path.stat().st_mode & 0o777 != 0o600:
+            return f"mode {oct(path.stat().st_mode & 0o777)}"
+        return "ok" if path.read_text(encoding="utf-8") == self._env_text(props) else "changed"
+
     def observe(self, props):
         base = Path(props["base"])
         release_dir = base / "releases" / props["app_version"]
         return {
             "release_dir": str(release_dir),
             "current": _fs.current_target(base),
-            "content_hash": _fs.hash_dir(release_dir),
+            "content_hash": _fs.hash_dir(release_dir, skip=(ENV_FILE,)),
+            "env_file": self._env_state(props, release_dir),
         }
 
     def expect(self, props):
@@ -479,13 +501,15 @@ class ReleaseProvider(_Provider):
             "release_dir": str(base / "releases" / props["app_version"]),
             "current": f"releases/{props['app_version']}",
             "content_hash": _fs.hash_files(self._files(props)),
+            "env_file": "ok" if props.get("env") else "",
         }
 
     def apply(self, props, olds):
         base = Path(props["base"])
         release_rel = f"releases/{_fs.release_dir_name(props['app_version'])}"
         # never replace anything outside this target's own releases/ folder
-        _fs.write_files(base / release_rel, self._files(props), within=base / "releases")
+        _fs.write_files(base / release_rel, self._files(props), within=base / "releases",
+                        private={ENV_FILE: self._env_text(props)} if props.get("env") else None)
         _fs.point_current(base, release_rel)
 
     def _delete(self, _id, props):

@@ -53,10 +53,11 @@ class Release(dynamic.Resource, module="local", name="Release"):
     base: pulumi.Output[str]
     release_dir: pulumi.Output[str]
     content_hash: pulumi.Output[str]
+    env_file: pulumi.Output[str]
 
     def __init__(self, name: str, inputs: dict[str, Any], opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(
-            providers.ReleaseProvider(), name, _props(inputs, ("release_dir", "current", "content_hash")), opts
+            providers.ReleaseProvider(), name, _props(inputs, ("release_dir", "current", "content_hash", "env_file")), opts
         )
 
 

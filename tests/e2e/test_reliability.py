@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -82,7 +82,7 @@ def assert_state_clean(sandbox, stacks) -> None:
     assert lock_files(sandbox) == [], f"locks left: {lock_files(sandbox)}"
 
 
-def assert_artifacts_once(sandbox, tenant_ids, env: str, version: str) -> None:
+def assert_artifacts_once(sandbox, tenant_ids, env: str, version: str, migrations: int = MIGRATIONS) -> None:
     """One bare repo per service, one account dir per tenant, one `current` link per
     release dir pointing at `version`, every migration applied exactly once."""
     platform = sandbox.platform
@@ -103,12 +103,7 @@ def assert_artifacts_once(sandbox, tenant_ids, env: str, version: str) -> None:
             versions = [r[0] for r in db.execute("SELECT version FROM schema_migrations")]
         finally:
             db.close()
-        assert len(versions) == len(set(versions)) == MIGRATIONS, f"{tid}: schema_migrations {versions}"
-
-
-def started_targets(sandbox) -> int:
-    logs = sandbox.state / "logs"
-    return sum(1 for _ in logs.rglob("*.up.log")) if logs.is_dir() else 0
+        assert len(versions) == len(set(versions)) == migrations, f"{tid}: schema_migrations {versions}"
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -135,57 +130,165 @@ def overlaps(a, b) -> bool:
 
 # --------------------------------------------------------------------------- crash
 
-CRASH_TENANTS = [f"crash-{i}" for i in range(1, 9)]
+KILL_TENANTS = ["kill-1", "kill-2"]
+NEW_TENANT = "kill-3"  # added at the "first create" point
+BURN_SQL = ("CREATE TABLE burn AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+            "WHERE x < 3000000) SELECT x FROM c;\n")  # a migration that runs for a second or more
 
 
-def test_kill_minus_9_during_up_then_up_again_deploys_everything_exactly_once(sandbox):
-    """5 repetitions in one sandbox: each bumps app_version (so every up changes
-    things), kills the runner's process group at a seeded random point (either a
-    delay of 2-15 s or when N targets have started), then recovers by `up`.
-    No repair by hand between the kill and the recovering `up`: that is the user's path."""
-    rng = random.Random(20261121)
-    sandbox.write_registry([tenant(t) for t in CRASH_TENANTS])
-    stacks = ["shared", *(f"{t}.staging" for t in CRASH_TENANTS)]
-    seen = []
-    for rep in range(5):
-        version = f"2.{rep}.0"
-        sandbox.write_registry([tenant(t) for t in CRASH_TENANTS], defaults={"app_version": version})
-        before = started_targets(sandbox)
-        proc = sandbox.popen("up", "--all-tenants", "--yes", "--concurrency", "4", "--lock-timeout", "60")
-        if rep % 2 == 0:
-            point = ("delay", rng.uniform(2, 15))
-            deadline = time.monotonic() + point[1]
-            while time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.05)
-        else:
-            point = ("started", rng.randint(1, 7))
-            deadline = time.monotonic() + 120
-            while started_targets(sandbox) - before < point[1] + 1 and proc.poll() is None \
-                    and time.monotonic() < deadline:  # +1: the shared stack's log
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0, 2))
-        finished_before_kill = proc.poll() is not None
+def our_processes(sandbox) -> list[str]:
+    """Live processes that belong to this sandbox's runs: their command line, working
+    directory or environment names its state directory (zombies have none of them)."""
+    marker = str(sandbox.state)
+    found = []
+    for pid in _pids():
+        if pid == os.getpid():
+            continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        cmd = _cmdline(pid)
+        if marker in env or marker in cmd or cwd.startswith(marker):
+            found.append(f"{pid} {cmd[:160]}")
+    return found
+
+
+class KillPoint:
+    """Starts `up`, reads its `--log-format json` lines, and kills the runner's
+    whole process group (os.killpg, SIGKILL) the moment `fired()` is true."""
+
+    def __init__(self, sandbox, name: str, fired):
+        self.sandbox, self.name, self.fired = sandbox, name, fired
+        self.lines: list[dict] = []
+
+    def run(self, timeout: float = 300) -> None:
+        proc = self.sandbox.popen("up", "--all-tenants", "--yes", "--concurrency", "2", "--log-format", "json",
+                                  "--lock-timeout", "60")
+        reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + timeout
+        while not self.fired(self) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        running = proc.poll() is None
         kill_group(proc)
-        seen.append((rep, point, finished_before_kill))
-        time.sleep(0.5)  # let the killed engines' children exit
+        reader.join(timeout=10)
+        assert running, f"{self.name}: the runner ended before the kill point: {self.lines[-5:]}"
+        assert self.fired(self), f"{self.name}: the kill point was never reached"
 
-        again = sandbox.run("up", "--all-tenants", "--yes", "--concurrency", "4", "--json", "--lock-timeout", "60")
-        if again.code != 0:
-            failed = {st: t["error"] for st, t in again.by_stack().items() if t["status"] != "succeeded"}
-            empty_attrs = [str(p.relative_to(sandbox.state)) for p in (sandbox.state / "state").rglob("*.attrs")
-                           if p.stat().st_size == 0]
-            # BUG (runner/recovery.py): a kill -9 while the file backend writes a checkpoint can
-            # leave an empty `<stack>.json.attrs` sidecar (gocloud fileblob writes it non-atomically);
-            # the engine then fails every operation with "failed to load checkpoint: EOF" and the
-            # runner's recovery does not repair it.
-            pytest.fail(f"rep {rep}, kill at {point}: the recovering up failed: {failed}; "
-                        f"empty blob attribute files: {empty_attrs}")
-        counts = again.json["counts"]
-        assert counts.get("succeeded") == 8 and counts["total"] == 8, (rep, point, counts)
+    def _read(self, proc) -> None:
+        for line in proc.stderr:
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                continue
+
+    def step_done(self, stack: str, op: str) -> bool:
+        return any(l.get("stack") == stack and l.get("op") == op for l in list(self.lines))
+
+
+def _config_written(point) -> bool:  # the worker wrote the tenant's stack config; the engine starts next
+    return (point.sandbox.state / "program" / "stacks" / "Pulumi.kill-1.staging.yaml").is_file()
+
+
+def _first_create(point) -> bool:  # the engine reports the first resource of the new tenant created
+    return point.step_done(f"{NEW_TENANT}.staging", "create")
+
+
+def _mid_migration(point) -> bool:  # a migration's transaction is open (SQLite's rollback journal exists)
+    return any((point.sandbox.platform / "accounts" / t / "staging" / "backend" / "db.sqlite3-journal").exists()
+               for t in KILL_TENANTS)
+
+
+def _frontend_release(point) -> bool:  # the new frontend release is on disk, `current` not switched yet
+    return any((point.sandbox.platform / "accounts" / t / "staging" / "frontend" / "releases" / "4.3.0").exists()
+               for t in KILL_TENANTS)
+
+
+def _checkpoint_write(point) -> bool:
+    """The file backend writes a tenant's checkpoint: a new `.tmp` beside it (mid-write), or its
+    `.attrs` sidecar rewritten (the write just ended) since the up started."""
+    stacks = point.sandbox.state / "state" / ".pulumi" / "stacks" / "runner"
+    now = {}
+    for path in stacks.glob("kill-*.staging.json*"):
+        if path.name.endswith((".tmp", ".attrs")):
+            try:
+                now[path.name] = path.stat().st_mtime_ns
+            except FileNotFoundError:  # a .tmp renamed while listed: a write in progress
+                now[path.name] = -1
+    if not hasattr(point, "baseline"):  # the first poll, right after the runner started
+        point.baseline = now
+    return any(point.baseline.get(name) != mtime for name, mtime in now.items())
+
+
+# (name, what changes in the registry, when to kill, what the recovery must clear)
+KILL_POINTS = [
+    ("config write", {}, _config_written, None),
+    ("first create", {"tenant": NEW_TENANT}, _first_create, "lock"),
+    ("mid-migration", {"migrations": True}, _mid_migration, "lock"),
+    ("frontend release", {"app_version": "4.3.0"}, _frontend_release, "lock"),
+    ("checkpoint write", {"app_version": "4.4.0"}, _checkpoint_write, "lock"),
+]
+
+
+def test_kill_minus_9_at_five_engine_steps_then_recover_and_rerun(sandbox):
+    """For each of KILL_POINTS, in one sandbox: `up` with a change, kill -9 of the
+    runner's process group when that step is reached, then `runner recover`: it
+    ends every process the killed run left (the engine's plugins run in process
+    groups of their own) and removes the dead engine's lock; then `up` succeeds with
+    exactly one succeeded ledger row per target, `runner drift` finds every target
+    in sync, and nothing is duplicated on disk or in the state."""
+    tenants = list(KILL_TENANTS)
+    defaults = {"app_version": "4.0.0"}
+    migrations = sandbox.root / "migrations-burn"
+    shutil.copytree(PROJECT_DIR / "stacks" / "migrations", migrations)
+    (migrations / "950_burn.sql").write_text(BURN_SQL)
+    n_migrations = MIGRATIONS
+    seen = []
+    for name, change, fired, must_clear in KILL_POINTS:
+        if "tenant" in change:
+            tenants.append(change["tenant"])
+        if change.get("migrations"):
+            defaults["migrations_dir"] = str(migrations)
+            n_migrations = MIGRATIONS + 1
+        defaults["app_version"] = change.get("app_version", defaults["app_version"])
+        sandbox.write_registry([tenant(t) for t in tenants], defaults=defaults)
+        stacks = ["shared", *(f"{t}.staging" for t in tenants)]
+
+        KillPoint(sandbox, name, fired).run()
+        time.sleep(0.5)
+        left = our_processes(sandbox)
+
+        recover = sandbox.run("recover", "--all-tenants", "--json")
+        assert recover.code == 0, (name, recover.stderr[-2000:])
+        cleared = [item for t in recover.json["targets"] for item in t["details"].get("recovered", [])]
+        seen.append((name, len(left), cleared))
+        print(f"\n{name}: left {left}; recovered {cleared}")
+        deadline = time.monotonic() + 5
+        while our_processes(sandbox) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert our_processes(sandbox) == [], (name, "processes of the killed run survive `runner recover`",
+                                              our_processes(sandbox), cleared)
+        if left:
+            assert any("left running by a dead run" in c for c in cleared), (name, left, cleared)
+        if must_clear == "lock":  # the engine held the stack's lock when it was killed
+            assert any(c.startswith("lock of dead pid") for c in cleared), (name, cleared)
+        assert lock_files(sandbox) == [] or name == "config write", (name, lock_files(sandbox))
+
+        again = sandbox.run("up", "--all-tenants", "--yes", "--concurrency", "2", "--json", "--lock-timeout", "60")
+        assert again.code == 0, (name, {s: t["error"] for s, t in again.by_stack().items() if t["error"]},
+                                 again.stderr[-2000:])
+        with Ledger(f"sqlite:///{sandbox.state / 'ledger.db'}") as ledger:
+            rows = ledger.run_operations(again.json["run_id"])
+        ups = sorted(r.stack for r in rows if r.operation == "up" and r.status == "succeeded")
+        assert ups == sorted(stacks), (name, ups, [(r.stack, r.operation, r.status) for r in rows])
+        drift = sandbox.run("drift", "--all-tenants", "--json")
+        assert drift.code == 0, (name, drift.code, drift.stderr[-2000:])
+        assert {s: t["status"] for s, t in drift.by_stack().items()} == {s: "in-sync" for s in stacks[1:]}, name
         assert_state_clean(sandbox, stacks)
-        assert_artifacts_once(sandbox, CRASH_TENANTS, "staging", version)
-    # at least some kills must have hit a running fleet, or the test proves nothing
-    assert sum(1 for _, _, finished in seen if not finished) >= 3, seen
+        assert_artifacts_once(sandbox, tenants, "staging", defaults["app_version"], n_migrations)
+    print("kill points (name, processes left, recovered):", seen)
 
 
 def test_recovery_repairs_the_empty_checkpoint_attrs_a_kill_leaves(sandbox):
@@ -215,45 +318,61 @@ def test_recovery_repairs_the_empty_checkpoint_attrs_a_kill_leaves(sandbox):
 
 # --------------------------------------------------------------------------- race
 
+RACE_PAIRS = 8
+
+
 def test_two_runners_on_one_tenant_never_apply_at_once(sandbox):
-    """20 repetitions of two concurrent `up`s of one tenant (every 4th changes app_version)."""
+    """RACE_PAIRS repetitions of two concurrent `up`s of one tenant, each runner with its
+    own registry naming a different app_version: whichever applies second changes the
+    release again, so in every pair both runners change something (asserted from the
+    ledger), and the deployed release is the one of the runner that ended last."""
     sandbox.write_registry([tenant("race-1")])
     first = sandbox.run("up", "--tenant", "race-1", "--yes")
     assert first.code == 0, first.stderr
     ledger_url = f"sqlite:///{sandbox.state / 'ledger.db'}"
+    registries = {side: sandbox.root / f"tenants-{side}.yaml" for side in "ab"}
     outcomes, ledger_overlaps = [], []
-    for rep in range(20):
-        if rep % 4 == 3:
-            sandbox.write_registry([tenant("race-1")], defaults={"app_version": f"3.{rep}.0"})
-        a = sandbox.popen("up", "--tenant", "race-1", "--yes", "--json", "--lock-timeout", "60")
-        b = sandbox.popen("up", "--tenant", "race-1", "--yes", "--json", "--lock-timeout", "60")
-        results = [p.communicate(timeout=600) for p in (a, b)]
-        codes = [a.returncode, b.returncode]
+    for rep in range(RACE_PAIRS):
+        versions = {side: f"3.{rep}.0-{side}" for side in "ab"}
+        for side, path in registries.items():
+            sandbox.write_registry([tenant("race-1")], defaults={"app_version": versions[side]})
+            sandbox.registry_path.replace(path)
+        procs = {side: sandbox.popen("up", "--registry", str(path), "--tenant", "race-1", "--yes", "--json",
+                                     "--lock-timeout", "120") for side, path in registries.items()}
+        results = {side: p.communicate(timeout=600) for side, p in procs.items()}
+        codes = [procs[side].returncode for side in "ab"]
         outcomes.append(codes)
-        assert all(c in (0, 4) for c in codes), (rep, codes, [r[1][-2000:] for r in results])
-        runs = [json.loads(out)["run_id"] for out, _ in results]
+        assert codes == [0, 0], (rep, codes, [results[side][1][-3000:] for side in "ab"])
+        runs = {side: json.loads(results[side][0])["run_id"] for side in "ab"}
         with Ledger(ledger_url) as ledger:
-            rows = [row for run in runs for row in ledger.run_operations(run)
-                    if row.stack == "race-1.staging" and row.operation == "up" and row.status == "succeeded"]
-        assert len(rows) == codes.count(0), (rep, codes, rows)
-        if len(rows) == 2:
-            r1, r2 = rows
-            if overlaps((r1.started, r1.ended), (r2.started, r2.ended)):
-                ledger_overlaps.append(f"rep {rep}: {r1.started:%H:%M:%S.%f}..{r1.ended:%H:%M:%S.%f} and "
-                                       f"{r2.started:%H:%M:%S.%f}..{r2.ended:%H:%M:%S.%f}")
+            rows = {side: [row for row in ledger.run_operations(runs[side])
+                           if row.stack == "race-1.staging" and row.operation == "up"] for side in "ab"}
+        # a runner that found the stack locked records that attempt (`locked`), waits, and tries again
+        statuses = {side: [row.status for row in rows[side]] for side in "ab"}
+        assert all(s[-1] == "succeeded" and set(s[:-1]) <= {"locked"} for s in statuses.values()), (rep, statuses)
+        ra, rb = rows["a"][-1], rows["b"][-1]
+        # both changed the deployed release (the second one back from the first one's version)
+        for row in (ra, rb):
+            assert (row.changes or {}).get("update"), (rep, row.run_id, row.changes)
+        if overlaps((ra.started, ra.ended), (rb.started, rb.ended)):
+            ledger_overlaps.append(f"rep {rep}: {ra.started:%H:%M:%S.%f}..{ra.ended:%H:%M:%S.%f} and "
+                                   f"{rb.started:%H:%M:%S.%f}..{rb.ended:%H:%M:%S.%f}")
+        last = "a" if ra.ended > rb.ended else "b"
+        current = sandbox.platform / "accounts" / "race-1" / "staging" / "backend" / "current"
+        assert os.readlink(current) == f"releases/{versions[last]}", (rep, last, os.readlink(current))
         assert lock_files(sandbox) == [], (rep, lock_files(sandbox))
     # the engine's own record: no two updates of the stack (or of shared) ever ran at once
     for stack in ("race-1.staging", "shared"):
         updates = engine_updates(sandbox, stack)
+        assert len(updates) >= 2 * RACE_PAIRS, (stack, len(updates))
         for x, y in zip(updates, updates[1:]):
             assert not overlaps(x, y), (stack, x, y)
+    sandbox.write_registry([tenant("race-1")], defaults={"app_version": versions[last]})
     preview = sandbox.run("preview", "--tenant", "race-1", "--detailed-exitcode")
     assert preview.code == 0, preview.stderr
     assert_state_clean(sandbox, ["shared", "race-1.staging"])
-    # BUG (runner/fleet.py, Fleet.run_job): a ledger row's `started` is taken before the
-    # worker even starts (recovery check, process start, stack select, config write) and
-    # `ended` after the health checks, so two ups the engine serialized (asserted above
-    # from the backend's history) are recorded as overlapping succeeded deployments.
+    # a ledger row starts when the engine holds the stack's lock and ends before it releases it:
+    # two ups the engine serialized (asserted above from the backend's history) never overlap there
     assert not ledger_overlaps, ("both ups succeeded with overlapping ledger times although the engine "
                                  "serialized them: " + "; ".join(ledger_overlaps))
 

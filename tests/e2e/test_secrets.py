@@ -1,18 +1,27 @@
-"""Reliability: a secret value never leaves the engine unencrypted.
+"""Reliability: a secret value reaches its one destination and nothing else.
 
 A sentinel value is given to one tenant through `secrets: {db_password: {env: VAR}}`.
-Every command a user or CI runs on that tenant (up, preview, drift, outputs,
-history, status --json/--html, report --json/--junit, --log-format json,
---json, a failing up, notifications, the GitHub step summary) is run, and the
-sentinel must appear in none of their outputs, in no file the runner wrote
-(ledger, logs, reports, dashboard, generated stack config, Pulumi state), and
-on no process command line while they run (sampled every 20 ms).
+The program hands it to the backend, which writes it to the release's
+`backend.env` (mode 0600), where the app reads it: so the value really flows
+through the engine, the state and the dynamic provider. Every command a user or
+CI runs that handles the secret (COMMANDS below: up, preview, drift, refresh,
+outputs, history, status --json/--html, report --json/--junit, a failing up,
+rollback, recover, the recovering up; with --log-format json, --json,
+--report-json, --junit, notifications and the GitHub step summary) is run. The
+sentinel must be in that env file, held as a ciphertext in the stack's
+checkpoint, and appear in none of the commands' outputs, in no other file the
+runner wrote (ledger, logs, reports, dashboard, generated stack config, Pulumi
+state), in no notification payload and on no process command line while they
+run (sampled every 20 ms).
 """
 
 from __future__ import annotations
 
 import http.server
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -78,6 +87,22 @@ def _files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
 
 
+#: The commands the test runs (each handles the tenant's secret); the README and
+#: docs/reliability.md name this count.
+COMMANDS = 17
+
+
+def _secrets_in(node) -> list[dict]:
+    """Every `{"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270", ...}` value in a checkpoint."""
+    if isinstance(node, dict):
+        if node.get("4dabf18193072939515e22adb298388d") == "1b47061264138c4ac30d75fd1eb44270":
+            return [node]
+        return [found for value in node.values() for found in _secrets_in(value)]
+    if isinstance(node, list):
+        return [found for value in node for found in _secrets_in(value)]
+    return []
+
+
 def test_a_secret_value_appears_in_no_output_file_or_command_line(sandbox, webhook):
     url, bodies = webhook
     sentinel = f"S3NT1NEL-{uuid.uuid4().hex}"
@@ -122,6 +147,10 @@ def test_a_secret_value_appears_in_no_output_file_or_command_line(sandbox, webho
         assert failed.by_stack()["sec-1.staging"]["status"] == "failed"
         run("report", "--json", expect=(1,))
         run("rollback", "--tenant", "sec-1", "--yes", "--json", expect=(0, 1))
+        run("recover", "--tenant", "sec-1", "--json")
+        secret_tenant["config"] = {}
+        sandbox.write_registry([secret_tenant, tenant("sec-2")], defaults={"app_version": "1.2.0"})
+        run("up", "--tenant", "sec-1", "--yes", "--json", "--log-format", "json", "--notify", f"webhook:{url}")
     finally:
         sampler.stop.set()
         sampler.join()
@@ -129,6 +158,29 @@ def test_a_secret_value_appears_in_no_output_file_or_command_line(sandbox, webho
     # the secret really reached the stack (encrypted), so the test is meaningful
     config = (sandbox.state / "program" / "stacks" / "Pulumi.sec-1.staging.yaml").read_text()
     assert "runner:db_password" in config and "secure:" in config
+
+    assert len(results) == COMMANDS, [args[0] for args, _ in results]
+    # the one destination: the current release's env file, readable by its owner only
+    env_file = sandbox.platform / "accounts" / "sec-1" / "staging" / "backend" / "current" / "backend.env"
+    assert env_file.read_text() == f"DB_PASSWORD={sentinel}\n"
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    assert os.readlink(env_file.parent) == "releases/1.2.0"
+    app = subprocess.run([sys.executable, "app.py"], cwd=env_file.parent, capture_output=True, text=True, check=True)
+    assert json.loads(app.stdout)["database_password"] == "set" and sentinel not in app.stdout  # the app reads it
+    holders = sorted(str(p.relative_to(sandbox.platform)) for p in _files(sandbox.platform)
+                     if needle in p.read_bytes())
+    # every release written while the secret was configured holds it; nothing else on the platform
+    assert holders and all(h.startswith("accounts/sec-1/staging/backend/releases/") and h.endswith("/backend.env")
+                           for h in holders), holders
+    assert not list((sandbox.platform / "accounts" / "sec-2").rglob("backend.env"))
+    # encrypted in the state: the Release's env is a secret (a ciphertext) in its inputs and outputs
+    checkpoint = json.loads(next((sandbox.state / "state" / ".pulumi" / "stacks").rglob("sec-1.staging.json"))
+                            .read_text())["checkpoint"]["latest"]
+    release = [r for r in checkpoint["resources"] if r["urn"].endswith("::backend-app")]
+    assert len(release) == 1, [r["urn"] for r in checkpoint["resources"]]
+    for side in ("inputs", "outputs"):
+        env = release[0][side].get("env")
+        assert _secrets_in(env) and _secrets_in(env)[0].get("ciphertext"), (side, env)
 
     for args, result in results:
         assert sentinel not in result.stdout, f"sentinel on stdout of {args}"
@@ -147,7 +199,5 @@ def test_a_secret_value_appears_in_no_output_file_or_command_line(sandbox, webho
         checked += 1
         assert needle not in path.read_bytes(), f"sentinel in {path.relative_to(sandbox.root)}"
     assert checked > 20
-    for path in _files(sandbox.platform):  # the local platform's artifacts do not use db_password at all
-        assert needle not in path.read_bytes(), f"sentinel in {path.relative_to(sandbox.root)}"
     assert (sandbox.state / "ledger.db").is_file() and list((sandbox.state / "logs").rglob("*.log"))
     assert list((sandbox.state / "state" / ".pulumi" / "stacks").rglob("sec-1.staging.json"))

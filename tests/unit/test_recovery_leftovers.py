@@ -1,0 +1,62 @@
+"""runner.recovery.end_leftovers: a dead run's processes are ended only when a
+holder record proves them ours (this host, PID namespace, boot; pid and start
+time) and the worker that wrote the record has exited (#18)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from runner import recovery
+
+STACK = "t-1.staging"
+
+
+def _record(holders, worker: int, pids: dict[int, int]) -> None:
+    path = holders / STACK / f"{worker}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**recovery.identity(), "stack": STACK,
+                                "pids": {str(p): t for p, t in {**pids}.items()}}))
+
+
+def _exited(proc: subprocess.Popen) -> bool:
+    for _ in range(100):
+        if proc.poll() is not None:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_dead_workers_leftover_plugin_is_ended(tmp_path):
+    worker = subprocess.Popen(["true"])
+    worker_started = recovery.start_time(worker.pid)
+    worker.wait()  # the worker (and its engine) died with the runner
+    plugin = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a plugin in a group of its own
+    try:
+        _record(tmp_path, worker.pid, {worker.pid: worker_started, plugin.pid: recovery.start_time(plugin.pid)})
+        done = recovery.end_leftovers(tmp_path, STACK)
+        assert _exited(plugin)
+        assert done == [f"ended process {plugin.pid} (sleep 60) left running by a dead run"]
+    finally:
+        plugin.kill()
+        plugin.wait()
+
+
+def test_a_live_workers_processes_and_unrecorded_ones_are_kept(tmp_path):
+    worker = subprocess.Popen(["sleep", "60"])
+    plugin = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        _record(tmp_path, worker.pid, {worker.pid: recovery.start_time(worker.pid),
+                                       plugin.pid: recovery.start_time(plugin.pid)})
+        assert recovery.end_leftovers(tmp_path, STACK) == []  # its worker runs: a live operation
+        worker.kill()
+        worker.wait()
+        # the same pid with another start time is not the recorded process (pid reuse)
+        _record(tmp_path, worker.pid, {worker.pid: 1, plugin.pid: recovery.start_time(plugin.pid) + 1})
+        assert recovery.end_leftovers(tmp_path, STACK) == []
+        assert plugin.poll() is None
+    finally:
+        for proc in (worker, plugin):
+            proc.kill()
+            proc.wait()
