@@ -30,7 +30,7 @@ run: engine
 	$(VENV)/bin/runner up --all-tenants --yes
 
 test: engine test-deps
-	$(PY) -m pytest -n auto -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 # The inner loop: unit tests only (no engine, no PostgreSQL, no browser).
 test-unit: $(STAMP)
