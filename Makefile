@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint engine test-deps
-	$(PY) -m pytest -n auto -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 # The inner loop: unit tests only (no engine, no PostgreSQL, no browser).
 test-unit: lint

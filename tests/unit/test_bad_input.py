@@ -1,6 +1,6 @@
 """Reliability: hostile or malformed input is refused before anything runs.
 
-Each case drives the real `runner` CLI in a subprocess and asserts:
+Each case drives the real `runner` CLI in a child process and asserts:
 
 * exit code 2 and a clear message (stderr starts with `error:`, no traceback);
 * no engine process was started: RUNNER_PULUMI_ROOT points at a `pulumi`
@@ -13,20 +13,32 @@ Each case drives the real `runner` CLI in a subprocess and asserts:
 
 NUL cannot be passed on a command line (execve), so it is tested in the
 registry only.
+
+The child is forked from this process after the CLI's modules are imported
+once (`run_forked`), not exec'd: the same `main` with its own argv,
+environment, working directory, stdin (/dev/null), stdout and stderr, without
+paying the CLI's imports (runner.ops pulls in SQLAlchemy) in each of the ~170
+calls, which made this file most of the unit suite's time (#18).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 import pytest
 
+import runner.ops  # noqa: F401 - imported here once, so that no forked call pays for it
+from runner.cli import main as runner_main
+
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-RUNNER = str(Path(sys.executable).parent / "runner")
 
 HOSTILE_IDS = ["../x", "..", "--force", "-s", "a/b", "org/p/s", "a" * 300, "ünïcode", "Cust-1", "x", "a.b",
                "/etc/passwd", "~root", "$(touch pwned)", "a b", "cust-"]
@@ -71,8 +83,7 @@ def cli(tmp_path, engine_bin):
             env.update(RUNNER_STATE_DIR=str(state), RUNNER_REGISTRY=str(registry),
                        RUNNER_PULUMI_ROOT=str(fake_root), PATH=f"{fake_root / 'bin'}:{env.get('PATH', '')}",
                        RUNNER_PLATFORM_ROOTS=str(work), **(extra_env or {}))
-            proc = subprocess.run([RUNNER, *args], capture_output=True, text=True, cwd=PROJECT_DIR, env=env,
-                                  timeout=120)
+            proc = run_forked(list(args), env=env, cwd=PROJECT_DIR, timeout=120)
             created = _tree(tmp_path) - before_root - {str(record)}
             problems = []
             if record.exists():
@@ -92,6 +103,54 @@ def cli(tmp_path, engine_bin):
             return proc
 
     return Cli()
+
+
+def run_forked(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """`runner ARGS` in a forked child: exit code, stdout and stderr as the console script gives them
+    (an uncaught exception prints its traceback and exits 1, as the interpreter does)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.chdir(cwd)
+                os.environ.clear()
+                os.environ.update(env)
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+                sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
+                sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                              errors="backslashreplace", line_buffering=True)
+                sys.argv = ["runner", *args]
+                runner_main.main(args=args, prog_name="runner")
+                code = 0
+            except SystemExit as exc:
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+            except BaseException:  # noqa: BLE001 - what the interpreter does with an uncaught exception
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise subprocess.TimeoutExpired(["runner", *args], timeout)
+            time.sleep(0.01)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(["runner", *args], os.waitstatus_to_exitcode(status),
+                                           out.read().decode(), err.read().decode())
 
 
 def _tree(root: Path) -> set[str]:
