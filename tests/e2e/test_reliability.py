@@ -185,7 +185,7 @@ class KillPoint:
                 continue
 
     def step_done(self, stack: str, op: str) -> bool:
-        return any(l.get("stack") == stack and l.get("op") == op for l in list(self.lines))
+        return any(line.get("stack") == stack and line.get("op") == op for line in list(self.lines))
 
 
 def _config_written(point) -> bool:  # the worker wrote the tenant's stack config; the engine starts next

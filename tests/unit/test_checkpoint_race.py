@@ -17,7 +17,9 @@ from pathlib import Path
 
 from runner import engine, protocol
 from runner import report as rpt
-from runner.fleet import Fleet, FleetOptions, Job
+from runner.fleet import Fleet, Job, RunSettings
+from runner.plan import RunPlan
+from runner.run import Run
 
 STACK = "race-1.staging"
 
@@ -47,8 +49,10 @@ def test_a_checkpoint_unreadable_while_another_runner_wrote_it_is_waited_for_the
     (stacks / f"{STACK}.json").write_text(json.dumps({"version": 3, "checkpoint": {}}))
     (stacks / f"{STACK}.json.attrs").write_text('{"user.cache_control": ""}')
 
-    report = fleet.run([Job("race-1", "staging", STACK, "preview", {}, {})],
-                       FleetOptions(operation="preview", concurrency=1, run_id="run-1", lock_timeout=30))
+    settings = RunSettings(operation="preview", concurrency=1, lock_timeout=30)
+    run = Run(None, settings, run_id="run-1")
+    run.execute(RunPlan([Job("race-1", "staging", STACK, "preview", {}, {})], settings), fleet)
+    report = run.finish()
 
     assert [(t.stack, t.status, t.error) for t in report.targets] == [(STACK, rpt.SUCCEEDED, None)]
     assert calls.read_text() == "xx"  # waited as for a lock, then ran again

@@ -342,7 +342,7 @@ def test_cache_purge_appends_a_line_per_change(tmp_path):
 # ---------------------------------------------------------------------------
 
 from pulumi.dynamic import Config as DynamicConfig  # noqa: E402
-from pulumi.dynamic import ConfigureRequest
+from pulumi.dynamic import ConfigureRequest  # noqa: E402
 
 
 def _configured(provider, **config):
