@@ -61,7 +61,7 @@ INHERITED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME")
 
 
 class EngineError(Exception):
-    """An operation did not succeed; ``kind`` is locked, not-found or failed."""
+    """An operation did not succeed; ``kind`` is locked, not-found, checkpoint, transient or failed."""
 
     kind = "failed"
 
@@ -91,6 +91,13 @@ class StalePlan(EngineError):
     """up --plans: the stack moved since the reviewed preview; nothing was applied."""
 
     kind = "failed"
+
+
+class TransientError(EngineError):
+    """Throttling, a rate limit, a timeout or a reset connection: the same
+    operation may succeed when tried again (the plan retries these, #17)."""
+
+    kind = "transient"
 
 
 class CheckpointUnreadable(EngineError):
@@ -329,6 +336,15 @@ def backend_url_for(value: str | None, state_dir: Path) -> str:
 
 
 _LOCKED = re.compile(r"the stack is currently locked|currently locked by \d+ lock", re.I)
+# A cloud API or the backend asking to slow down or not answering in time. Narrow on purpose: a
+# permanent error is never retried, so a bare "timeout" (e.g. a config key's name) is not one.
+_TRANSIENT = re.compile(
+    r"throttl|rate exceeded|rate limit|too ?many ?requests|request ?limit ?exceeded|slow ?down"
+    r"|(?:HTTP|status|code)\W{0,3}(?:429|503)\b|\b(?:429|503) (?:Too Many Requests|Service Unavailable)"
+    r"|service unavailable|timed out|i/o timeout|deadline exceeded|\bTimeoutError\b|Read ?Timeout|Connect ?Timeout"
+    r"|connection reset|ECONNRESET",
+    re.I,
+)
 _NOT_FOUND = re.compile(r"no stack named '[^']*' found|stack '[^']*' not found", re.I)
 
 
@@ -480,14 +496,24 @@ def classify(exc: Exception, collector: _Collector | None = None) -> EngineError
     if re.search(r"error: stack '[^']*' already exists", text):
         return LockedError("the stack is being created by another operation")
     if "failed to load checkpoint" in text:
-        return CheckpointUnreadable(_clean(str(getattr(exc, "stderr", "")) or str(exc)))
+        return CheckpointUnreadable(_clean(_cli_stderr(exc)).removeprefix("error: "))
     if isinstance(exc, auto_errors.StackNotFoundError) or _NOT_FOUND.search(text):
         return StackNotFound("the stack does not exist (never deployed)")
     if collector is not None and (collector.errors or collector.failed_urn):
-        return collector.error(_clean(str(getattr(exc, "stderr", "")) or str(exc)))
-    stderr = str(getattr(exc, "stderr", "") or exc)
-    lines = [l for l in (line.strip() for line in stderr.splitlines()) if l.startswith("error:")]
-    return OperationFailed(lines[-1].removeprefix("error:").strip() if lines else _clean(stderr))
+        error = collector.error(_clean(_cli_stderr(exc)))
+    else:
+        lines = [l for l in (line.strip() for line in _cli_stderr(exc).splitlines()) if l.startswith("error:")]
+        error = OperationFailed(lines[-1].removeprefix("error:").strip() if lines else _clean(_cli_stderr(exc)))
+    if _TRANSIENT.search(error.message):
+        return TransientError(error.message, urn=error.urn, component=error.component)
+    return error
+
+
+def _cli_stderr(exc: Exception) -> str:
+    """The CLI's stderr of a failed command (the SDK's CommandError keeps it only in its text)."""
+    text = str(getattr(exc, "stderr", "") or "") or str(exc)
+    match = re.search(r"\n stderr: (.*)\Z", text, re.S)
+    return (match.group(1) if match and match.group(1).strip() else text).strip()
 
 
 # --------------------------------------------------------------------------- operations

@@ -21,6 +21,8 @@ PROGRAM = textwrap.dedent(
 
     class FileProvider(ResourceProvider):
         def create(self, props):
+            if props["text"].startswith("raise:"):  # a platform API failing (tests below)
+                raise Exception(props["text"].removeprefix("raise:"))
             with open(props["path"], "w") as handle:
                 handle.write(props["text"])
             return CreateResult(id_=props["path"], outs=props)
@@ -88,6 +90,18 @@ def test_program_failure_is_attributed(project, tmp_path):
         engine.run_operation(project, stack="dev", operation="up", config=config, secret_values={"token": "t"})
     assert "No such file or directory" in info.value.message
     assert info.value.urn and info.value.urn.endswith("::greeting")
+    assert info.value.kind == "failed"  # permanent: never retried
+
+
+def test_throttling_from_a_dynamic_provider_is_transient(project, tmp_path):
+    """The local platform's simulated throttling (bench, #17) arrives through the
+    engine as a provider diagnostic: classified transient, so the plan retries it."""
+    config = {"path": str(tmp_path / "x.txt"), "text": "raise:ThrottlingException: Rate exceeded (simulated)"}
+    with pytest.raises(engine.TransientError) as info:
+        engine.run_operation(project, stack="dev", operation="up", config=config, secret_values={"token": "t"})
+    assert info.value.kind == "transient"
+    assert "ThrottlingException: Rate exceeded (simulated)" in info.value.message
+    assert info.value.urn.endswith("::greeting")
 
 
 @pytest.fixture
