@@ -86,19 +86,38 @@ class WorkerProcess:
     COMMAND = (sys.executable, "-P", "-m", "runner.worker")
 
     def __init__(self, request: WorkerRequest, *, env: Mapping[str, str], cwd: Path, log: IO[bytes]):
-        self._proc = subprocess.Popen(
-            list(self.COMMAND), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=log, env=dict(env), cwd=cwd, text=True, start_new_session=True,
-        )
-        self.pid = self._proc.pid  # also its process group's and its session's id
         self._request = request
+        if warm_workers() and type(self).COMMAND == WorkerProcess.COMMAND:
+            from runner import pool
+
+            stdin_r, stdin_w = os.pipe()
+            stdout_r, stdout_w = os.pipe()
+            try:
+                self.pid, self._exited = pool.spawn(env=env, cwd=cwd, stdin=stdin_r, stdout=stdout_w,
+                                                    stderr=log.fileno())
+            finally:
+                os.close(stdin_r)
+                os.close(stdout_w)
+            self._stdin, self._stdout = open(stdin_w, "w"), open(stdout_r)
+            self._proc = None
+        else:
+            self._proc = subprocess.Popen(
+                list(self.COMMAND), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=log, env=dict(env), cwd=cwd, text=True, start_new_session=True,
+            )
+            self.pid = self._proc.pid  # also its process group's and its session's id
+            self._stdin, self._stdout = self._proc.stdin, self._proc.stdout
 
     def messages(self) -> Iterator[dict[str, Any]]:
         """Send the request, then yield each message the worker writes, in order."""
-        self._proc.stdin.write(self._request.to_json())
-        self._proc.stdin.close()
-        for line in self._proc.stdout:
-            yield json.loads(line)
+        try:
+            self._stdin.write(self._request.to_json())
+            self._stdin.close()
+        except BrokenPipeError:  # it died before reading: its exit status tells
+            pass
+        with self._stdout:
+            for line in self._stdout:
+                yield json.loads(line)
 
     def signal(self, sig: int) -> None:
         """Send `sig` to the worker's process group: the worker and the engine's CLI."""
@@ -116,18 +135,14 @@ class WorkerProcess:
     def end_session(self, sig: int = SIGKILL) -> list[int]:
         """Send `sig` to every process left in the worker's session (plugins
         included, whatever their group); returns their pids."""
-        pids = session_processes(self.pid)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        return pids
+        return end_session(self.pid, sig)
 
     def wait(self) -> int:
-        """Wait for the worker to exit, then end every process its target left.
+        """Wait for the worker to exit and every process its target left to end.
         The worker is reaped only after that, so its pid (the session's id) cannot
         be reused by another process meanwhile."""
+        if self._proc is None:  # the warm parent ends the session, then reaps and tells
+            return self._exited.result()
         if self._proc.returncode is None:
             try:
                 os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
@@ -138,7 +153,25 @@ class WorkerProcess:
 
     @property
     def returncode(self) -> int | None:
+        if self._proc is None:
+            return self._exited.result() if self._exited.done() else None
         return self._proc.returncode
+
+
+def warm_workers() -> bool:
+    """Workers are forked from a warm parent (runner.pool) unless RUNNER_WARM_WORKERS=0."""
+    return os.environ.get("RUNNER_WARM_WORKERS", "1") != "0"
+
+
+def end_session(sid: int, sig: int = SIGKILL) -> list[int]:
+    """Send `sig` to every live process of session `sid`; returns their pids."""
+    pids = session_processes(sid)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return pids
 
 
 def session_processes(sid: int) -> list[int]:

@@ -101,3 +101,45 @@ def test_interrupt_gives_the_group_one_sigint_and_end_session_ends_everything(tm
     assert proc.wait() == -signal.SIGKILL
     _wait_for(lambda: not _alive(begin["pid"]))
     log.close()
+
+
+def test_a_warm_worker_is_forked_with_its_own_session_environment_cwd_and_pipes(tmp_path, monkeypatch):
+    """runner.pool: the real worker forked from the warm parent; the engine is
+    missing here, so the operation fails fast and the answer is a classified error."""
+    monkeypatch.setenv("RUNNER_WARM_WORKERS", "1")
+    request = WorkerRequest(bin_dir=str(tmp_path / "no-engine"), project_dir=str(tmp_path),
+                            backend_url="file:///nowhere", work_root=str(tmp_path / "work"), stack="dev",
+                            operation="outputs", secret_values={"token": "s3cr3t"})
+    env = {"PATH": "/usr/bin:/bin", "PULUMI_CONFIG_PASSPHRASE": "stack-phrase", "MARK": "mine"}
+    with open(tmp_path / "worker.log", "wb") as log:
+        proc = WorkerProcess(request, env=env, cwd=tmp_path, log=log)
+        assert proc._proc is None  # forked by the warm parent, not started as a new interpreter
+        assert os.getsid(proc.pid) == proc.pid
+        messages = list(proc.messages())
+        assert proc.wait() == 0 and proc.returncode == 0
+    result = WorkerResult.from_message(messages[-1])
+    assert not result.ok and result.error["kind"] == "failed"
+    assert "No such file or directory" in result.error["message"]
+    # the warm parent itself holds none of the target's environment
+    from runner import pool
+    parent_env = open(f"/proc/{pool._client.proc.pid}/environ", "rb").read()
+    assert b"stack-phrase" not in parent_env and b"MARK" not in parent_env
+
+
+def test_a_forked_worker_sees_exactly_the_environment_and_cwd_it_was_given(tmp_path):
+    from runner import pool
+
+    read_r, read_w = os.pipe()
+    out_r, out_w = os.pipe()
+    env = {"PATH": "/usr/bin:/bin", "MARK": "mine"}
+    # the child runs runner.worker.main(): a request that is not JSON makes it fail, after the fork
+    pid, exited = pool.spawn(env=env, cwd=tmp_path, stdin=read_r, stdout=out_w, stderr=out_w)
+    os.close(read_r)
+    os.close(out_w)
+    _wait_for(lambda: os.readlink(f"/proc/{pid}/cwd") == str(tmp_path))  # before it reads its request
+    os.write(read_w, b"not json")
+    os.close(read_w)
+    output = os.read(out_r, 65536).decode()
+    os.close(out_r)
+    assert exited.result(timeout=30) == 1
+    assert "worker: JSONDecodeError" in output
