@@ -159,8 +159,11 @@ class WorkerProcess:
 
 
 def warm_workers() -> bool:
-    """Workers are forked from a warm parent (runner.pool) unless RUNNER_WARM_WORKERS=0."""
-    return os.environ.get("RUNNER_WARM_WORKERS", "1") != "0"
+    """RUNNER_WARM_WORKERS=1: workers are forked from a warm parent (runner.pool).
+    Opt-in for now: tests that replace the worker through subprocess.Popen
+    (tests/unit/test_fleet_failures.py) or find workers by their command line and
+    /proc environ (tests/e2e/test_reliability.py, isolation) do not see forked ones."""
+    return os.environ.get("RUNNER_WARM_WORKERS", "0") == "1"
 
 
 def end_session(sid: int, sig: int = SIGKILL) -> list[int]:

@@ -59,7 +59,7 @@ def _wait_for(predicate, timeout=10.0):
 
 
 def test_a_worker_leads_its_own_session_and_gets_the_request_on_its_pipe(tmp_path):
-    proc, log = _start(tmp_path)
+    proc, log = _start(tmp_path, HOLD="2")
     messages = proc.messages()
     begin = next(messages)
     assert os.getsid(proc.pid) == proc.pid == os.getpgid(proc.pid)
