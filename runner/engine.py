@@ -13,6 +13,7 @@ target's settings, credentials and passphrase.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import hmac
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from runner.problems import UsageProblem
@@ -59,7 +61,7 @@ INHERITED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME")
 
 
 class EngineError(Exception):
-    """An operation did not succeed; ``kind`` is locked, not-found or failed."""
+    """An operation did not succeed; ``kind`` is locked, not-found, checkpoint, transient or failed."""
 
     kind = "failed"
 
@@ -89,6 +91,13 @@ class StalePlan(EngineError):
     """up --plans: the stack moved since the reviewed preview; nothing was applied."""
 
     kind = "failed"
+
+
+class TransientError(EngineError):
+    """Throttling, a rate limit, a timeout or a reset connection: the same
+    operation may succeed when tried again (the plan retries these, #17)."""
+
+    kind = "transient"
 
 
 class CheckpointUnreadable(EngineError):
@@ -327,6 +336,15 @@ def backend_url_for(value: str | None, state_dir: Path) -> str:
 
 
 _LOCKED = re.compile(r"the stack is currently locked|currently locked by \d+ lock", re.I)
+# A cloud API or the backend asking to slow down or not answering in time. Narrow on purpose: a
+# permanent error is never retried, so a bare "timeout" (e.g. a config key's name) is not one.
+_TRANSIENT = re.compile(
+    r"throttl|rate exceeded|rate limit|too ?many ?requests|request ?limit ?exceeded|slow ?down"
+    r"|(?:HTTP|status|code)\W{0,3}(?:429|503)\b|\b(?:429|503) (?:Too Many Requests|Service Unavailable)"
+    r"|service unavailable|timed out|i/o timeout|deadline exceeded|\bTimeoutError\b|Read ?Timeout|Connect ?Timeout"
+    r"|connection reset|ECONNRESET",
+    re.I,
+)
 _NOT_FOUND = re.compile(r"no stack named '[^']*' found|stack '[^']*' not found", re.I)
 
 
@@ -478,78 +496,120 @@ def classify(exc: Exception, collector: _Collector | None = None) -> EngineError
     if re.search(r"error: stack '[^']*' already exists", text):
         return LockedError("the stack is being created by another operation")
     if "failed to load checkpoint" in text:
-        return CheckpointUnreadable(_clean(str(getattr(exc, "stderr", "")) or str(exc)))
+        return CheckpointUnreadable(_clean(_cli_stderr(exc)).removeprefix("error: "))
     if isinstance(exc, auto_errors.StackNotFoundError) or _NOT_FOUND.search(text):
         return StackNotFound("the stack does not exist (never deployed)")
     if collector is not None and (collector.errors or collector.failed_urn):
-        return collector.error(_clean(str(getattr(exc, "stderr", "")) or str(exc)))
-    stderr = str(getattr(exc, "stderr", "") or exc)
-    lines = [l for l in (line.strip() for line in stderr.splitlines()) if l.startswith("error:")]
-    return OperationFailed(lines[-1].removeprefix("error:").strip() if lines else _clean(stderr))
+        error = collector.error(_clean(_cli_stderr(exc)))
+    else:
+        lines = [l for l in (line.strip() for line in _cli_stderr(exc).splitlines()) if l.startswith("error:")]
+        error = OperationFailed(lines[-1].removeprefix("error:").strip() if lines else _clean(_cli_stderr(exc)))
+    if _TRANSIENT.search(error.message):
+        return TransientError(error.message, urn=error.urn, component=error.component)
+    return error
+
+
+def _cli_stderr(exc: Exception) -> str:
+    """The CLI's stderr of a failed command (the SDK's CommandError keeps it only in its text)."""
+    text = str(getattr(exc, "stderr", "") or "") or str(exc)
+    match = re.search(r"\n stderr: (.*)\Z", text, re.S)
+    return (match.group(1) if match and match.group(1).strip() else text).strip()
 
 
 # --------------------------------------------------------------------------- operations
 
 
-def _command(bin_dir: Path):
-    """A PulumiCommand that skips the `pulumi version` process the SDK starts per
-    workspace: the bootstrap already proved the version equals the pinned SDK."""
-    from pulumi.automation._cmd import PulumiCommand
+@functools.cache
+def sdk():
+    """The Automation API classes the engine runs with, built on its public
+    classes only (imported on first use: the orchestrator never loads the SDK).
+
+    - ``Command``: the public ``PulumiCommand`` with a known version. Its
+      constructor runs `pulumi version` once per workspace; the bootstrap already
+      proved the binary is the pinned version, so ours sets `command` and
+      `version` (both public attributes) and runs no process.
+    - ``Workspace``: a ``LocalWorkspace`` whose ``select_stack`` runs `stack
+      select` only when asked to check that the stack exists: every command
+      passes `--stack`, and the CLI reports a missing stack itself.
+    - ``Stack``: a ``Stack`` whose ``outputs()`` and ``info()`` read the
+      engine's events instead of running `stack output` twice and `stack
+      history` after each operation (secrets arrive masked in the events).
+
+    tests/unit/test_engine_sdk.py pins the SDK behaviour this relies on."""
+    from datetime import datetime, timezone
+
+    from pulumi import automation as auto
+    from pulumi.automation._stack import StackInitMode  # pinned: tests/unit/test_engine_sdk.py
     from semver import VersionInfo
 
     from runner.bootstrap import PULUMI_VERSION
 
-    command = PulumiCommand.__new__(PulumiCommand)
-    command.command = str(bin_dir / "pulumi")
-    command.version = VersionInfo.parse(PULUMI_VERSION)
-    return command
+    class Command(auto.PulumiCommand):
+        def __init__(self, bin_dir: Path):  # no super().__init__: it would run `pulumi version`
+            self.command = str(bin_dir / "pulumi")
+            self.version = VersionInfo.parse(PULUMI_VERSION)
 
+    class Workspace(auto.LocalWorkspace):
+        def __init__(self, *args, check_exists: bool = True, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.check_exists = check_exists
 
-def _lean_stack_class():
-    from datetime import datetime, timezone
+        def select_stack(self, stack_name: str) -> None:
+            if self.check_exists:
+                super().select_stack(stack_name)
 
-    from pulumi import automation as auto
-    from pulumi.automation._stack import StackInitMode
+    class Stack(auto.Stack):
+        """One CLI process per operation; `mode` as the public factories pass it."""
 
-    class LeanStack(auto.Stack):
-        """A Stack that issues one CLI process per operation.
+        Mode = StackInitMode
 
-        The Automation API's Stack selects the stack on construction (`stack
-        select`), and after an operation runs `stack output` twice and `stack
-        history` for a summary we never read. Every command passes `--stack`
-        anyway, and the change counts and the stack's outputs arrive in the
-        engine's events (secrets masked there), so those calls are cut.
-        """
-
-        def __init__(self, name: str, workspace, collector: "_Collector"):
-            self.name, self.workspace, self._mode = name, workspace, StackInitMode.SELECT
+        def __init__(self, name: str, workspace, collector: "_Collector", mode=StackInitMode.SELECT):
             self._collector = collector
+            super().__init__(name, workspace, mode)
 
         def outputs(self):
             outputs = self._collector.stack_outputs
             if outputs is None:  # not in the events (e.g. nothing ran): ask the CLI
                 return super().outputs()
-            return {k: auto.OutputValue(value=v, secret=v == SECRET_MASK) for k, v in outputs.items()}
+            return {k: auto.OutputValue(value=_unsecret(v), secret=_unsecret(v) == SECRET_MASK)
+                    for k, v in outputs.items()}
 
         def info(self, show_secrets=True):
             now = datetime.now(timezone.utc)
             return auto.UpdateSummary(kind="update", start_time=now, message="", environment={}, config={},
-                                      result="succeeded", end_time=now)
+                                      result="succeeded", end_time=now,
+                                      resource_changes=self._collector.changes)
 
-    return LeanStack
+    return SimpleNamespace(Command=Command, Workspace=Workspace, Stack=Stack, auto=auto)
 
 
-def _workspace(settings: EngineSettings, stack: str, pythonpath: str | None = None):
-    from pulumi import automation as auto
+#: The wire protocol's marker of a secret value (a constant of the resource protocol, not of an SDK).
+SECRET_SIGNATURE = "4dabf18193072939515e22adb298388d"
+_SECRET_VALUE = "1b47061264138c4ac30d75fd1eb44270"
 
+
+def _unsecret(value):
+    """An output value from the engine's events: a secret (the events hold it
+    as a signed object with its ciphertext masked) becomes the mask."""
+    if isinstance(value, dict):
+        if value.get(SECRET_SIGNATURE) == _SECRET_VALUE:
+            return SECRET_MASK
+        return {k: _unsecret(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unsecret(v) for v in value]
+    return value
+
+
+def _workspace(settings: EngineSettings, stack: str, pythonpath: str | None = None, *, check_exists: bool = True):
     (settings.work_area(stack) / "home").mkdir(parents=True, exist_ok=True)
-    return auto.LocalWorkspace(
+    return sdk().Workspace(
         work_dir=str(settings.program_dir),
         pulumi_home=str(settings.work_area(stack) / "home"),
-        pulumi_command=_command(settings.bin_dir),
+        pulumi_command=sdk().Command(settings.bin_dir),
         # The program (and its dynamic providers) import stacks/ and components/ from
         # the project being deployed (or an older commit's worktree), not the runner's install.
         env_vars={"PYTHONPATH": pythonpath} if pythonpath else None,
+        check_exists=check_exists,
     )
 
 
@@ -635,12 +695,10 @@ def _masked_outputs(outputs) -> dict[str, Any]:
 
 def list_stacks(settings: EngineSettings) -> list[str]:
     """The project's stacks in the backend (`pulumi stack ls`); no passphrase needed."""
-    from pulumi import automation as auto
-
     home = settings.work_root / "_ls" / "home"
     home.mkdir(parents=True, exist_ok=True)
-    workspace = auto.LocalWorkspace(
-        work_dir=str(settings.program_dir), pulumi_home=str(home), pulumi_command=_command(settings.bin_dir),
+    workspace = sdk().Workspace(
+        work_dir=str(settings.program_dir), pulumi_home=str(home), pulumi_command=sdk().Command(settings.bin_dir),
         env_vars={**OFFLINE_ENV, **backend_env(settings.backend_url), "PULUMI_BACKEND_URL": settings.backend_url,
                   "PULUMI_CONFIG_PASSPHRASE": ""},
     )
@@ -673,22 +731,23 @@ def run_operation(settings: EngineSettings, *, stack: str, operation: str,
     if plan is not None:
         os.environ["PULUMI_EXPERIMENTAL"] = "true"  # this worker process runs this one operation only
 
-    workspace = _workspace(settings, stack, pythonpath)
+    known = "encryptionsalt" in _read_text(stack_config_path(settings, stack))
+    # `stack select` only to find out whether a preview or up must create the stack; other
+    # operations pass --stack, and the CLI itself reports a stack that does not exist
+    workspace = _workspace(settings, stack, pythonpath, check_exists=operation in ("up", "preview") and not known)
     collector = _Collector(on_progress, log)
+    Stack = sdk().Stack
     created = False  # a preview of a stack that does not exist yet: removed again afterwards
     try:
-        known = "encryptionsalt" in _read_text(stack_config_path(settings, stack))
         if operation == "preview" and not known:
             try:
-                handle = auto.Stack.select(stack, workspace)
+                handle = Stack(stack, workspace, collector)
             except auto.StackNotFoundError:
-                handle, created = auto.Stack.create(stack, workspace), True
+                handle, created = Stack(stack, workspace, collector, Stack.Mode.CREATE), True
         elif operation in ("up", "preview") and not known:
-            handle = auto.Stack.create_or_select(stack, workspace)  # first time here: init if new
-        elif operation == "outputs":
-            handle = auto.Stack.select(stack, workspace)
+            handle = Stack(stack, workspace, collector, Stack.Mode.CREATE_OR_SELECT)  # first time here: init if new
         else:
-            handle = _lean_stack_class()(stack, workspace, collector)
+            handle = Stack(stack, workspace, collector)
         if config is not None and operation in ("up", "preview", "refresh", "drift"):
             _write_config(settings, handle, config, secret_values or {})
         result = OperationResult()

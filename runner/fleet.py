@@ -38,7 +38,6 @@ from runner.bootstrap import ensure_engine
 from runner.names import RELEASE_OPERATIONS, SHARED_STACK
 from runner.protocol import WorkerProcess, WorkerRequest, WorkerResult
 from runner.registry.errors import SecretError
-from runner.worker import descendants
 
 if TYPE_CHECKING:
     from runner.run import Run
@@ -508,18 +507,15 @@ class Fleet:
             self._stopping.set()
             if hits["n"] == 1:
                 self.progress.note("interrupted: starting no new targets; stopping running engines (again to kill)")
-                self._signal_workers(signal.SIGTERM)
+                self._signal_workers(first=True)
             else:
-                self._signal_workers(signal.SIGKILL, tree=True)
+                self._signal_workers(first=False)
 
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def _signal_workers(self, sig: int, tree: bool = False) -> None:
+    def _signal_workers(self, *, first: bool) -> None:
+        """First interrupt: each engine cancels gracefully; again: every process of each target ends."""
         with self._lock:
-            pids = list(self._procs)
-        for pid in pids:
-            for target in (descendants(pid) if tree else []) + [pid]:
-                try:
-                    os.kill(target, sig)
-                except ProcessLookupError:
-                    pass
+            procs = list(self._procs.values())
+        for proc in procs:
+            proc.interrupt() if first else proc.end_session()

@@ -12,11 +12,13 @@ module, so a field added here is added to both.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from signal import SIGINT, SIGKILL
 from typing import IO, Any
 
 
@@ -73,27 +75,120 @@ class WorkerResult:
 class WorkerProcess:
     """A started worker: write the request, read its messages, wait for it.
 
-    The one place that starts a worker process; ``pid`` is what the
-    orchestrator signals on an interrupt."""
+    The one place that starts a worker process. Each worker leads a session of
+    its own: the engine's CLI runs in the worker's process group, and the
+    engine starts its plugins (language host, providers) in groups of their
+    own, but all stay in the worker's session, so "every process of the
+    session" is what a target leaves behind. The orchestrator signals a worker
+    only through :meth:`interrupt` (first Ctrl-C) and :meth:`end_session`
+    (second Ctrl-C); :meth:`wait` ends whatever the target left running."""
+
+    COMMAND = (sys.executable, "-P", "-m", "runner.worker")
 
     def __init__(self, request: WorkerRequest, *, env: Mapping[str, str], cwd: Path, log: IO[bytes]):
-        self._proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=log, env=dict(env), cwd=cwd, text=True,
-        )
-        self.pid = self._proc.pid
         self._request = request
+        if warm_workers() and type(self).COMMAND == WorkerProcess.COMMAND:
+            from runner import pool
+
+            stdin_r, stdin_w = os.pipe()
+            stdout_r, stdout_w = os.pipe()
+            try:
+                self.pid, self._exited = pool.spawn(env=env, cwd=cwd, stdin=stdin_r, stdout=stdout_w,
+                                                    stderr=log.fileno())
+            finally:
+                os.close(stdin_r)
+                os.close(stdout_w)
+            self._stdin, self._stdout = open(stdin_w, "w"), open(stdout_r)
+            self._proc = None
+        else:
+            self._proc = subprocess.Popen(
+                list(self.COMMAND), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=log, env=dict(env), cwd=cwd, text=True, start_new_session=True,
+            )
+            self.pid = self._proc.pid  # also its process group's and its session's id
+            self._stdin, self._stdout = self._proc.stdin, self._proc.stdout
 
     def messages(self) -> Iterator[dict[str, Any]]:
         """Send the request, then yield each message the worker writes, in order."""
-        self._proc.stdin.write(self._request.to_json())
-        self._proc.stdin.close()
-        for line in self._proc.stdout:
-            yield json.loads(line)
+        try:
+            self._stdin.write(self._request.to_json())
+            self._stdin.close()
+        except BrokenPipeError:  # it died before reading: its exit status tells
+            pass
+        with self._stdout:
+            for line in self._stdout:
+                yield json.loads(line)
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the worker's process group: the worker and the engine's CLI."""
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def interrupt(self) -> None:
+        """Cancel gracefully: the engine's CLI gets exactly one SIGINT (no new
+        steps, in-flight steps finish, the lock is released), as from a Ctrl-C
+        at a terminal; the worker notes it and forwards nothing."""
+        self.signal(SIGINT)
+
+    def end_session(self, sig: int = SIGKILL) -> list[int]:
+        """Send `sig` to every process left in the worker's session (plugins
+        included, whatever their group); returns their pids."""
+        return end_session(self.pid, sig)
 
     def wait(self) -> int:
+        """Wait for the worker to exit and every process its target left to end.
+        The worker is reaped only after that, so its pid (the session's id) cannot
+        be reused by another process meanwhile."""
+        if self._proc is None:  # the warm parent ends the session, then reaps and tells
+            return self._exited.result()
+        if self._proc.returncode is None:
+            try:
+                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:  # reaped already
+                pass
+        self.end_session()
         return self._proc.wait()
 
     @property
     def returncode(self) -> int | None:
+        if self._proc is None:
+            return self._exited.result() if self._exited.done() else None
         return self._proc.returncode
+
+
+def warm_workers() -> bool:
+    """RUNNER_WARM_WORKERS=1: workers are forked from a warm parent (runner.pool).
+    Opt-in for now: tests that replace the worker through subprocess.Popen
+    (tests/unit/test_fleet_failures.py) or find workers by their command line and
+    /proc environ (tests/e2e/test_reliability.py, isolation) do not see forked ones."""
+    return os.environ.get("RUNNER_WARM_WORKERS", "0") == "1"
+
+
+def end_session(sid: int, sig: int = SIGKILL) -> list[int]:
+    """Send `sig` to every live process of session `sid`; returns their pids."""
+    pids = session_processes(sid)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def session_processes(sid: int) -> list[int]:
+    """The live (non-zombie) processes of session `sid`, from /proc (Linux)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:  # exited meanwhile
+            continue
+        state, _ppid, _pgrp, session = stat[stat.rindex(b")") + 2:].split()[:4]
+        if int(session) == sid and state != b"Z":
+            found.append(int(entry))
+    return found

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from runner import engine, recovery
-from runner.protocol import WorkerRequest, WorkerResult
+from runner.protocol import WorkerRequest, WorkerResult, session_processes
 
 
 class HolderRecorder:
@@ -37,6 +37,8 @@ class HolderRecorder:
 
     def _poll(self) -> None:
         while not self._stop.wait(self.INTERVAL_S):
+            # the worker's descendants (the CLI takes the lock): a walk of the tree costs ~0.03 ms,
+            # a scan of every process's session ~5 ms, too much every 20 ms
             new = {pid: recovery.start_time(pid) for pid in descendants(os.getpid()) if pid not in self.pids}
             new = {pid: t for pid, t in new.items() if t is not None}
             if new:
@@ -100,40 +102,64 @@ def run(job: WorkerRequest) -> WorkerResult:
 _interrupted: list[int] = []  # the stop signals received so far
 
 
+def _others_in_session() -> list[int]:
+    """The processes of this worker's session but itself: the engine's CLI and its plugins."""
+    return [pid for pid in session_processes(os.getsid(0)) if pid != os.getpid()]
+
+
 def _stop_engine(signum, frame) -> None:
     """Stop the engine gracefully, exactly once: `pulumi` cancels on its first
     SIGINT (no new steps, in-flight steps finish, lock released) but a second
     SIGINT makes it quit at once, which leaves the lock and pending operations.
 
-    SIGINT here means Ctrl-C at a terminal (or a kill of the process group):
-    the engine processes are in the same group and got that very signal, so
-    nothing is forwarded. SIGTERM is the orchestrator asking (it got a SIGINT
-    or SIGTERM of its own): the engine is sent its SIGINT then, unless the
-    group's SIGINT already reached it. Python runs pending handlers in signal
-    number order, so a group SIGINT is seen before the orchestrator's SIGTERM."""
+    The worker leads its own session and process group; the engine's CLI is in
+    that group (its plugins in groups of their own). SIGINT is the orchestrator's
+    interrupt (WorkerProcess.interrupt) sent to the whole group: the CLI got that
+    very signal, so nothing is forwarded. SIGTERM is someone asking this worker
+    alone (or the orchestrator's death, see main): the group gets its SIGINT
+    then, unless it had one already."""
     _interrupted.append(signum)
     if signum != signal.SIGTERM or _interrupted.count(signal.SIGINT) or _interrupted.count(signal.SIGTERM) > 1:
         return
-    for pid in descendants(os.getpid()):
-        try:
-            os.kill(pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
+    os.killpg(os.getpgrp(), signal.SIGINT)
+
+
+#: prctl(2) option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """A runner killed outright (kill -9) cannot stop its workers, which lead
+    sessions of their own: ask the kernel for a SIGTERM then, so the engine
+    cancels gracefully instead of running on unobserved."""
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main() -> int:
-    # SIGINT too: a Ctrl-C reaches every process of the group, the worker included;
-    # without a handler it died with -2 and the target's result was lost.
     signal.signal(signal.SIGTERM, _stop_engine)
     signal.signal(signal.SIGINT, _stop_engine)
+    _stop_with_parent()
     request = WorkerRequest.from_json(sys.stdin.read())
-    message = run(request).to_message()
-    _emit(message.pop("type"), **message)
+    try:
+        message = run(request).to_message()
+        _emit(message.pop("type"), **message)
+    finally:  # the target is done: nothing of it keeps running (a plugin the engine left, listening)
+        for pid in _others_in_session():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     return 0
 
 
 def descendants(pid: int) -> list[int]:
-    """Every descendant of `pid`, children first, from /proc (Linux)."""
+    """Every descendant of `pid`, children first, from /proc (Linux). Signals go
+    to sessions and groups instead (runner.protocol)."""
     found, queue = [], [pid]
     while queue:
         current = queue.pop()

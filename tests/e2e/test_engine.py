@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from dataclasses import replace
 
 import pytest
 
@@ -20,6 +21,8 @@ PROGRAM = textwrap.dedent(
 
     class FileProvider(ResourceProvider):
         def create(self, props):
+            if props["text"].startswith("raise:"):  # a platform API failing (tests below)
+                raise Exception(props["text"].removeprefix("raise:"))
             with open(props["path"], "w") as handle:
                 handle.write(props["text"])
             return CreateResult(id_=props["path"], outs=props)
@@ -87,3 +90,52 @@ def test_program_failure_is_attributed(project, tmp_path):
         engine.run_operation(project, stack="dev", operation="up", config=config, secret_values={"token": "t"})
     assert "No such file or directory" in info.value.message
     assert info.value.urn and info.value.urn.endswith("::greeting")
+    assert info.value.kind == "failed"  # permanent: never retried
+
+
+def test_throttling_from_a_dynamic_provider_is_transient(project, tmp_path):
+    """The local platform's simulated throttling (bench, #17) arrives through the
+    engine as a provider diagnostic: classified transient, so the plan retries it."""
+    config = {"path": str(tmp_path / "x.txt"), "text": "raise:ThrottlingException: Rate exceeded (simulated)"}
+    with pytest.raises(engine.TransientError) as info:
+        engine.run_operation(project, stack="dev", operation="up", config=config, secret_values={"token": "t"})
+    assert info.value.kind == "transient"
+    assert "ThrottlingException: Rate exceeded (simulated)" in info.value.message
+    assert info.value.urn.endswith("::greeting")
+
+
+@pytest.fixture
+def counted(project, tmp_path):
+    """The project's settings with a `pulumi` that logs each invocation's arguments
+    and then runs the real CLI (the plugins beside it are the real ones)."""
+    bin_dir, calls = tmp_path / "counted-bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for plugin in project.bin_dir.iterdir():
+        if plugin.name != "pulumi":
+            (bin_dir / plugin.name).symlink_to(plugin)
+    wrapper = bin_dir / "pulumi"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {project.bin_dir / "pulumi"} "$@"\n')
+    wrapper.chmod(0o755)
+
+    def invocations() -> list[str]:
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        calls.unlink(missing_ok=True)
+        return lines
+
+    return replace(project, bin_dir=bin_dir), invocations
+
+
+def test_each_operation_on_a_deployed_stack_runs_one_cli_process(counted, tmp_path):
+    """No `pulumi version`, `stack select`, `stack output` or `stack history` per
+    target: the outputs and the summary arrive in the engine's events (#16)."""
+    settings, invocations = counted
+    config = {"path": str(tmp_path / "greeting.txt"), "text": "hello"}
+    secrets = {"token": "t0ken"}
+    engine.run_operation(settings, stack="dev", operation="up", config=config, secret_values=secrets)
+    invocations()  # the first deploy creates the stack and sets its secret
+    for operation in ("up", "preview", "refresh", "destroy"):
+        result = engine.run_operation(settings, stack="dev", operation=operation, config=config,
+                                      secret_values=secrets)
+        calls = invocations()
+        assert [c.split()[1] for c in calls] == [operation], calls
+    assert result.changes.get("delete") == 2
