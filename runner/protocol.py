@@ -159,11 +159,9 @@ class WorkerProcess:
 
 
 def warm_workers() -> bool:
-    """RUNNER_WARM_WORKERS=1: workers are forked from a warm parent (runner.pool).
-    Opt-in for now: tests that replace the worker through subprocess.Popen
-    (tests/unit/test_fleet_failures.py) or find workers by their command line and
-    /proc environ (tests/e2e/test_reliability.py, isolation) do not see forked ones."""
-    return os.environ.get("RUNNER_WARM_WORKERS", "0") == "1"
+    """Workers are forked from a warm parent (runner.pool) unless RUNNER_WARM_WORKERS=0,
+    which starts each as a new interpreter (what a test that replaces the worker uses)."""
+    return os.environ.get("RUNNER_WARM_WORKERS", "1") != "0"
 
 
 def end_session(sid: int, sig: int = SIGKILL) -> list[int]:

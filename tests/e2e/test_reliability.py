@@ -33,6 +33,7 @@ import pytest
 
 from runner import recovery
 from runner.ledger import Ledger
+from runner.worker import descendants
 from tests.e2e.conftest import PROJECT_DIR, tenant
 
 pytestmark = pytest.mark.e2e
@@ -107,6 +108,16 @@ def assert_artifacts_once(sandbox, tenant_ids, env: str, version: str, migration
 
 
 def kill_group(proc: subprocess.Popen) -> None:
+    """A crash: the runner and every process it started die at once, as on an OOM kill of the CI job's
+    cgroup. Workers lead sessions of their own and, were only the runner killed, would cancel their
+    engines gracefully (PR_SET_PDEATHSIG): here they are stopped first, then all killed together."""
+    pids = [proc.pid, *descendants(proc.pid)]
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -501,8 +512,8 @@ def test_each_worker_environment_holds_only_its_own_target(sandbox):
                 if not cmd or _cmdline(pid) != cmd:  # exited (or exec'd) while read: cannot be attributed
                     continue
                 engine_envs.append((pid, cmd, env))
-                if "runner.worker" in cmd:
-                    workers[Path(env["PULUMI_HOME"]).parent.name] = env
+                if "PULUMI_HOME" in env:  # a worker's engine, language host or provider (a forked
+                    workers[Path(env["PULUMI_HOME"]).parent.name] = env  # worker shows its parent's environ)
             time.sleep(0.05)
 
     thread = threading.Thread(target=poll, daemon=True)

@@ -31,10 +31,20 @@ def test_toggling_the_simulation_changes_nothing_and_reaches_the_providers(sandb
     sandbox.write_registry([tenant("shop-1")], defaults={"simulated_throttle_rate": "1"})
     redeploy = sandbox.run("up", "--all-tenants", "--yes", "--json")
     assert redeploy.code == 0, redeploy.stderr
-    drift = sandbox.run("drift", "--all-tenants", "--json")
+    # Throttling is transient: retried (--retries) with backoff, each attempt in the report and the ledger.
+    drift = sandbox.run("drift", "--all-tenants", "--json", "--retries", "1")
     assert drift.code == 1, drift.stdout + drift.stderr
     row = drift.by_stack()["shop-1.staging"]
     assert row["status"] == "error" and "ThrottlingException: Rate exceeded (simulated)" in row["error"], row
+    assert row["attempts"] == 2, row
+    tries = row["details"]["attempts"]
+    assert len(tries) == 2 and all("ThrottlingException" in t["error"] for t in tries), tries
+    assert tries[0]["ended"] <= tries[1]["started"], tries  # one after the other, never overlapping
+    history = sandbox.run("history", "--tenant", "shop-1", "--env", "staging", "--json")
+    drift_rows = [r for r in history.json if r["operation"] == "drift" and r["run_id"] == drift.json["run_id"]]
+    assert [r["status"] for r in drift_rows] == ["error", "error"], drift_rows  # one ledger row per attempt
+    once = sandbox.run("drift", "--all-tenants", "--json", "--retries", "0")
+    assert once.code == 1 and once.by_stack()["shop-1.staging"]["attempts"] == 1, once.stdout
 
     # Off again. A refresh configures the providers as the last up recorded
     # them (the engine's rule for every provider), so the up comes first.

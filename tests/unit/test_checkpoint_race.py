@@ -38,6 +38,7 @@ def test_a_checkpoint_unreadable_while_another_runner_wrote_it_is_waited_for_the
         assert args[-2:] == ["-m", "runner.worker"]
         return real_popen([sys.executable, "-c", script], **kwargs)
 
+    monkeypatch.setenv("RUNNER_WARM_WORKERS", "0")  # the worker is replaced: a new process, never forked
     monkeypatch.setattr(protocol.subprocess, "Popen", fake_worker)
     monkeypatch.setattr(engine, "prepare_program_dir", lambda settings: None)
     monkeypatch.setattr(engine, "master_passphrase", lambda state_dir: "master")

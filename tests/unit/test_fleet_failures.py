@@ -79,6 +79,7 @@ def fleet(tmp_path, monkeypatch):
         assert args[-2:] == ["-m", "runner.worker"]
         return real_popen([sys.executable, "-c", script], **kwargs)
 
+    monkeypatch.setenv("RUNNER_WARM_WORKERS", "0")  # the worker is replaced: a new process, never forked
     monkeypatch.setattr(protocol.subprocess, "Popen", fake_worker)
     monkeypatch.setattr(engine, "prepare_program_dir", lambda settings: None)
     monkeypatch.setattr(engine, "master_passphrase", lambda state_dir: "master")

@@ -92,7 +92,7 @@ def test_interrupt_gives_the_group_one_sigint_and_end_session_ends_everything(tm
     begin = next(messages)
     _wait_for(lambda: (tmp_path / "worker.log").read_text().count("ready") == 2)
     proc.interrupt()
-    _wait_for(lambda: "engine SIGINT" in (tmp_path / "worker.log").read_text())
+    _wait_for(lambda: all(f"{who} SIGINT" in (tmp_path / "worker.log").read_text() for who in ("worker", "engine")))
     text = (tmp_path / "worker.log").read_text()
     assert text.count("worker SIGINT") == 1 and text.count("engine SIGINT") == 1
     assert "plugin SIGINT" not in text  # its own group: the engine cancels its plugins itself
