@@ -96,9 +96,26 @@ def output_options(f):
     return f
 
 
+class Concurrency(click.ParamType):
+    """--concurrency: a number >= 1, or `auto` (runner.fleet.auto_concurrency)."""
+
+    name = "concurrency"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is neither a number >= 1 nor auto", param, ctx)
+        return number
+
+
 def fleet_options(f):
     """--concurrency, --lock-timeout, --retries: no default here, ops.RunSettings holds them (one place)."""
-    f = click.option("--concurrency", type=click.IntRange(min=1), help="Targets run at once, never exceeded [default: CPU cores].")(f)
+    f = click.option("--concurrency", type=Concurrency(), metavar="N|auto", help="Targets run at once, never exceeded; auto: the cores (x4 when the targets wait on a cloud API), bounded by free memory [default: CPU cores].")(f)
     f = click.option("--lock-timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="Seconds to wait for a stack locked by a live operation [default: 120].")(f)
     f = click.option("--retries", type=click.IntRange(min=0), metavar="N", help="Run a target again after a transient engine error (throttling, timeout, reset connection), up to N more times with backoff; every attempt is recorded [default: 2].")(f)
     return f

@@ -57,7 +57,7 @@ class RunSettings:
     """Every option of a fleet command, with its one default (the CLI passes its options through)."""
 
     operation: Operation | str
-    concurrency: int = os.cpu_count() or 2
+    concurrency: int | str = os.cpu_count() or 2  # or AUTO, resolved by ops once the jobs are known
     on_failure: str = "continue"  # continue | stop | rollback
     max_failures: int | None = None
     lock_timeout: float = 120.0
@@ -125,6 +125,37 @@ class Job:
     wave: str | None = None
     recovered: tuple[str, ...] = ()
     repaired: bool = False  # its checkpoint was repaired once already in this attempt
+
+
+AUTO = "auto"  # --concurrency auto: chosen from the cores, free memory and what the targets wait on
+TARGET_RSS_BYTES = 350 * 2**20  # peak RSS of one target's processes (engine, program, providers), bench.fleet
+IO_BOUND_PER_CORE = 4  # targets that mostly wait on a cloud API run this many per core
+
+
+def auto_concurrency(jobs: list[Job], *, cores: int | None = None, available: int | None = None) -> tuple[int, str]:
+    """--concurrency auto: the cores, times IO_BOUND_PER_CORE when the targets wait on a cloud API
+    (the aws platform, or simulated_latency_ms), never more than free memory holds targets of
+    TARGET_RSS_BYTES, nor more than the jobs. Returns it and a note saying why."""
+    cores = cores or os.cpu_count() or 2
+    if available is None:
+        available = _memory_available()
+    io_bound = any(j.config.get("platform") == "aws" or float(j.config.get("simulated_latency_ms") or 0) > 0
+                   for j in jobs)
+    by_cpu = cores * (IO_BOUND_PER_CORE if io_bound else 1)
+    by_memory = max(1, available // TARGET_RSS_BYTES)
+    chosen = max(1, min(by_cpu, by_memory, len(jobs) or 1))
+    return chosen, (f"--concurrency auto: {chosen} ({cores} cores"
+                    f"{f' x {IO_BOUND_PER_CORE}: the targets wait on a cloud API' if io_bound else ''}; "
+                    f"free memory for {by_memory} targets of {TARGET_RSS_BYTES >> 20} MB; {len(jobs)} targets)")
+
+
+def _memory_available() -> int:
+    """MemAvailable from /proc/meminfo, in bytes (Linux)."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("MemAvailable not in /proc/meminfo")
 
 
 def new_run_id() -> str:
@@ -274,7 +305,12 @@ class Fleet:
 
         if not jobs:
             return []
-        with ThreadPoolExecutor(max_workers=max(1, run.settings.concurrency)) as pool:
+        concurrency = run.settings.concurrency
+        if concurrency == AUTO:
+            concurrency, why = auto_concurrency(list(jobs))
+            if why not in run.report.notes:
+                run.report.notes.append(why)
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             return [r for rows in pool.map(one, jobs) for r in rows]
 
     def run_target(self, job: Job, run: "Run") -> rpt.TargetResult:

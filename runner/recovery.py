@@ -49,12 +49,15 @@ def _read(path: str) -> str | None:
 
 
 def start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks after boot, /proc/PID/stat field 22); None when not running."""
+    """The process's start time (clock ticks after boot, /proc/PID/stat field 22); None when not running.
+    A zombie is not running: it has exited and holds nothing, though its parent (or an init that
+    reaps orphans slowly, as in some containers: seen for ~1 s here) has not collected it yet."""
     stat = _read(f"/proc/{pid}/stat") if pid > 0 else None
     if not stat:
         return None
     try:
-        return int(stat.rsplit(")", 1)[1].split()[19])
+        fields = stat.rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])
     except (IndexError, ValueError):
         return None
 

@@ -126,3 +126,20 @@ def test_the_worker_records_its_children_with_start_times_and_removes_the_record
         child.wait()
         recorder.close()
     assert not recorder.path.exists()
+
+
+def test_a_zombie_holder_is_dead_though_not_yet_reaped(tmp_path):
+    """A killed engine whose parent died too waits for init to reap it (~1 s in some containers):
+    its lock must already count as a dead holder's, or `runner recover` keeps it."""
+    proc = subprocess.Popen(["sleep", "60"])
+    started = recovery.start_time(proc.pid)
+    assert started is not None
+    proc.kill()
+    deadline = time.monotonic() + 5
+    while open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":  # exited, not reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        assert recovery.start_time(proc.pid) is None
+    finally:
+        proc.wait()
