@@ -32,6 +32,7 @@ run: engine
 # A lint failure fails the tests (rules in pyproject.toml [tool.ruff]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: lint engine test-deps
 	$(PY) -m pytest -n auto -p no:cacheprovider --durations=15 $(PYTEST_ARGS)

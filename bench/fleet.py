@@ -106,11 +106,21 @@ class World:
         self.registry.write_text("\n".join(lines) + "\n")
         self.backend = (root / "state").as_uri()
         (root / "state").mkdir()
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("PULUMI_", "RUNNER_", "GITHUB_", "CI_", "BUILDKITE_", "CIRCLE_"))}
-        self.env.update({"RUNNER_STATE_DIR": str(root / "runner-state"), "RUNNER_PULUMI_ROOT": str(bin_dir.parent),
-                         "RUNNER_PLATFORM_ROOTS": str(root), "RUNNER_REGISTRY": str(self.registry),
-                         "RUNNER_BACKEND": self.backend, "RUNNER_LEDGER": f"sqlite:///{root / 'ledger.db'}"})
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PULUMI_", "RUNNER_", "GITHUB_", "CI_", "BUILDKITE_", "CIRCLE_"))
+        }
+        self.env.update(
+            {
+                "RUNNER_STATE_DIR": str(root / "runner-state"),
+                "RUNNER_PULUMI_ROOT": str(bin_dir.parent),
+                "RUNNER_PLATFORM_ROOTS": str(root),
+                "RUNNER_REGISTRY": str(self.registry),
+                "RUNNER_BACKEND": self.backend,
+                "RUNNER_LEDGER": f"sqlite:///{root / 'ledger.db'}",
+            }
+        )
         self.stacks = ["shared", *(f"{t}.staging" for t in tenants)]
         self.plain: dict[str, dict[str, str]] = {}
         self.directory = ""
@@ -119,8 +129,19 @@ class World:
         return procs.run_measured([RUNNER_BIN, *args], env=self.env, cwd=PROJECT_DIR)
 
     def up(self, concurrency: str, *extra: str) -> procs.Measured:
-        return self.runner("up", "--all-tenants", "--yes", "--json", "--log-format", "text", "--release", RELEASE,
-                           "--concurrency", concurrency, *extra)
+        return self.runner(
+            "up",
+            "--all-tenants",
+            "--yes",
+            "--json",
+            "--log-format",
+            "text",
+            "--release",
+            RELEASE,
+            "--concurrency",
+            concurrency,
+            *extra,
+        )
 
     @property
     def user_env(self) -> dict[str, str]:
@@ -134,8 +155,14 @@ class World:
         envdir = self.root / "env"
         envdir.mkdir(exist_ok=True)
         for stack in stacks or self.stacks:
-            out = subprocess.run([RUNNER_BIN, "env", "--stack", stack, "--json"], env=self.env, cwd=PROJECT_DIR,
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [RUNNER_BIN, "env", "--stack", stack, "--json"],
+                env=self.env,
+                cwd=PROJECT_DIR,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             doc = json.loads(out.stdout)
             env = {k: v for k, v in self.user_env.items() if k not in doc["unset"]}
             env.update(doc["env"])
@@ -153,10 +180,11 @@ class World:
         return procs.run_measured(["pulumi", *args, "-s", stack], env=self.plain[stack], cwd=self.directory)
 
     def xargs(self, stacks: list[str], command: str, parallel: int) -> procs.Measured:
-        script = (f'. {shlex.quote(str(self.root / "env"))}/"$1".sh && cd {shlex.quote(self.directory)} && '
-                  f'{command}')
-        line = (f"printf '%s\\n' {' '.join(shlex.quote(s) for s in stacks)} | "
-                f"xargs -P {parallel} -n1 sh -c {shlex.quote(script)} sh")
+        script = f'. {shlex.quote(str(self.root / "env"))}/"$1".sh && cd {shlex.quote(self.directory)} && {command}'
+        line = (
+            f"printf '%s\\n' {' '.join(shlex.quote(s) for s in stacks)} | "
+            f"xargs -P {parallel} -n1 sh -c {shlex.quote(script)} sh"
+        )
         return procs.run_measured(["sh", "-c", line], env=self.user_env)
 
 
@@ -171,13 +199,17 @@ def failures_of(m: procs.Measured, ok: set[str]) -> list[str]:
     doc = report_of(m)
     if not doc:
         return [f"exit {m.returncode}, no JSON: {m.stderr.strip()[-300:]}"]
-    return [f"{t['stack']}: {t['status']}: {(t.get('error') or '')[:200]}"
-            for t in doc.get("targets", []) if t["status"] not in ok]
+    return [
+        f"{t['stack']}: {t['status']}: {(t.get('error') or '')[:200]}"
+        for t in doc.get("targets", [])
+        if t["status"] not in ok
+    ]
 
 
 def help_text(command: str) -> str:
-    return subprocess.run([RUNNER_BIN, command, "--help"], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"}).stdout
+    return subprocess.run(
+        [RUNNER_BIN, command, "--help"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}
+    ).stdout
 
 
 def option_block(text: str, option: str) -> str:
@@ -249,8 +281,9 @@ def runner_run(world: World, mode: str, targets: int, argv: list[str], ok: set[s
     # per-target `attempts` list or count.
     attempts = [t.get("attempts") for t in doc.get("targets", []) if t.get("attempts")]
     if attempts:
-        run.extra["retries"] = sum((len(a) if isinstance(a, list) else int(a)) - 1 for a in attempts
-                                   if isinstance(a, (list, int)))
+        run.extra["retries"] = sum(
+            (len(a) if isinstance(a, list) else int(a)) - 1 for a in attempts if isinstance(a, (list, int))
+        )
     return run
 
 
@@ -266,38 +299,97 @@ def modes_for(world: World, concurrencies: list[str], skip_flag: bool) -> list[t
         ("redeploy", "plain-xargs", lambda: plain_xargs(world, world.stacks, [UP], "plain-xargs")),
     ]
     for c in concurrencies:
-        out.append(("redeploy", f"runner-c{c}", lambda c=c: runner_run(
-            world, f"runner-c{c}", len(world.stacks),
-            ["up", "--all-tenants", "--yes", "--json", "--log-format", "text", "--release", RELEASE,
-             "--concurrency", c], {"succeeded", "skipped"})))
+        out.append(
+            (
+                "redeploy",
+                f"runner-c{c}",
+                lambda c=c: runner_run(
+                    world,
+                    f"runner-c{c}",
+                    len(world.stacks),
+                    [
+                        "up",
+                        "--all-tenants",
+                        "--yes",
+                        "--json",
+                        "--log-format",
+                        "text",
+                        "--release",
+                        RELEASE,
+                        "--concurrency",
+                        c,
+                    ],
+                    {"succeeded", "skipped"},
+                ),
+            )
+        )
     if skip_flag:
-        out.append(("redeploy", "runner-skip", lambda: runner_run(
-            world, "runner-skip", len(world.stacks),
-            ["up", "--all-tenants", "--yes", "--json", "--log-format", "text", "--release", RELEASE,
-             "--concurrency", str(CORES), "--skip-unchanged"], {"succeeded", "skipped"})))
+        out.append(
+            (
+                "redeploy",
+                "runner-skip",
+                lambda: runner_run(
+                    world,
+                    "runner-skip",
+                    len(world.stacks),
+                    [
+                        "up",
+                        "--all-tenants",
+                        "--yes",
+                        "--json",
+                        "--log-format",
+                        "text",
+                        "--release",
+                        RELEASE,
+                        "--concurrency",
+                        str(CORES),
+                        "--skip-unchanged",
+                    ],
+                    {"succeeded", "skipped"},
+                ),
+            )
+        )
     out += [
         ("drift", "plain-seq", lambda: plain_seq(world, tenants, DRIFT, "plain-seq")),
         ("drift", "plain-xargs", lambda: plain_xargs(world, tenants, DRIFT, "plain-xargs")),
     ]
     for c in concurrencies:
-        out.append(("drift", f"runner-c{c}", lambda c=c: runner_run(
-            world, f"runner-c{c}", len(tenants),
-            ["drift", "--all-tenants", "--json", "--log-format", "text", "--concurrency", c], {"in-sync"})))
+        out.append(
+            (
+                "drift",
+                f"runner-c{c}",
+                lambda c=c: runner_run(
+                    world,
+                    f"runner-c{c}",
+                    len(tenants),
+                    ["drift", "--all-tenants", "--json", "--log-format", "text", "--concurrency", c],
+                    {"in-sync"},
+                ),
+            )
+        )
     return out
 
 
 def summarize(runs: list[Run]) -> dict[str, Any]:
     def spread(values: list[float], digits: int = 3) -> dict[str, Any]:
-        return {"median": _r(statistics.median(values), digits), "min": _r(min(values), digits),
-                "max": _r(max(values), digits)}
+        return {
+            "median": _r(statistics.median(values), digits),
+            "min": _r(min(values), digits),
+            "max": _r(max(values), digits),
+        }
+
     first = runs[0]
     row: dict[str, Any] = {
-        "mode": first.mode, "targets": first.targets, "repeats": len(runs),
-        "wall_s": spread([r.wall_s for r in runs]), "cpu_s": spread([r.cpu_s for r in runs]),
+        "mode": first.mode,
+        "targets": first.targets,
+        "repeats": len(runs),
+        "wall_s": spread([r.wall_s for r in runs]),
+        "cpu_s": spread([r.cpu_s for r in runs]),
         "cpu_by_class_s": {k: _r(statistics.median([r.by_class[k] for r in runs])) for k in first.by_class},
         "peak_rss_mb": _r(max(r.peak_rss_mb for r in runs), 1),
         "peak_concurrent_targets": max(r.peak_engines for r in runs),
-        "failures": sum(len(r.failures) for r in runs), "load1_max": round(max(r.load1 for r in runs), 2),
+        "failures": sum(len(r.failures) for r in runs),
+        "load1_max": round(max(r.load1 for r in runs), 2),
     }
     if row["peak_concurrent_targets"]:
         row["peak_rss_mb_per_concurrent_target"] = _r(row["peak_rss_mb"] / row["peak_concurrent_targets"], 1)
@@ -311,13 +403,29 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
     return row
 
 
-def measure_fleet(tmp: Path, bin_dir: Path, n: int, repeats: int, concurrencies: list[str],
-                  skip_flag: bool) -> dict[str, Any]:
+def measure_fleet(
+    tmp: Path, bin_dir: Path, n: int, repeats: int, concurrencies: list[str], skip_flag: bool
+) -> dict[str, Any]:
     world = World(tmp / f"fleet-{n}", bin_dir, tenant_ids(n))
     log(f"N={n}: first deploy by the runner (concurrency {CORES})")
-    first = runner_run(world, f"runner-c{CORES}", len(world.stacks),
-                       ["up", "--all-tenants", "--yes", "--json", "--log-format", "text", "--release", RELEASE,
-                        "--concurrency", str(CORES)], {"succeeded"})
+    first = runner_run(
+        world,
+        f"runner-c{CORES}",
+        len(world.stacks),
+        [
+            "up",
+            "--all-tenants",
+            "--yes",
+            "--json",
+            "--log-format",
+            "text",
+            "--release",
+            RELEASE,
+            "--concurrency",
+            str(CORES),
+        ],
+        {"succeeded"},
+    )
     if first.failures:
         raise SystemExit(f"first deploy failed: {first.failures[:3]}")
     world.prepare_plain()
@@ -328,8 +436,10 @@ def measure_fleet(tmp: Path, bin_dir: Path, n: int, repeats: int, concurrencies:
         for op, mode, fn in modes[k:] + modes[:k]:
             run = fn()
             runs.setdefault((op, mode), []).append(run)
-            log(f"N={n} repeat {repeat + 1}/{repeats} {op:<8} {mode:<12} {run.wall_s:6.1f}s wall "
-                f"{run.cpu_s:6.1f} CPU-s{'  FAILURES: ' + run.failures[0] if run.failures else ''}")
+            log(
+                f"N={n} repeat {repeat + 1}/{repeats} {op:<8} {mode:<12} {run.wall_s:6.1f}s wall "
+                f"{run.cpu_s:6.1f} CPU-s{'  FAILURES: ' + run.failures[0] if run.failures else ''}"
+            )
     rows = [{"operation": "first-deploy", "tenants": n, **summarize([first])}]
     for (op, _mode), group in runs.items():
         rows.append({"operation": op, "tenants": n, **summarize(group)})
@@ -340,14 +450,20 @@ def measure_fleet(tmp: Path, bin_dir: Path, n: int, repeats: int, concurrencies:
         seq = runs[(op, "plain-seq")]
         stacks = seq[0].per_stack_cpu
         engine_cpu = sum(statistics.median([r.per_stack_cpu[s] for r in seq]) for s in stacks)
-        floors[op] = {"engine_cpu_s": _r(engine_cpu), "wall_s": _r(engine_cpu / CORES), "stacks": len(stacks),
-                      "engine_cpu_per_stack_s": _r(statistics.median(
-                          [statistics.median([r.per_stack_cpu[s] for r in seq]) for s in stacks]))}
+        floors[op] = {
+            "engine_cpu_s": _r(engine_cpu),
+            "wall_s": _r(engine_cpu / CORES),
+            "stacks": len(stacks),
+            "engine_cpu_per_stack_s": _r(
+                statistics.median([statistics.median([r.per_stack_cpu[s] for r in seq]) for s in stacks])
+            ),
+        }
     for row in rows:
         floor = floors.get(row["operation"])
         if floor and row["mode"].startswith("runner-c"):
-            row["overhead_cpu_per_target_ms"] = _r((row["cpu_s"]["median"] - floor["engine_cpu_s"])
-                                                   / row["targets"] * 1000, 1)
+            row["overhead_cpu_per_target_ms"] = _r(
+                (row["cpu_s"]["median"] - floor["engine_cpu_s"]) / row["targets"] * 1000, 1
+            )
             row["orchestrator_cpu_share"] = _r(row["cpu_by_class_s"]["root"] / row["cpu_s"]["median"])
         if floor:
             row["ratio_to_floor"] = _r(row["wall_s"]["median"] / floor["wall_s"], 2)
@@ -358,8 +474,9 @@ def measure_fleet(tmp: Path, bin_dir: Path, n: int, repeats: int, concurrencies:
 # --------------------------------------------------------------------------- latency profile
 
 
-def measure_latency(tmp: Path, bin_dir: Path, n: int, latency_ms: int, concurrencies: list[str],
-                    throttle: float | None) -> dict[str, Any]:
+def measure_latency(
+    tmp: Path, bin_dir: Path, n: int, latency_ms: int, concurrencies: list[str], throttle: float | None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"tenants": n, "latency_ms": latency_ms, "throttle_rate": throttle or 0.0, "rows": []}
     defaults: dict[str, Any] = {"simulated_latency_ms": latency_ms}
     if throttle:
@@ -368,8 +485,16 @@ def measure_latency(tmp: Path, bin_dir: Path, n: int, latency_ms: int, concurren
         world = World(tmp / f"latency-{n}-c{c}", bin_dir, ["probe-0", *tenant_ids(n, "l")], defaults)
         # One stack's critical path and first-deploy CPU, with the plain CLI on a
         # probe stack: the runner deploys it (and shared), the CLI destroys and redeploys it.
-        probe = world.runner("up", "--tenant", "probe-0", "--yes", "--json", "--release", RELEASE,
-                             *(["--retries", "5"] if throttle else []))
+        probe = world.runner(
+            "up",
+            "--tenant",
+            "probe-0",
+            "--yes",
+            "--json",
+            "--release",
+            RELEASE,
+            *(["--retries", "5"] if throttle else []),
+        )
         if probe.returncode != 0:
             raise SystemExit(f"latency probe deploy failed: {failures_of(probe, {'succeeded'})[:2]}")
         stack = "probe-0.staging"
@@ -380,17 +505,37 @@ def measure_latency(tmp: Path, bin_dir: Path, n: int, latency_ms: int, concurren
             log(f"plain first deploy of the probe failed (throttled?): {plain.stderr.strip()[-200:]}")
         critical_s, cpu_per_stack = plain.wall_s, plain.cpu_s
         log(f"latency N={n} c={c}: first deploy")
-        argv = ["up", "--all-tenants", "--exclude-tenant", "probe-0", "--yes", "--json", "--log-format", "text",
-                "--release", RELEASE, "--concurrency", c, *(["--retries", "5"] if throttle else [])]
+        argv = [
+            "up",
+            "--all-tenants",
+            "--exclude-tenant",
+            "probe-0",
+            "--yes",
+            "--json",
+            "--log-format",
+            "text",
+            "--release",
+            RELEASE,
+            "--concurrency",
+            c,
+            *(["--retries", "5"] if throttle else []),
+        ]
         run = runner_run(world, f"runner-c{c}", n, argv, {"succeeded"})
         row = {"operation": "first-deploy-latency", "tenants": n, **summarize([run])}
         used = run.peak_engines if c == "auto" else int(c)
         cpu_floor = cpu_per_stack * n / CORES
         io_bound = n / max(used, 1) * critical_s
-        row.update({"concurrency_used": used, "critical_path_s": _r(critical_s),
-                    "engine_cpu_per_stack_s": _r(cpu_per_stack), "cpu_floor_s": _r(cpu_floor),
-                    "io_bound_s": _r(io_bound), "bound_s": _r(max(cpu_floor, io_bound)),
-                    "ratio_to_bound": _r(run.wall_s / max(cpu_floor, io_bound))})
+        row.update(
+            {
+                "concurrency_used": used,
+                "critical_path_s": _r(critical_s),
+                "engine_cpu_per_stack_s": _r(cpu_per_stack),
+                "cpu_floor_s": _r(cpu_floor),
+                "io_bound_s": _r(io_bound),
+                "bound_s": _r(max(cpu_floor, io_bound)),
+                "ratio_to_bound": _r(run.wall_s / max(cpu_floor, io_bound)),
+            }
+        )
         log(f"  {run.wall_s:.1f}s wall, bound {max(cpu_floor, io_bound):.1f}s, {len(run.failures)} failure(s)")
         out["rows"].append(row)
         shutil.rmtree(world.root / "platform", ignore_errors=True)
@@ -420,25 +565,48 @@ def evaluate(doc: dict) -> list[dict]:
     if fleets:
         fleet = max(fleets, key=lambda f: f["tenants"])
         rows, n = fleet["rows"], fleet["tenants"]
-        best, xargs, seq = _best_runner(rows, "redeploy"), _row(rows, "redeploy", "plain-xargs"), \
-            _row(rows, "redeploy", "plain-seq")
+        best, xargs, seq = (
+            _best_runner(rows, "redeploy"),
+            _row(rows, "redeploy", "plain-xargs"),
+            _row(rows, "redeploy", "plain-seq"),
+        )
         if best and xargs and seq:
             a = xargs["wall_s"]["median"] / best["wall_s"]["median"]
             b = seq["wall_s"]["median"] / best["wall_s"]["median"]
-            check(f"no-change redeploy N={n}: runner >= 1.5x faster than xargs -P{CORES}", f"{a:.2f}x", a >= 1.5,
-                  best["mode"])
-            check(f"no-change redeploy N={n}: runner >= 3x faster than the sequential loop", f"{b:.2f}x", b >= 3,
-                  best["mode"])
-            check("runner CPU beyond the plain CLI's per target <= 50 ms",
-                  f"{best['overhead_cpu_per_target_ms']:.0f} ms", best["overhead_cpu_per_target_ms"] <= 50, best["mode"])
-            check("orchestrator process CPU <= 5% of the run's total", f"{best['orchestrator_cpu_share'] * 100:.1f}%",
-                  best["orchestrator_cpu_share"] <= 0.05, best["mode"])
+            check(
+                f"no-change redeploy N={n}: runner >= 1.5x faster than xargs -P{CORES}",
+                f"{a:.2f}x",
+                a >= 1.5,
+                best["mode"],
+            )
+            check(
+                f"no-change redeploy N={n}: runner >= 3x faster than the sequential loop",
+                f"{b:.2f}x",
+                b >= 3,
+                best["mode"],
+            )
+            check(
+                "runner CPU beyond the plain CLI's per target <= 50 ms",
+                f"{best['overhead_cpu_per_target_ms']:.0f} ms",
+                best["overhead_cpu_per_target_ms"] <= 50,
+                best["mode"],
+            )
+            check(
+                "orchestrator process CPU <= 5% of the run's total",
+                f"{best['orchestrator_cpu_share'] * 100:.1f}%",
+                best["orchestrator_cpu_share"] <= 0.05,
+                best["mode"],
+            )
         runner_rows = [r for r in rows if r["mode"].startswith("runner") and r.get("peak_rss_mb_per_concurrent_target")]
         if runner_rows:
             worst = max(runner_rows, key=lambda r: r["peak_rss_mb_per_concurrent_target"])
             v = worst["peak_rss_mb_per_concurrent_target"]
-            check("peak RSS <= 200 MB per concurrent target", f"{v:.0f} MB", v <= 200,
-                  f"{worst['operation']} {worst['mode']}")
+            check(
+                "peak RSS <= 200 MB per concurrent target",
+                f"{v:.0f} MB",
+                v <= 200,
+                f"{worst['operation']} {worst['mode']}",
+            )
         skip = _row(rows, "redeploy", "runner-skip")
         if skip and xargs:
             v = skip["wall_s"]["median"] / xargs["wall_s"]["median"]
@@ -447,60 +615,91 @@ def evaluate(doc: dict) -> list[dict]:
             check("--skip-unchanged no-change redeploy <= 3% of the xargs time", None, None, "not measured")
         if len(fleets) > 1:
             lo = min(fleets, key=lambda f: f["tenants"])
-            a, b = _best_runner(lo["rows"], "redeploy"), _row(rows, "redeploy", (_best_runner(lo["rows"], "redeploy") or {}).get("mode"))
+            a, b = (
+                _best_runner(lo["rows"], "redeploy"),
+                _row(rows, "redeploy", (_best_runner(lo["rows"], "redeploy") or {}).get("mode")),
+            )
             if a and b:
                 g = b["wall_s"]["median"] / a["wall_s"]["median"]
                 ratio = n / lo["tenants"]
-                check(f"N={n} / N={lo['tenants']} stays linear ({0.8 * ratio:.0f}x-{1.2 * ratio:.0f}x)", f"{g:.2f}x",
-                      0.8 * ratio <= g <= 1.2 * ratio, a["mode"])
+                check(
+                    f"N={n} / N={lo['tenants']} stays linear ({0.8 * ratio:.0f}x-{1.2 * ratio:.0f}x)",
+                    f"{g:.2f}x",
+                    0.8 * ratio <= g <= 1.2 * ratio,
+                    a["mode"],
+                )
     latency = doc.get("latency")
     if latency and latency.get("rows"):
         best = min(latency["rows"], key=lambda r: r["ratio_to_bound"])
-        check(f"latency profile N={latency['tenants']} first deploy: wall <= 1.3x max(CPU floor, N/c x critical path)",
-              f"{best['ratio_to_bound']:.2f}x", best["ratio_to_bound"] <= 1.3,
-              f"{best['mode']}, concurrency used {best['concurrency_used']}")
+        check(
+            f"latency profile N={latency['tenants']} first deploy: wall <= 1.3x max(CPU floor, N/c x critical path)",
+            f"{best['ratio_to_bound']:.2f}x",
+            best["ratio_to_bound"] <= 1.3,
+            f"{best['mode']}, concurrency used {best['concurrency_used']}",
+        )
         if latency.get("throttle_rate"):
             fails = sum(r["failures"] for r in latency["rows"])
-            check(f"{latency['throttle_rate'] * 100:.0f}% throttling injected: 0 failed targets, retries counted",
-                  f"{fails} failed", fails == 0, f"retries {[r.get('retries') for r in latency['rows']]}")
+            check(
+                f"{latency['throttle_rate'] * 100:.0f}% throttling injected: 0 failed targets, retries counted",
+                f"{fails} failed",
+                fails == 0,
+                f"retries {[r.get('retries') for r in latency['rows']]}",
+            )
         else:
-            check("5% throttling injected: 0 failed targets, retries counted", None, None,
-                  "not measured: the runner has no --retries")
+            check(
+                "5% throttling injected: 0 failed targets, retries counted",
+                None,
+                None,
+                "not measured: the runner has no --retries",
+            )
     return checks
 
 
 def table(doc: dict, source: str) -> str:
-    lines = [f"Measured {doc['date'][:10]} on {doc['cores']} cores ({doc['machine_note']}), "
-             f"`{doc['command']}` ({doc['duration_s'] / 60:.0f} min; results in `{source}`). "
-             "Wall and CPU are medians of the repeats, [min-max] in brackets.", ""]
+    lines = [
+        f"Measured {doc['date'][:10]} on {doc['cores']} cores ({doc['machine_note']}), "
+        f"`{doc['command']}` ({doc['duration_s'] / 60:.0f} min; results in `{source}`). "
+        "Wall and CPU are medians of the repeats, [min-max] in brackets.",
+        "",
+    ]
     for fleet in doc.get("fleets", []):
         n = fleet["tenants"]
-        lines += [f"**N={n}** tenants (+ shared on redeploy); floor = the plain CLI's engine CPU / {doc['cores']} "
-                  f"cores: redeploy {fleet['floor']['redeploy']['wall_s']:.1f} s, drift {fleet['floor']['drift']['wall_s']:.1f} s.", "",
-                  "| operation | mode | wall s | CPU s | CPU ms per target: orchestrator / workers (or xargs, sh) / "
-                  "engine / unattributed | beyond plain CLI ms per target | peak RSS MB per concurrent target | "
-                  "wall / floor | failures |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"**N={n}** tenants (+ shared on redeploy); floor = the plain CLI's engine CPU / {doc['cores']} "
+            f"cores: redeploy {fleet['floor']['redeploy']['wall_s']:.1f} s, drift {fleet['floor']['drift']['wall_s']:.1f} s.",
+            "",
+            "| operation | mode | wall s | CPU s | CPU ms per target: orchestrator / workers (or xargs, sh) / "
+            "engine / unattributed | beyond plain CLI ms per target | peak RSS MB per concurrent target | "
+            "wall / floor | failures |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in fleet["rows"]:
             w, c, k = r["wall_s"], r["cpu_s"], r["cpu_by_class_s"]
             per = {key: value / r["targets"] * 1000 for key, value in k.items()}
             split = f"{per['root']:.0f} / {per['other']:.0f} / {per['engine']:.0f} / {per['unattributed']:.0f}"
             overhead = r.get("overhead_cpu_per_target_ms") if r["mode"].startswith("runner-c") else None
             ratio = r.get("ratio_to_floor")
-            lines.append(f"| {r['operation']} | {r['mode']} | {w['median']:.1f} [{w['min']:.1f}-{w['max']:.1f}] | "
-                         f"{c['median']:.1f} | {split} | {'' if overhead is None else f'{overhead:.0f}'} | "
-                         f"{r.get('peak_rss_mb_per_concurrent_target') or ''} | "
-                         f"{'' if ratio is None else f'{ratio:.2f}'} | {r['failures']} |")
+            lines.append(
+                f"| {r['operation']} | {r['mode']} | {w['median']:.1f} [{w['min']:.1f}-{w['max']:.1f}] | "
+                f"{c['median']:.1f} | {split} | {'' if overhead is None else f'{overhead:.0f}'} | "
+                f"{r.get('peak_rss_mb_per_concurrent_target') or ''} | "
+                f"{'' if ratio is None else f'{ratio:.2f}'} | {r['failures']} |"
+            )
         lines.append("")
     latency = doc.get("latency")
     if latency and latency.get("rows"):
-        lines += [f"**Latency profile**: first deploy of N={latency['tenants']} with `simulated_latency_ms: "
-                  f"{latency['latency_ms']}`, `simulated_throttle_rate: {latency['throttle_rate']}`.", "",
-                  "| mode | concurrency used | wall s | CPU floor s | N/c x critical path s | wall / bound | failures |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"**Latency profile**: first deploy of N={latency['tenants']} with `simulated_latency_ms: "
+            f"{latency['latency_ms']}`, `simulated_throttle_rate: {latency['throttle_rate']}`.",
+            "",
+            "| mode | concurrency used | wall s | CPU floor s | N/c x critical path s | wall / bound | failures |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in latency["rows"]:
-            lines.append(f"| {r['mode']} | {r['concurrency_used']} | {r['wall_s']['median']:.1f} | {r['cpu_floor_s']:.1f} | "
-                         f"{r['io_bound_s']:.1f} | {r['ratio_to_bound']:.2f} | {r['failures']} |")
+            lines.append(
+                f"| {r['mode']} | {r['concurrency_used']} | {r['wall_s']['median']:.1f} | {r['cpu_floor_s']:.1f} | "
+                f"{r['io_bound_s']:.1f} | {r['ratio_to_bound']:.2f} | {r['failures']} |"
+            )
         lines.append("")
     lines += ["Targets of issue #17:", "", "| target | measured | |", "| --- | --- | --- |"]
     for ch in doc["checks"]:
@@ -547,12 +746,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenants", type=parse_list, default=[50], help="fleet sizes N (default 50; e.g. 10,50)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per row (default 3; median and min/max)")
-    parser.add_argument("--concurrency", default=None,
-                        help=f"runner concurrencies (default 1,{CORES},auto; auto only when the runner accepts it)")
+    parser.add_argument(
+        "--concurrency",
+        default=None,
+        help=f"runner concurrencies (default 1,{CORES},auto; auto only when the runner accepts it)",
+    )
     parser.add_argument("--latency-tenants", type=int, default=100, help="latency profile N (default 100; 0: skip)")
     parser.add_argument("--latency-ms", type=int, default=500, help="simulated_latency_ms of the profile (default 500)")
-    parser.add_argument("--throttle-rate", type=float, default=0.05,
-                        help="simulated_throttle_rate of the profile when the runner has --retries (default 0.05)")
+    parser.add_argument(
+        "--throttle-rate",
+        type=float,
+        default=0.05,
+        help="simulated_throttle_rate of the profile when the runner has --retries (default 0.05)",
+    )
     parser.add_argument("--label", default=socket.gethostname(), help="results file bench/results/<date>-<label>.json")
     parser.add_argument("--machine-note", default="", help="how quiet the machine was (goes into the table)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/<date>-<label>.json)")
@@ -569,52 +775,62 @@ def main(argv: list[str] | None = None) -> int:
     auto = "auto" in option_block(up_help, "--concurrency")
     skip_flag = "--skip-unchanged" in up_help
     retries = "--retries" in up_help
-    concurrencies = (args.concurrency.split(",") if args.concurrency
-                     else ["1", str(CORES), *(["auto"] if auto else [])])
+    concurrencies = args.concurrency.split(",") if args.concurrency else ["1", str(CORES), *(["auto"] if auto else [])]
     notes = []
     if "auto" in concurrencies and not auto:
         concurrencies.remove("auto")
     if not auto:
         notes.append("`runner up --concurrency auto` is not accepted by this runner: its rows are not measured.")
     if not retries:
-        notes.append("`runner up --retries` does not exist in this runner: the latency profile runs without "
-                     "injected throttling.")
+        notes.append(
+            "`runner up --retries` does not exist in this runner: the latency profile runs without injected throttling."
+        )
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    log(f"work dir {tmp}; engine {bin_dir}; {CORES} cores; concurrency {concurrencies}; "
-        f"--skip-unchanged {skip_flag}; --retries {retries}")
+    log(
+        f"work dir {tmp}; engine {bin_dir}; {CORES} cores; concurrency {concurrencies}; "
+        f"--skip-unchanged {skip_flag}; --retries {retries}"
+    )
     started = time.time()
     try:
         fleets = [measure_fleet(tmp, bin_dir, n, args.repeats, concurrencies, skip_flag) for n in args.tenants]
         latency = None
         if args.latency_tenants:
             lat_c = ["auto"] if auto else [str(CORES), str(2 * CORES)]
-            latency = measure_latency(tmp, bin_dir, args.latency_tenants, args.latency_ms, lat_c,
-                                      args.throttle_rate if retries else None)
+            latency = measure_latency(
+                tmp, bin_dir, args.latency_tenants, args.latency_ms, lat_c, args.throttle_rate if retries else None
+            )
         load = os.getloadavg()
         doc = {
-            "benchmark": "bench.fleet", "version": 2,
+            "benchmark": "bench.fleet",
+            "version": 2,
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "host": socket.gethostname(), "cores": CORES, "python": sys.version.split()[0],
-            "engine": str(bin_dir), "command": "python -m bench.fleet " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "machine_note": args.machine_note or (f"load average {load[0]:.1f} at the end" if load[0] > CORES * 0.5
-                                                  else "quiet"),
-            "duration_s": _r(time.time() - started, 1), "concurrency": concurrencies,
+            "host": socket.gethostname(),
+            "cores": CORES,
+            "python": sys.version.split()[0],
+            "engine": str(bin_dir),
+            "command": "python -m bench.fleet " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "machine_note": args.machine_note
+            or (f"load average {load[0]:.1f} at the end" if load[0] > CORES * 0.5 else "quiet"),
+            "duration_s": _r(time.time() - started, 1),
+            "concurrency": concurrencies,
             "features": {"concurrency_auto": auto, "skip_unchanged": skip_flag, "retries": retries},
             "method": {
                 "shared_stack": "redeploy: counted on every side (the runner ups it first; the plain modes up it "
-                                "too, first in the list); drift: on none (runner drift checks tenant stacks only)",
+                "too, first in the list); drift: on none (runner drift checks tenant stacks only)",
                 "plain_env": "each stack's environment from `runner env --stack S` (passphrase, backend, "
-                             "PULUMI_HOME, PATH) in the directory it names; xargs sources the shell lines per stack",
+                "PULUMI_HOME, PATH) in the directory it names; xargs sources the shell lines per stack",
                 "cpu_s": "exact: getrusage(RUSAGE_CHILDREN) delta of the whole process tree",
                 "cpu_by_class_s": "sampled every 50 ms from /proc: root = the command itself (the runner's "
-                                  "orchestrator), other = workers (or xargs/sh), engine = pulumi CLIs and all "
-                                  "below them; unattributed = exact total - sampled",
+                "orchestrator), other = workers (or xargs/sh), engine = pulumi CLIs and all "
+                "below them; unattributed = exact total - sampled",
                 "floor": "sum over stacks of the median engine CPU of each stack's plain CLI commands, / cores",
                 "overhead_cpu_per_target_ms": "(runner CPU - floor engine CPU) / targets",
                 "peak_rss_mb_per_concurrent_target": "peak summed RSS of the tree / most pulumi CLIs alive at once",
                 "order": "modes rotate by one per repeat",
             },
-            "fleets": fleets, "latency": latency, "notes": notes,
+            "fleets": fleets,
+            "latency": latency,
+            "notes": notes,
         }
         doc["checks"] = evaluate(doc)
         out = args.out or RESULTS / f"{dt.date.today().isoformat()}-{args.label}.json"

@@ -60,7 +60,7 @@ def _stat(pid: int) -> tuple[int, float] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
 
 
@@ -84,8 +84,12 @@ def is_engine_cli(argv: list[str]) -> bool:
 
 def _is_engine(argv: list[str]) -> bool:
     text = " ".join(argv[:3])
-    return bool(argv) and (os.path.basename(argv[0]).startswith("pulumi") or "pulumi-language-python" in text
-                           or "pulumi.dynamic" in text or "pulumi-resource-" in text)
+    return bool(argv) and (
+        os.path.basename(argv[0]).startswith("pulumi")
+        or "pulumi-language-python" in text
+        or "pulumi.dynamic" in text
+        or "pulumi-resource-" in text
+    )
 
 
 class TreeSampler(threading.Thread):
@@ -163,14 +167,16 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_measured(argv: list[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = None,
-                 interval: float = 0.05) -> Measured:
+def run_measured(
+    argv: list[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = None, interval: float = 0.05
+) -> Measured:
     """Run one command to completion (one at a time: the CPU delta is per process)."""
     load_start = os.getloadavg()[0]
     cpu0 = _children_cpu()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, text=True, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv, env=env, cwd=cwd, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     sampler = TreeSampler(proc.pid, interval)
     sampler.start()
     try:
@@ -181,7 +187,15 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, cwd: str
     total = _children_cpu() - cpu0
     by_class = sampler.cpu_by_class()
     by_class["unattributed"] = max(0.0, total - sum(by_class.values()))
-    return Measured(argv=list(argv), returncode=proc.returncode, wall_s=wall, cpu_s=total,
-                    peak_rss_mb=sampler.peak_rss / 2**20, peak_engines=sampler.peak_engines,
-                    cpu_by_class=by_class, stdout=out, stderr=err,
-                    load1=max(load_start, os.getloadavg()[0]))
+    return Measured(
+        argv=list(argv),
+        returncode=proc.returncode,
+        wall_s=wall,
+        cpu_s=total,
+        peak_rss_mb=sampler.peak_rss / 2**20,
+        peak_engines=sampler.peak_engines,
+        cpu_by_class=by_class,
+        stdout=out,
+        stderr=err,
+        load1=max(load_start, os.getloadavg()[0]),
+    )

@@ -40,9 +40,8 @@ def tenant(i: int) -> dict:
 
 def registry_text(count: int) -> str:
     lines = [
-        "defaults:\n  platform: local\n  app_version: \"1.0.0\"\n",
-        "environments:\n  - name: testing\n  - name: staging\n"
-        "  - name: production\n    require_tenant: true\n",
+        'defaults:\n  platform: local\n  app_version: "1.0.0"\n',
+        "environments:\n  - name: testing\n  - name: staging\n  - name: production\n    require_tenant: true\n",
         "tenants:\n",
     ]
     for i in range(count):
@@ -58,7 +57,7 @@ def registry_text(count: int) -> str:
         )
     lines.append(
         "rollout:\n  waves:\n    - {name: canary, tags: {tier: canary}}\n"
-        "    - {name: early, max: \"25%\"}\n    - {name: rest}\n  failure_tolerance: \"1%\"\n"
+        '    - {name: early, max: "25%"}\n    - {name: rest}\n  failure_tolerance: "1%"\n'
     )
     return "".join(lines)
 

@@ -90,7 +90,7 @@ EMAIL_MAX = 64
 ACCOUNT_NAME_MAX = 50
 #: The longest account_email_domain that still leaves room for a unique local part.
 EMAIL_DOMAIN_MAX = 40
-_DOMAIN_RE = re.compile(r"^(?=.{4,%d}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$" % EMAIL_DOMAIN_MAX)
+_DOMAIN_RE = re.compile(rf"^(?=.{{4,{EMAIL_DOMAIN_MAX}}}$)([a-z0-9]([a-z0-9-]{{0,61}}[a-z0-9])?\.)+[a-z]{{2,63}}$")
 
 
 def email_domain_problem(domain: str) -> str | None:
@@ -98,8 +98,9 @@ def email_domain_problem(domain: str) -> str | None:
     if not domain:
         return "account_email_domain is required on the aws platform (root mail of every member account goes there)"
     if not _DOMAIN_RE.match(domain):
-        return (f"account_email_domain {domain!r} must be a lower-case domain name of at most "
-                f"{EMAIL_DOMAIN_MAX} characters")
+        return (
+            f"account_email_domain {domain!r} must be a lower-case domain name of at most {EMAIL_DOMAIN_MAX} characters"
+        )
     return None
 
 
@@ -109,7 +110,7 @@ def _fit(text: str, limit: int, key: str) -> str:
     if len(text) <= limit:
         return text
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
-    return f"{text[:limit - 9].rstrip('-.')}-{digest}"
+    return f"{text[: limit - 9].rstrip('-.')}-{digest}"
 
 
 def account_email(tenant_id: str, environment: str, domain: str) -> str:

@@ -55,7 +55,10 @@ def _log(message: str) -> None:
 def cli_version(pulumi: Path) -> str | None:
     try:
         out = subprocess.run(
-            [str(pulumi), "version"], capture_output=True, text=True, timeout=60,
+            [str(pulumi), "version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
             env={**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"},
         )
     except (OSError, subprocess.TimeoutExpired):
@@ -97,8 +100,12 @@ def _go_env() -> dict[str, str]:
 
 def _go(*args: str, capture: bool = False) -> str:
     proc = subprocess.run(
-        ["go", *args], cwd=TOOLS_DIR, env=_go_env(), text=True,
-        stdout=subprocess.PIPE if capture else sys.stderr, stderr=sys.stderr,
+        ["go", *args],
+        cwd=TOOLS_DIR,
+        env=_go_env(),
+        text=True,
+        stdout=subprocess.PIPE if capture else sys.stderr,
+        stderr=sys.stderr,
     )
     if proc.returncode != 0:
         raise EngineUnavailable(f"`go {' '.join(args)}` failed in {TOOLS_DIR} (exit {proc.returncode})")
@@ -129,15 +136,18 @@ def install_official(dest_root: Path) -> None:
     try:
         script = subprocess.run(["curl", "-fsSL", "https://get.pulumi.com"], capture_output=True, text=True)
         if script.returncode != 0:
-            raise EngineUnavailable(f"no Go toolchain, and Pulumi's installer could not be downloaded "
-                                    f"(curl exit {script.returncode})")
+            raise EngineUnavailable(
+                f"no Go toolchain, and Pulumi's installer could not be downloaded (curl exit {script.returncode})"
+            )
         installed = subprocess.run(
             ["sh", "-s", "--", "--version", PULUMI_VERSION, "--install-root", str(dest_root), "--no-edit-path"],
-            input=script.stdout, text=True,
+            input=script.stdout,
+            text=True,
         )
     except OSError as exc:  # no curl or sh on PATH
-        raise EngineUnavailable(f"no Go toolchain, and Pulumi's installer cannot run: {exc.strerror}: "
-                                f"{exc.filename}") from None
+        raise EngineUnavailable(
+            f"no Go toolchain, and Pulumi's installer cannot run: {exc.strerror}: {exc.filename}"
+        ) from None
     if installed.returncode != 0:
         raise EngineUnavailable(f"no Go toolchain, and Pulumi's installer failed (exit {installed.returncode})")
 

@@ -7,11 +7,15 @@ import functools
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import click
 
 from runner import report as rpt
+
+if TYPE_CHECKING:
+    from runner import ops
 from runner.names import BACKEND_SCHEMES, SHARED_STACK
 
 
@@ -37,23 +41,33 @@ class CommandFailure(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-def _context(kw) -> "ops.Context":
+def _context(kw) -> ops.Context:
     from runner import ops
 
-    return ops.Context(registry=kw.pop("registry", None), backend=kw.pop("backend", None),
-                       ledger=kw.pop("ledger", None))
+    return ops.Context(
+        registry=kw.pop("registry", None), backend=kw.pop("backend", None), ledger=kw.pop("ledger", None)
+    )
 
 
 def common_options(f):
     """--registry, --backend, --ledger (shared by every command that reads the fleet)."""
-    f = click.option("--registry", metavar="PATH|URL", help="Tenant registry (default stacks/tenants.yaml; env RUNNER_REGISTRY).")(f)
-    f = click.option("--backend", metavar="URL", help="Pulumi state backend: file://, postgres://, s3:// (env RUNNER_BACKEND; default .runner/state).")(f)
-    f = click.option("--ledger", metavar="URL", help="Ledger database: sqlite:///PATH or postgresql://... (env RUNNER_LEDGER).")(f)
+    f = click.option(
+        "--registry", metavar="PATH|URL", help="Tenant registry (default stacks/tenants.yaml; env RUNNER_REGISTRY)."
+    )(f)
+    f = click.option(
+        "--backend",
+        metavar="URL",
+        help="Pulumi state backend: file://, postgres://, s3:// (env RUNNER_BACKEND; default .runner/state).",
+    )(f)
+    f = click.option(
+        "--ledger", metavar="URL", help="Ledger database: sqlite:///PATH or postgresql://... (env RUNNER_LEDGER)."
+    )(f)
     return f
 
 
 def _registry_for_completion(ctx):
-    from runner import ops, registry as reg
+    from runner import ops
+    from runner import registry as reg
 
     source = ctx.params.get("registry") or os.environ.get("RUNNER_REGISTRY") or str(ops.DEFAULT_REGISTRY)
     return reg.load_registry(source)
@@ -76,23 +90,73 @@ def complete_envs(ctx, param, incomplete):
 
 
 def selector_options(f):
-    f = click.option("--tenant", "tenants", multiple=True, metavar="T", shell_complete=complete_tenants, help="Select a tenant (repeatable).")(f)
+    f = click.option(
+        "--tenant",
+        "tenants",
+        multiple=True,
+        metavar="T",
+        shell_complete=complete_tenants,
+        help="Select a tenant (repeatable).",
+    )(f)
     f = click.option("--all-tenants", is_flag=True, help="Select every enabled tenant.")(f)
-    f = click.option("--env", "envs", multiple=True, metavar="E", shell_complete=complete_envs, help="Restrict to an environment (repeatable).")(f)
-    f = click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only tenants with this tag (repeatable, all must match); alone, selects the enabled tenants with it.")(f)
-    f = click.option("--exclude-tenant", "exclude", multiple=True, metavar="T", help="Leave a tenant out (repeatable).")(f)
-    f = click.option("--untenanted", is_flag=True, help="An untenanted deployment to --env (refused where the environment requires a tenant).")(f)
-    f = click.option("--shard", metavar="I/N", help="Run only shard I of N (0-based; default JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT when set).")(f)
+    f = click.option(
+        "--env",
+        "envs",
+        multiple=True,
+        metavar="E",
+        shell_complete=complete_envs,
+        help="Restrict to an environment (repeatable).",
+    )(f)
+    f = click.option(
+        "--tag",
+        "tags",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Only tenants with this tag (repeatable, all must match); alone, selects the enabled tenants with it.",
+    )(f)
+    f = click.option(
+        "--exclude-tenant", "exclude", multiple=True, metavar="T", help="Leave a tenant out (repeatable)."
+    )(f)
+    f = click.option(
+        "--untenanted",
+        is_flag=True,
+        help="An untenanted deployment to --env (refused where the environment requires a tenant).",
+    )(f)
+    f = click.option(
+        "--shard",
+        metavar="I/N",
+        help="Run only shard I of N (0-based; default JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT when set).",
+    )(f)
     return f
 
 
 def output_options(f):
-    f = click.option("--json", "as_json", is_flag=True, help="Write exactly one JSON document on stdout; human text goes to stderr.")(f)
-    f = click.option("--report-json", type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")(f)
-    f = click.option("--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML report (one testcase per target).")(f)
-    f = click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Progress lines as text or JSON (machine logs).")(f)
-    f = click.option("--run-id", help="Run id shared by the shards of one pipeline (default: the CI system's run id, else a fresh one).")(f)
-    f = click.option("--notify", multiple=True, metavar="slack:URL|webhook:URL", help="Send one message at the end of the run (repeatable; env RUNNER_NOTIFY, space-separated).")(f)
+    f = click.option(
+        "--json", "as_json", is_flag=True, help="Write exactly one JSON document on stdout; human text goes to stderr."
+    )(f)
+    f = click.option("--report-json", type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")(
+        f
+    )
+    f = click.option(
+        "--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML report (one testcase per target)."
+    )(f)
+    f = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Progress lines as text or JSON (machine logs).",
+    )(f)
+    f = click.option(
+        "--run-id",
+        help="Run id shared by the shards of one pipeline (default: the CI system's run id, else a fresh one).",
+    )(f)
+    f = click.option(
+        "--notify",
+        multiple=True,
+        metavar="slack:URL|webhook:URL",
+        help="Send one message at the end of the run (repeatable; env RUNNER_NOTIFY, space-separated).",
+    )(f)
     return f
 
 
@@ -115,9 +179,24 @@ class Concurrency(click.ParamType):
 
 def fleet_options(f):
     """--concurrency, --lock-timeout, --retries: no default here, ops.RunSettings holds them (one place)."""
-    f = click.option("--concurrency", type=Concurrency(), metavar="N|auto", help="Targets run at once, never exceeded; auto: the cores (x4 when the targets wait on a cloud API), bounded by free memory [default: CPU cores].")(f)
-    f = click.option("--lock-timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="Seconds to wait for a stack locked by a live operation [default: 120].")(f)
-    f = click.option("--retries", type=click.IntRange(min=0), metavar="N", help="Run a target again after a transient engine error (throttling, timeout, reset connection), up to N more times with backoff; every attempt is recorded [default: 2].")(f)
+    f = click.option(
+        "--concurrency",
+        type=Concurrency(),
+        metavar="N|auto",
+        help="Targets run at once, never exceeded; auto: the cores (x4 when the targets wait on a cloud API), bounded by free memory [default: CPU cores].",
+    )(f)
+    f = click.option(
+        "--lock-timeout",
+        type=click.FloatRange(min=0),
+        metavar="SECONDS",
+        help="Seconds to wait for a stack locked by a live operation [default: 120].",
+    )(f)
+    f = click.option(
+        "--retries",
+        type=click.IntRange(min=0),
+        metavar="N",
+        help="Run a target again after a transient engine error (throttling, timeout, reset connection), up to N more times with backoff; every attempt is recorded [default: 2].",
+    )(f)
     return f
 
 
@@ -132,8 +211,9 @@ def check_backend_url(url: str | None, source: str) -> None:
         return
     parts = urlsplit(url)
     if parts.scheme not in BACKEND_SCHEMES or not (parts.netloc or (parts.scheme == "file" and parts.path)):
-        raise UsageFailure(f"{source} {url!r}: unsupported state backend URL: use "
-                           + ", ".join(BACKEND_SCHEMES.values()))
+        raise UsageFailure(
+            f"{source} {url!r}: unsupported state backend URL: use " + ", ".join(BACKEND_SCHEMES.values())
+        )
 
 
 def handle_problems(f):
@@ -173,8 +253,9 @@ def handle_problems(f):
     return wrapper
 
 
-def emit_report(report: rpt.Report, *, as_json: bool, report_json: str | None, junit: str | None,
-                notify_targets=()) -> None:
+def emit_report(
+    report: rpt.Report, *, as_json: bool, report_json: str | None, junit: str | None, notify_targets=()
+) -> None:
     from runner.progress import print_summary
 
     # The files first: whatever text a target's error holds, a failing terminal
@@ -187,8 +268,11 @@ def emit_report(report: rpt.Report, *, as_json: bool, report_json: str | None, j
     try:
         print_summary(report)
     except Exception as exc:  # noqa: BLE001 - the summary is a view; the reports above are the record
-        click.echo(f"summary could not be shown ({type(exc).__name__}: {exc}); "
-                   f"{report.counts['total']} target(s), exit code {report.exit_code}", err=True)
+        click.echo(
+            f"summary could not be shown ({type(exc).__name__}: {exc}); "
+            f"{report.counts['total']} target(s), exit code {report.exit_code}",
+            err=True,
+        )
     if notify_targets:
         from runner.notify import notify
 
@@ -218,9 +302,14 @@ def destroy_guard_callbacks() -> dict:
 
 
 def max_destroy_option(f):
-    return click.option("--max-destroy", type=click.IntRange(min=0), default=None, metavar="N",
-                        help="Refuse (exit 2, nothing destroyed) to destroy more than N stacks in one run "
-                             "[default: 5; raise it here on the command line].")(f)
+    return click.option(
+        "--max-destroy",
+        type=click.IntRange(min=0),
+        default=None,
+        metavar="N",
+        help="Refuse (exit 2, nothing destroyed) to destroy more than N stacks in one run "
+        "[default: 5; raise it here on the command line].",
+    )(f)
 
 
 def make_progress_factory(log_format: str, operation: str | None = None):
@@ -244,7 +333,7 @@ def notify_targets(specs) -> list:
         raise UsageFailure(f"--notify: {exc}") from None
 
 
-def run_settings(operation: str, kw: dict) -> "ops.RunSettings":
+def run_settings(operation: str, kw: dict) -> ops.RunSettings:
     """The options of a fleet command as ops.RunSettings: every option named like one of its
     fields is passed through; an option not given (None) keeps RunSettings' default."""
     import dataclasses
@@ -256,11 +345,18 @@ def run_settings(operation: str, kw: dict) -> "ops.RunSettings":
     return ops.RunSettings(operation=operation, argv=tuple(sys.argv[1:]), **given)
 
 
-def selectors(kw: dict) -> "ops.Selectors":
+def selectors(kw: dict) -> ops.Selectors:
     from runner import ops
 
-    return ops.Selectors(tenants=kw["tenants"], all_tenants=kw["all_tenants"], envs=kw["envs"], tags=kw["tags"],
-                         exclude=kw["exclude"], untenanted=kw["untenanted"], shard=kw["shard"])
+    return ops.Selectors(
+        tenants=kw["tenants"],
+        all_tenants=kw["all_tenants"],
+        envs=kw["envs"],
+        tags=kw["tags"],
+        exclude=kw["exclude"],
+        untenanted=kw["untenanted"],
+        shard=kw["shard"],
+    )
 
 
 def run_fleet_command(operation: str, kw: dict, guard: dict | None = None) -> None:
@@ -268,10 +364,14 @@ def run_fleet_command(operation: str, kw: dict, guard: dict | None = None) -> No
 
     targets = notify_targets(kw.pop("notify", ()))
     ctx = _context(kw)
-    report = ops.fleet_run(ctx, selectors(kw), run_settings(operation, kw),
-                           make_progress=make_progress_factory(kw["log_format"], operation), **(guard or {}))
-    emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"],
-                notify_targets=targets)
+    report = ops.fleet_run(
+        ctx,
+        selectors(kw),
+        run_settings(operation, kw),
+        make_progress=make_progress_factory(kw["log_format"], operation),
+        **(guard or {}),
+    )
+    emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"], notify_targets=targets)
 
 
 @click.group(cls=RunnerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -290,21 +390,56 @@ def main():
 @selector_options
 @fleet_options
 @output_options
-@click.option("--release", help="Release label (default: the program's commit, the newest commit that changed Pulumi.yaml, stacks/ or components/; -dirty when those differ from it; registry edits are config, not a release).")
-@click.option("--on-failure", type=click.Choice(["continue", "stop", "rollback"]), default="continue", show_default=True,
-              help="continue: isolate failures; stop: start nothing new after the first failure; "
-                   "rollback: return a failed target to its last good release.")
+@click.option(
+    "--release",
+    help="Release label (default: the program's commit, the newest commit that changed Pulumi.yaml, stacks/ or components/; -dirty when those differ from it; registry edits are config, not a release).",
+)
+@click.option(
+    "--on-failure",
+    type=click.Choice(["continue", "stop", "rollback"]),
+    default="continue",
+    show_default=True,
+    help="continue: isolate failures; stop: start nothing new after the first failure; "
+    "rollback: return a failed target to its last good release.",
+)
 @click.option("--max-failures", type=click.IntRange(min=1), help="Start nothing new after N failures.")
-@click.option("--rerun-failed", metavar="RUN_ID", is_flag=False, flag_value="last",
-              help="Only the targets that failed or were not started in that run (default: the last run).")
-@click.option("--ignore-lifecycle", is_flag=True, help="Deploy where the lifecycle gates refuse (recorded in the ledger).")
-@click.option("--strategy", type=click.Choice(["waves", "all-at-once"]), help="Override the registry's rollout (default: waves when it has one).")
+@click.option(
+    "--rerun-failed",
+    metavar="RUN_ID",
+    is_flag=False,
+    flag_value="last",
+    help="Only the targets that failed or were not started in that run (default: the last run).",
+)
+@click.option(
+    "--ignore-lifecycle", is_flag=True, help="Deploy where the lifecycle gates refuse (recorded in the ledger)."
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["waves", "all-at-once"]),
+    help="Override the registry's rollout (default: waves when it has one).",
+)
 @click.option("--wave", metavar="NAME", help="Run one wave of the rollout only (manual promotion).")
-@click.option("--skip-unchanged", is_flag=True, help="Skip targets whose program, config and release equal their last good deploy, when that deploy or a newer in-sync drift check is younger than --max-age; says per target why it skipped or not.")
-@click.option("--max-age", type=click.FloatRange(min=0), default=24.0, show_default=True, metavar="HOURS", help="With --skip-unchanged: how old the last good deploy or clean drift check may be.")
-@click.option("--plans", "plans", metavar="DIR", type=click.Path(file_okay=False),
-              help="Apply exactly the plans `preview --save-plans DIR` saved: exit 2 when the program, registry or a "
-                   "plan file changed; a target whose state moved fails as a stale plan; no other target is touched.")
+@click.option(
+    "--skip-unchanged",
+    is_flag=True,
+    help="Skip targets whose program, config and release equal their last good deploy, when that deploy or a newer in-sync drift check is younger than --max-age; says per target why it skipped or not.",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    metavar="HOURS",
+    help="With --skip-unchanged: how old the last good deploy or clean drift check may be.",
+)
+@click.option(
+    "--plans",
+    "plans",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Apply exactly the plans `preview --save-plans DIR` saved: exit 2 when the program, registry or a "
+    "plan file changed; a target whose state moved fails as a stale plan; no other target is touched.",
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_problems
 def up(skip_unchanged, max_age, **kw):
@@ -330,11 +465,17 @@ def rollback(**kw):
 @common_options
 @fleet_options
 @output_options
-@click.option("--prune", is_flag=True, help="Offboard stacks whose tenant is gone or disabled: destroy, then remove the stack.")
+@click.option(
+    "--prune", is_flag=True, help="Offboard stacks whose tenant is gone or disabled: destroy, then remove the stack."
+)
 @click.option("--purge", is_flag=True, help="With --prune: also delete the tenants' databases (kept by default).")
 @click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
 @click.option("--release", help="Release label (default: the project's git commit).")
-@click.option("--shard", metavar="I/N", help="Deploy only shard I of N (default JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT when set); refused with --prune.")
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Deploy only shard I of N (default JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT when set); refused with --prune.",
+)
 @click.option("--yes", is_flag=True, help="With --prune: do not ask before destroying (needed off a terminal).")
 @max_destroy_option
 @handle_problems
@@ -352,10 +493,17 @@ def sync(prune, purge, dry_run, release, shard, yes, max_destroy, **kw):
     targets = notify_targets(kw.pop("notify", ()))
     ctx = _context(kw)
     settings = run_settings("up", {**kw, "release": release, "yes": yes, "max_destroy": max_destroy})
-    report = ops.sync(ctx, settings, prune=prune, purge=purge, dry_run=dry_run, shard=shard,
-                      make_progress=make_progress_factory(kw["log_format"]), **destroy_guard_callbacks())
-    emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"],
-                notify_targets=targets)
+    report = ops.sync(
+        ctx,
+        settings,
+        prune=prune,
+        purge=purge,
+        dry_run=dry_run,
+        shard=shard,
+        make_progress=make_progress_factory(kw["log_format"]),
+        **destroy_guard_callbacks(),
+    )
+    emit_report(report, as_json=kw["as_json"], report_json=kw["report_json"], junit=kw["junit"], notify_targets=targets)
 
 
 @main.command()
@@ -393,9 +541,20 @@ def history(tenant, env, limit, as_json, **kw):
         return
     table = Table("when", "operation", "release", "status", "changes", "run", "error", title=f"{tenant}.{env}")
     for r in rows:
-        table.add_row(*map(Text, (  # ledger text is untrusted: plain Text, never markup
-            r.started.strftime("%Y-%m-%d %H:%M:%S"), r.operation, r.release or "", r.status,
-            rpt.format_changes(r.changes or {}), r.run_id, (r.error or "").splitlines()[0] if r.error else "")))
+        table.add_row(
+            *map(
+                Text,
+                (  # ledger text is untrusted: plain Text, never markup
+                    r.started.strftime("%Y-%m-%d %H:%M:%S"),
+                    r.operation,
+                    r.release or "",
+                    r.status,
+                    rpt.format_changes(r.changes or {}),
+                    r.run_id,
+                    (r.error or "").splitlines()[0] if r.error else "",
+                ),
+            )
+        )
     console().print(table)
 
 
@@ -421,7 +580,8 @@ def report_cmd(**kw):
 @handle_problems
 def status(as_json, html_path, **kw):
     """Tenants x environments: release, status, age, last drift (from the ledger; no engine call)."""
-    from runner import ops, status as st
+    from runner import ops
+    from runner import status as st
     from runner.progress import console
 
     ctx = _context(kw)
@@ -446,9 +606,13 @@ def status(as_json, html_path, **kw):
 @fleet_options
 @output_options
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 3 when any target has changes.")
-@click.option("--save-plans", metavar="DIR", type=click.Path(file_okay=False),
-              help="Save each changed target's update plan, DIR/manifest.json and DIR/summary.md (a pull-request "
-                   "comment) for `up --plans DIR`.")
+@click.option(
+    "--save-plans",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Save each changed target's update plan, DIR/manifest.json and DIR/summary.md (a pull-request "
+    "comment) for `up --plans DIR`.",
+)
 @handle_problems
 def preview(**kw):
     """Show what `up` would change, per target."""
@@ -491,8 +655,11 @@ def destroy(**kw):
 @selector_options
 @fleet_options
 @output_options
-@click.option("--remediate", type=click.Choice(["up", "refresh"]),
-              help="Then fix: `up` re-applies the code to drifted/pending targets, `refresh` accepts reality into the state.")
+@click.option(
+    "--remediate",
+    type=click.Choice(["up", "refresh"]),
+    help="Then fix: `up` re-applies the code to drifted/pending targets, `refresh` accepts reality into the state.",
+)
 @handle_problems
 def drift(**kw):
     """Compare reality, state and code for each target, without writing state (exit 3 on drift).
@@ -536,7 +703,8 @@ def tenants_list(registry, as_json):
     from rich.table import Table
     from rich.text import Text
 
-    from runner import ops, registry as reg
+    from runner import ops
+    from runner import registry as reg
     from runner.progress import console
 
     rows = reg.tenants_table(ops.load(ops.Context(registry=registry)))
@@ -545,9 +713,18 @@ def tenants_list(registry, as_json):
         return
     table = Table("id", "name", "environments", "tags", "enabled")
     for row in rows:
-        table.add_row(*map(Text, (row["id"], row["name"], ", ".join(row["environments"]),
-                                  ", ".join(f"{k}={v}" for k, v in row["tags"].items()),
-                                  "yes" if row["enabled"] else "no")))
+        table.add_row(
+            *map(
+                Text,
+                (
+                    row["id"],
+                    row["name"],
+                    ", ".join(row["environments"]),
+                    ", ".join(f"{k}={v}" for k, v in row["tags"].items()),
+                    "yes" if row["enabled"] else "no",
+                ),
+            )
+        )
     console().print(table)
 
 
@@ -556,7 +733,8 @@ def tenants_list(registry, as_json):
 @handle_problems
 def tenants_validate(registry):
     """Validate the registry: every problem with file:line, exit 2; or a one-line OK."""
-    from runner import ops, registry as reg
+    from runner import ops
+    from runner import registry as reg
 
     click.echo(reg.registry_summary(ops.load(ops.Context(registry=registry))), err=True)
 
@@ -566,12 +744,28 @@ def tenants_validate(registry):
 
 def one_stack_options(f):
     """--tenant T --env E or --stack S; fleet selectors are accepted only to be refused clearly."""
-    f = click.option("--tenant", "tenants", multiple=True, metavar="T", shell_complete=complete_tenants,
-                     help="The tenant (with --env).")(f)
-    f = click.option("--env", "envs", multiple=True, metavar="E", shell_complete=complete_envs,
-                     help="The environment (with --tenant).")(f)
-    f = click.option("--stack", metavar="NAME", shell_complete=lambda c, p, i: [s for s in [SHARED_STACK] if s.startswith(i)],
-                     help="A stack by name instead: shared, or TENANT.ENV.")(f)
+    f = click.option(
+        "--tenant",
+        "tenants",
+        multiple=True,
+        metavar="T",
+        shell_complete=complete_tenants,
+        help="The tenant (with --env).",
+    )(f)
+    f = click.option(
+        "--env",
+        "envs",
+        multiple=True,
+        metavar="E",
+        shell_complete=complete_envs,
+        help="The environment (with --tenant).",
+    )(f)
+    f = click.option(
+        "--stack",
+        metavar="NAME",
+        shell_complete=lambda c, p, i: [s for s in [SHARED_STACK] if s.startswith(i)],
+        help="A stack by name instead: shared, or TENANT.ENV.",
+    )(f)
     for flag in ("--all-tenants", "--untenanted"):
         f = click.option(flag, is_flag=True, hidden=True, expose_value=True)(f)
     for name in ("--tag", "--exclude-tenant", "--shard"):
@@ -580,8 +774,11 @@ def one_stack_options(f):
 
 
 def _one_stack(kw) -> dict:
-    fleet = [f"--{k.replace('_', '-')}" for k in ("all_tenants", "untenanted", "tag", "exclude_tenant", "shard")
-             if kw.pop(k, None)]
+    fleet = [
+        f"--{k.replace('_', '-')}"
+        for k in ("all_tenants", "untenanted", "tag", "exclude_tenant", "shard")
+        if kw.pop(k, None)
+    ]
     tenants, envs = kw.pop("tenants"), kw.pop("envs")
     if fleet or len(tenants) > 1 or len(envs) > 1:
         given = ", ".join(fleet) or "more than one --tenant/--env"

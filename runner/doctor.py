@@ -44,8 +44,12 @@ def check_engine() -> tuple[Check, Path | None]:
 
     found = bootstrap.find_engine()
     if found is None:
-        return Check("engine", False, f"no pulumi v{bootstrap.PULUMI_VERSION} in RUNNER_PULUMI_ROOT, on PATH or in "
-                                      f"{bootstrap.cache_dir() / 'bin'} (build it: python -m runner.bootstrap)"), None
+        return Check(
+            "engine",
+            False,
+            f"no pulumi v{bootstrap.PULUMI_VERSION} in RUNNER_PULUMI_ROOT, on PATH or in "
+            f"{bootstrap.cache_dir() / 'bin'} (build it: python -m runner.bootstrap)",
+        ), None
     how, bin_dir = found
     return Check("engine", True, f"pulumi v{bootstrap.PULUMI_VERSION} from {how}: {bin_dir}"), bin_dir
 
@@ -64,8 +68,12 @@ def check_language_host(bin_dir: Path | None) -> Check:
             problems.append(f"{name} not executable")
     if problems:
         return Check("language host", False, f"{', '.join(problems)} in {bin_dir}")
-    return Check("language host", True, "pulumi-language-python, its exec shim and the dynamic-provider script "
-                                        f"pulumi-resource-pulumi-python in {bin_dir}")
+    return Check(
+        "language host",
+        True,
+        "pulumi-language-python, its exec shim and the dynamic-provider script "
+        f"pulumi-resource-pulumi-python in {bin_dir}",
+    )
 
 
 def check_backend(ctx: ops.Context, bin_dir: Path | None) -> Check:
@@ -87,8 +95,9 @@ def check_backend(ctx: ops.Context, bin_dir: Path | None) -> Check:
         writable = ", writable"
     if bin_dir is None:
         return Check("backend", False, f"{shown}: not checked: no engine")
-    settings = engine.EngineSettings(bin_dir=bin_dir, project_dir=ctx.project_dir, backend_url=url,
-                                     work_root=ctx.runner_dir / "work")
+    settings = engine.EngineSettings(
+        bin_dir=bin_dir, project_dir=ctx.project_dir, backend_url=url, work_root=ctx.runner_dir / "work"
+    )
     try:
         engine.prepare_program_dir(settings)
         stacks = engine.list_stacks(settings)
@@ -123,13 +132,20 @@ def check_passphrase(ctx: ops.Context) -> Check:
         mode = stat.S_IMODE(path.stat().st_mode)
         content = path.read_text()
     except FileNotFoundError:
-        return Check("master passphrase", False, f"{path} does not exist (the first `runner up` creates it; "
-                                                 "or set RUNNER_PASSPHRASE / RUNNER_PASSPHRASE_FILE)")
+        return Check(
+            "master passphrase",
+            False,
+            f"{path} does not exist (the first `runner up` creates it; "
+            "or set RUNNER_PASSPHRASE / RUNNER_PASSPHRASE_FILE)",
+        )
     except OSError as exc:
         return Check("master passphrase", False, f"{path}: cannot read it ({exc.strerror})")
     if not content.strip():
-        return Check("master passphrase", False, f"{path} is empty (restore it from your secret store: "
-                                                 "every stack's passphrase derives from it)")
+        return Check(
+            "master passphrase",
+            False,
+            f"{path} is empty (restore it from your secret store: every stack's passphrase derives from it)",
+        )
     if mode & 0o077:
         return Check("master passphrase", False, f"{path} has mode {mode:04o}, want 0600 (chmod 600 {path})")
     return Check("master passphrase", True, f"{path} (non-empty, mode {mode:04o})")
@@ -142,13 +158,21 @@ def check_registry(ctx: ops.Context) -> Check:
     try:
         registry = reg.load_registry(source)
     except reg.RegistryError as exc:
-        return Check("registry", False, f"{_hide_password(source)}: invalid, {len(exc.errors)} problem(s), "
-                                        f"first: {exc.errors[0] if exc.errors else '?'} (runner tenants validate)")
+        return Check(
+            "registry",
+            False,
+            f"{_hide_password(source)}: invalid, {len(exc.errors)} problem(s), "
+            f"first: {exc.errors[0] if exc.errors else '?'} (runner tenants validate)",
+        )
     except Exception as exc:  # unreadable file, unreachable database
         return Check("registry", False, f"{_hide_password(source)}: {str(exc).strip().splitlines()[0]}")
     enabled = sum(1 for t in registry.tenants if t.enabled)
-    return Check("registry", True, f"{_hide_password(source)}: valid, {len(registry.tenants)} tenant(s) "
-                                   f"({enabled} enabled), {len(registry.environment_names)} environment(s)")
+    return Check(
+        "registry",
+        True,
+        f"{_hide_password(source)}: valid, {len(registry.tenants)} tenant(s) "
+        f"({enabled} enabled), {len(registry.environment_names)} environment(s)",
+    )
 
 
 def check_postgres_driver(ctx: ops.Context) -> Check:

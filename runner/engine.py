@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import hmac
+import json
 import os
 import re
 import secrets as _secrets
@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -104,7 +105,6 @@ class CheckpointUnreadable(EngineError):
     """The backend's checkpoint of the stack cannot be read (e.g. after a kill mid-write)."""
 
     kind = "checkpoint"
-
 
 
 @dataclass(frozen=True)
@@ -269,8 +269,10 @@ def _read_passphrase(path: Path, label: str) -> str:
         value = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         if label:
-            raise PassphraseError(f"{label}{path} does not exist (refusing to generate a new master "
-                                  "passphrase: existing stacks could no longer be decrypted)") from None
+            raise PassphraseError(
+                f"{label}{path} does not exist (refusing to generate a new master "
+                "passphrase: existing stacks could no longer be decrypted)"
+            ) from None
         raise
     except (OSError, UnicodeDecodeError) as exc:
         raise PassphraseError(f"{label}{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
@@ -300,22 +302,29 @@ def stack_passphrase(master: str, stack: str) -> str:
     return hmac.new(master.encode(), f"runner-stack:{stack}".encode(), hashlib.sha256).hexdigest()
 
 
-def worker_environment(settings: EngineSettings, stack: str, passphrase: str,
-                       credentials: Mapping[str, str] = (), pythonpath: str | None = None) -> dict[str, str]:
+def worker_environment(
+    settings: EngineSettings,
+    stack: str,
+    passphrase: str,
+    credentials: Mapping[str, str] = (),
+    pythonpath: str | None = None,
+) -> dict[str, str]:
     """The complete environment of one target's worker and its engine processes."""
     venv_bin = Path(sys.executable).parent
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
     env.update(OFFLINE_ENV)
-    env.update({
-        "PATH": os.pathsep.join([str(settings.bin_dir), str(venv_bin), "/usr/local/bin", "/usr/bin", "/bin"]),
-        "PULUMI_HOME": str(settings.work_area(stack) / "home"),
-        "PULUMI_BACKEND_URL": settings.backend_url,
-        "PULUMI_CONFIG_PASSPHRASE": passphrase,
-        "PULUMI_PYTHON_CMD": sys.executable,
-        "PYTHONUNBUFFERED": "1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        **backend_env(settings.backend_url),
-    })
+    env.update(
+        {
+            "PATH": os.pathsep.join([str(settings.bin_dir), str(venv_bin), "/usr/local/bin", "/usr/bin", "/bin"]),
+            "PULUMI_HOME": str(settings.work_area(stack) / "home"),
+            "PULUMI_BACKEND_URL": settings.backend_url,
+            "PULUMI_CONFIG_PASSPHRASE": passphrase,
+            "PULUMI_PYTHON_CMD": sys.executable,
+            "PYTHONUNBUFFERED": "1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            **backend_env(settings.backend_url),
+        }
+    )
     if pythonpath:  # an older commit's program imports its own components first
         env["PYTHONPATH"] = pythonpath
     env.update(credentials)
@@ -502,7 +511,7 @@ def classify(exc: Exception, collector: _Collector | None = None) -> EngineError
     if collector is not None and (collector.errors or collector.failed_urn):
         error = collector.error(_clean(_cli_stderr(exc)))
     else:
-        lines = [l for l in (line.strip() for line in _cli_stderr(exc).splitlines()) if l.startswith("error:")]
+        lines = [text for text in (line.strip() for line in _cli_stderr(exc).splitlines()) if text.startswith("error:")]
         error = OperationFailed(lines[-1].removeprefix("error:").strip() if lines else _clean(_cli_stderr(exc)))
     if _TRANSIENT.search(error.message):
         return TransientError(error.message, urn=error.urn, component=error.component)
@@ -536,7 +545,7 @@ def sdk():
       history` after each operation (secrets arrive masked in the events).
 
     tests/unit/test_engine_sdk.py pins the SDK behaviour this relies on."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from pulumi import automation as auto
     from pulumi.automation._stack import StackInitMode  # pinned: tests/unit/test_engine_sdk.py
@@ -563,7 +572,7 @@ def sdk():
 
         Mode = StackInitMode
 
-        def __init__(self, name: str, workspace, collector: "_Collector", mode=StackInitMode.SELECT):
+        def __init__(self, name: str, workspace, collector: _Collector, mode=StackInitMode.SELECT):
             self._collector = collector
             super().__init__(name, workspace, mode)
 
@@ -571,14 +580,22 @@ def sdk():
             outputs = self._collector.stack_outputs
             if outputs is None:  # not in the events (e.g. nothing ran): ask the CLI
                 return super().outputs()
-            return {k: auto.OutputValue(value=_unsecret(v), secret=_unsecret(v) == SECRET_MASK)
-                    for k, v in outputs.items()}
+            return {
+                k: auto.OutputValue(value=_unsecret(v), secret=_unsecret(v) == SECRET_MASK) for k, v in outputs.items()
+            }
 
         def info(self, show_secrets=True):
-            now = datetime.now(timezone.utc)
-            return auto.UpdateSummary(kind="update", start_time=now, message="", environment={}, config={},
-                                      result="succeeded", end_time=now,
-                                      resource_changes=self._collector.changes)
+            now = datetime.now(UTC)
+            return auto.UpdateSummary(
+                kind="update",
+                start_time=now,
+                message="",
+                environment={},
+                config={},
+                result="succeeded",
+                end_time=now,
+                resource_changes=self._collector.changes,
+            )
 
     return SimpleNamespace(Command=Command, Workspace=Workspace, Stack=Stack, auto=auto)
 
@@ -617,8 +634,7 @@ def stack_config_path(settings: EngineSettings, stack: str) -> Path:
     return settings.program_dir / "stacks" / f"Pulumi.{stack}.yaml"
 
 
-def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any],
-                  secret_values: Mapping[str, str]) -> None:
+def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any], secret_values: Mapping[str, str]) -> None:
     """Make the stack's config exactly the registry's.
 
     Plain values are written to the stack file directly (no CLI call); a
@@ -647,7 +663,9 @@ def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any],
         except (OSError, ValueError):
             old_digests = {}
         unchanged = {k for k in secret_values if old_digests.get(k) == digests[k] and f"{PROJECT}:{k}" in old_values}
-        wanted = {k: v for k, v in (current or {}).items() if k in ("encryptionsalt", "secretsprovider", "encryptedkey")}
+        wanted = {
+            k: v for k, v in (current or {}).items() if k in ("encryptionsalt", "secretsprovider", "encryptedkey")
+        }
         values = {f"{PROJECT}:{k}": v for k, v in sorted(config.items())}
         values.update({f"{PROJECT}:{k}": old_values[f"{PROJECT}:{k}"] for k in sorted(unchanged)})
         wanted["config"] = values
@@ -661,9 +679,20 @@ def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any],
             if name in unchanged:
                 continue
             proc = subprocess.run(
-                [str(settings.bin_dir / "pulumi"), "config", "set", "--secret", f"{PROJECT}:{name}",
-                 "--stack", stack.name, "--non-interactive"],
-                input=value, text=True, capture_output=True, cwd=settings.program_dir,
+                [
+                    str(settings.bin_dir / "pulumi"),
+                    "config",
+                    "set",
+                    "--secret",
+                    f"{PROJECT}:{name}",
+                    "--stack",
+                    stack.name,
+                    "--non-interactive",
+                ],
+                input=value,
+                text=True,
+                capture_output=True,
+                cwd=settings.program_dir,
                 env={**os.environ, "PULUMI_HOME": stack.workspace.pulumi_home},
             )
             if proc.returncode != 0:
@@ -698,9 +727,15 @@ def list_stacks(settings: EngineSettings) -> list[str]:
     home = settings.work_root / "_ls" / "home"
     home.mkdir(parents=True, exist_ok=True)
     workspace = sdk().Workspace(
-        work_dir=str(settings.program_dir), pulumi_home=str(home), pulumi_command=sdk().Command(settings.bin_dir),
-        env_vars={**OFFLINE_ENV, **backend_env(settings.backend_url), "PULUMI_BACKEND_URL": settings.backend_url,
-                  "PULUMI_CONFIG_PASSPHRASE": ""},
+        work_dir=str(settings.program_dir),
+        pulumi_home=str(home),
+        pulumi_command=sdk().Command(settings.bin_dir),
+        env_vars={
+            **OFFLINE_ENV,
+            **backend_env(settings.backend_url),
+            "PULUMI_BACKEND_URL": settings.backend_url,
+            "PULUMI_CONFIG_PASSPHRASE": "",
+        },
     )
     try:
         return sorted(s.name.rsplit("/", 1)[-1] for s in workspace.list_stacks())
@@ -708,12 +743,21 @@ def list_stacks(settings: EngineSettings) -> list[str]:
         raise classify(exc) from None
 
 
-def run_operation(settings: EngineSettings, *, stack: str, operation: str,
-                  config: Mapping[str, Any] | None = None, secret_values: Mapping[str, str] | None = None,
-                  on_progress: Callable[[dict], None] | None = None,
-                  remove_stack: bool = False, refresh: bool = False,
-                  log: Callable[[str], None] | None = None, pythonpath: str | None = None,
-                  plan: str | None = None, review: Mapping[str, Any] | None = None) -> OperationResult:
+def run_operation(
+    settings: EngineSettings,
+    *,
+    stack: str,
+    operation: str,
+    config: Mapping[str, Any] | None = None,
+    secret_values: Mapping[str, str] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+    remove_stack: bool = False,
+    refresh: bool = False,
+    log: Callable[[str], None] | None = None,
+    pythonpath: str | None = None,
+    plan: str | None = None,
+    review: Mapping[str, Any] | None = None,
+) -> OperationResult:
     """Run one operation on one stack. Raises an :class:`EngineError`.
 
     `log` receives the engine's output for the target's log: its stdout lines
@@ -821,7 +865,7 @@ def state_version(handle) -> str:
 STALE = "stale plan: state changed since preview (re-run preview)"
 
 
-def _check_review(handle, review: Mapping[str, Any], common: dict, collector: "_Collector") -> None:
+def _check_review(handle, review: Mapping[str, Any], common: dict, collector: _Collector) -> None:
     """Before an up of a reviewed plan: the state must be the one the preview saw, and
     (when `review["steps"]` is given) a fresh preview must plan exactly the saved steps."""
     if review.get("stale"):
@@ -839,8 +883,10 @@ def _check_review(handle, review: Mapping[str, Any], common: dict, collector: "_
         if fresh != saved:
             changed = sorted({tuple(x[:2]) for x in fresh} ^ {tuple(x[:2]) for x in saved})
             where = ", ".join(f"{op} {urn.rsplit('::', 1)[-1]}" for urn, op in changed[:5])
-            raise StalePlan(f"{STALE}: a fresh preview plans other steps than the reviewed ones"
-                            + (f" ({where})" if where else " (changed keys differ)"))
+            raise StalePlan(
+                f"{STALE}: a fresh preview plans other steps than the reviewed ones"
+                + (f" ({where})" if where else " (changed keys differ)")
+            )
         collector.steps, collector.changes = [], None
 
 
@@ -873,14 +919,16 @@ def plain_cli_environment(settings: EngineSettings, stack: str, passphrase: str)
     language host and dynamic providers, and the offline switches. PATH is
     not in it: see :func:`plain_cli_path`."""
     env = {k: v for k, v in OFFLINE_ENV.items() if k != "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK"}
-    env.update({
-        "PULUMI_STACK": stack,
-        "PULUMI_BACKEND_URL": settings.backend_url,
-        "PULUMI_CONFIG_PASSPHRASE": passphrase,
-        "PULUMI_PYTHON_CMD": sys.executable,
-        "AWS_EC2_METADATA_DISABLED": "true",
-        **backend_env(settings.backend_url),
-    })
+    env.update(
+        {
+            "PULUMI_STACK": stack,
+            "PULUMI_BACKEND_URL": settings.backend_url,
+            "PULUMI_CONFIG_PASSPHRASE": passphrase,
+            "PULUMI_PYTHON_CMD": sys.executable,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            **backend_env(settings.backend_url),
+        }
+    )
     return env
 
 

@@ -139,14 +139,17 @@ def auto_concurrency(jobs: list[Job], *, cores: int | None = None, available: in
     cores = cores or os.cpu_count() or 2
     if available is None:
         available = _memory_available()
-    io_bound = any(j.config.get("platform") == "aws" or float(j.config.get("simulated_latency_ms") or 0) > 0
-                   for j in jobs)
+    io_bound = any(
+        j.config.get("platform") == "aws" or float(j.config.get("simulated_latency_ms") or 0) > 0 for j in jobs
+    )
     by_cpu = cores * (IO_BOUND_PER_CORE if io_bound else 1)
     by_memory = max(1, available // TARGET_RSS_BYTES)
     chosen = max(1, min(by_cpu, by_memory, len(jobs) or 1))
-    return chosen, (f"--concurrency auto: {chosen} ({cores} cores"
-                    f"{f' x {IO_BOUND_PER_CORE}: the targets wait on a cloud API' if io_bound else ''}; "
-                    f"free memory for {by_memory} targets of {TARGET_RSS_BYTES >> 20} MB; {len(jobs)} targets)")
+    return chosen, (
+        f"--concurrency auto: {chosen} ({cores} cores"
+        f"{f' x {IO_BOUND_PER_CORE}: the targets wait on a cloud API' if io_bound else ''}; "
+        f"free memory for {by_memory} targets of {TARGET_RSS_BYTES >> 20} MB; {len(jobs)} targets)"
+    )
 
 
 def _memory_available() -> int:
@@ -167,8 +170,9 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def build_jobs(targets: Iterable, operation: str, options: RunSettings,
-               resolve_secrets: Callable[[Any], Mapping[str, str]]) -> list[Job]:
+def build_jobs(
+    targets: Iterable, operation: str, options: RunSettings, resolve_secrets: Callable[[Any], Mapping[str, str]]
+) -> list[Job]:
     """Build every job before anything runs: a missing secret stops the run (exit 2)."""
     jobs, problems = [], []
     for target in targets:
@@ -181,8 +185,17 @@ def build_jobs(targets: Iterable, operation: str, options: RunSettings,
         config = {**target.config, **options.extra_config}
         if options.release:
             config["release"] = options.release
-        jobs.append(Job(target.tenant, target.environment, target.stack, operation, config, secret_values,
-                        remove_stack=options.remove_stacks))
+        jobs.append(
+            Job(
+                target.tenant,
+                target.environment,
+                target.stack,
+                operation,
+                config,
+                secret_values,
+                remove_stack=options.remove_stacks,
+            )
+        )
     if problems:
         raise FleetError("\n".join(problems))
     return jobs
@@ -190,12 +203,25 @@ def build_jobs(targets: Iterable, operation: str, options: RunSettings,
 
 def not_started(job: Job, reason: str, status: str = rpt.NOT_STARTED) -> rpt.TargetResult:
     """The result of a job that never ran (the plan or an interrupt held it back)."""
-    return rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, status,
-                            error=reason, details={**job.details, "reason": reason})
+    return rpt.TargetResult(
+        job.tenant,
+        job.environment,
+        job.stack,
+        job.operation,
+        status,
+        error=reason,
+        details={**job.details, "reason": reason},
+    )
 
 
-def retry_transient(attempt: Callable[[], rpt.TargetResult], retries: int, *,
-                    stopping: Callable[[], bool] = lambda: False, wait=None, sleep=None) -> rpt.TargetResult:
+def retry_transient(
+    attempt: Callable[[], rpt.TargetResult],
+    retries: int,
+    *,
+    stopping: Callable[[], bool] = lambda: False,
+    wait=None,
+    sleep=None,
+) -> rpt.TargetResult:
     """Run ``attempt`` again while its error is transient (throttling, a timeout,
     a reset connection), at most ``retries`` more times, with exponential
     backoff and jitter; any other outcome is final at once. The result says how
@@ -205,14 +231,17 @@ def retry_transient(attempt: Callable[[], rpt.TargetResult], retries: int, *,
 
     def once() -> rpt.TargetResult:
         result = attempt()
-        tries.append({"error": result.error_line or None, "started": rpt.iso(result.started),
-                      "ended": rpt.iso(result.ended)})
+        tries.append(
+            {"error": result.error_line or None, "started": rpt.iso(result.started), "ended": rpt.iso(result.ended)}
+        )
         return result
 
     retrying = Retrying(
-        retry=retry_if_result(lambda r: r.error_kind == rpt.TRANSIENT and r.status in (rpt.FAILED, rpt.ERROR)
-                              and not stopping()),
-        stop=stop_after_attempt(max(0, retries) + 1), wait=wait or wait_exponential_jitter(multiplier=2, max=30),
+        retry=retry_if_result(
+            lambda r: r.error_kind == rpt.TRANSIENT and r.status in (rpt.FAILED, rpt.ERROR) and not stopping()
+        ),
+        stop=stop_after_attempt(max(0, retries) + 1),
+        wait=wait or wait_exponential_jitter(multiplier=2, max=30),
         retry_error_callback=lambda state: state.outcome.result(),
         **({"sleep": sleep} if sleep is not None else {}),
     )
@@ -227,7 +256,7 @@ class Progress:
     """Receives what happens; the CLI plugs in a live view or plain lines.
     A context manager: entered for the run (a live view starts and stops)."""
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -251,8 +280,15 @@ class Fleet:
     `concurrency` at once; a locked stack is waited for, a transient error
     retried; SIGINT/SIGTERM stop the workers gracefully."""
 
-    def __init__(self, project_dir: Path, *, state_dir: Path | None = None, backend: str | None = None,
-                 progress: Progress | None = None, bin_dir: Path | None = None):
+    def __init__(
+        self,
+        project_dir: Path,
+        *,
+        state_dir: Path | None = None,
+        backend: str | None = None,
+        progress: Progress | None = None,
+        bin_dir: Path | None = None,
+    ):
         self.project_dir = project_dir.resolve()
         self.state_dir = engine.private_dir((state_dir or self.project_dir / ".runner").resolve())
         # before the engine is touched: an unusable passphrase is a usage error (exit 2)
@@ -270,7 +306,7 @@ class Fleet:
         self._stopping = threading.Event()
 
     @classmethod
-    def open(cls, project_dir: str | Path = ".", **kwargs) -> "Fleet":
+    def open(cls, project_dir: str | Path = ".", **kwargs) -> Fleet:
         return cls(Path(project_dir), **kwargs)
 
     def log_dir(self, run_id: str) -> Path:
@@ -278,7 +314,7 @@ class Fleet:
 
     # ------------------------------------------------------------------ a batch
 
-    def run_batch(self, jobs: Sequence[Job], run: "Run", policy: StartPolicy | None = None) -> list[rpt.TargetResult]:
+    def run_batch(self, jobs: Sequence[Job], run: Run, policy: StartPolicy | None = None) -> list[rpt.TargetResult]:
         """Run the jobs, at most `concurrency` at once. Each asks `policy` before it
         starts and tells it how it ended; the follow-up jobs the policy answers
         run at once. Returns the results in job order (a follow-up right after
@@ -288,12 +324,22 @@ class Fleet:
             try:
                 return self.run_target(job, run)
             except Exception as exc:  # noqa: BLE001 - one target's unexpected error never aborts the others
-                return rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.FAILED,
-                                        ended=rpt.now(), error=f"runner error: {type(exc).__name__}: {exc}")
+                return rpt.TargetResult(
+                    job.tenant,
+                    job.environment,
+                    job.stack,
+                    job.operation,
+                    rpt.FAILED,
+                    ended=rpt.now(),
+                    error=f"runner error: {type(exc).__name__}: {exc}",
+                )
 
         def one(job: Job) -> list[rpt.TargetResult]:
-            reason = "the run was interrupted" if self._stopping.is_set() else (
-                policy.may_start(job) if policy is not None else None)
+            reason = (
+                "the run was interrupted"
+                if self._stopping.is_set()
+                else (policy.may_start(job) if policy is not None else None)
+            )
             if reason:
                 result = not_started(job, reason)
                 run.log(result)
@@ -313,10 +359,11 @@ class Fleet:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             return [r for rows in pool.map(one, jobs) for r in rows]
 
-    def run_target(self, job: Job, run: "Run") -> rpt.TargetResult:
+    def run_target(self, job: Job, run: Run) -> rpt.TargetResult:
         """One target to its outcome: transient errors retried, a live lock waited for."""
-        return retry_transient(lambda: self._wait_for_lock(job, run), run.settings.retries,
-                               stopping=self._stopping.is_set)
+        return retry_transient(
+            lambda: self._wait_for_lock(job, run), run.settings.retries, stopping=self._stopping.is_set
+        )
 
     @property
     def stopping(self) -> bool:
@@ -324,7 +371,7 @@ class Fleet:
 
     # ------------------------------------------------------------------ one target
 
-    def run_job(self, job: Job, run: "Run") -> rpt.TargetResult:
+    def run_job(self, job: Job, run: Run) -> rpt.TargetResult:
         """Run one job in a worker process; returns its result (never raises for engine errors)."""
         started = rpt.now()
         log_dir = self.log_dir(run.run_id)
@@ -339,23 +386,28 @@ class Fleet:
         self.progress.started(job)
         program = job.program  # rollback to another commit
         if program:
-            engine.prepare_program_dir(replace(self.settings, project_dir=Path(program.dir),
-                                               program_name=program.name))
+            engine.prepare_program_dir(replace(self.settings, project_dir=Path(program.dir), program_name=program.name))
         request = WorkerRequest(
             bin_dir=str(self.settings.bin_dir),
             project_dir=program.dir if program else str(self.settings.project_dir),
             program_name=program.name if program else "program",
-            backend_url=self.settings.backend_url, work_root=str(self.settings.work_root),
-            stack=job.stack, operation="up" if job.operation == "rollback" else job.operation,
-            config=dict(job.config), secret_values=dict(job.secret_values),
-            remove_stack=job.remove_stack, refresh=job.refresh,
+            backend_url=self.settings.backend_url,
+            work_root=str(self.settings.work_root),
+            stack=job.stack,
+            operation="up" if job.operation == "rollback" else job.operation,
+            config=dict(job.config),
+            secret_values=dict(job.secret_values),
+            remove_stack=job.remove_stack,
+            refresh=job.refresh,
             # the program's own tree first (stacks/, components/); the worker itself keeps the installed runner
             pythonpath=program.dir if program else str(self.settings.project_dir),
             # review flow (#20): the update plan file to save or apply, and what the preview saw
-            plan=job.plan_file, review=dict(job.review) if job.review is not None else None,
+            plan=job.plan_file,
+            review=dict(job.review) if job.review is not None else None,
         )
         env = engine.worker_environment(
-            self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials)
+            self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials
+        )
         log_dir.mkdir(parents=True, exist_ok=True)
         outcome: WorkerResult | None = None
         # The ledger row starts when the engine holds the stack's lock (its first event), so rows of
@@ -386,18 +438,23 @@ class Fleet:
                     self._procs.pop(proc.pid, None)
         if outcome is not None and (outcome.error or {}).get("kind") == "checkpoint" and not job.repaired:
             # the engine cannot read the checkpoint: a kill mid-write; repair once and run again
-            repaired = recovery.repair_checkpoint_files(self.settings.backend_url, job.stack, stale_after=0,
-                                                        holders_dir=holders)
+            repaired = recovery.repair_checkpoint_files(
+                self.settings.backend_url, job.stack, stale_after=0, holders_dir=holders
+            )
             if repaired:
                 run.end(op_id, job, self._result(job, outcome, proc.returncode, started), ended=rpt.now())
                 return self.run_job(replace(job, repaired=True, recovered=(*job.recovered, *repaired)), run)
-            if (any(lock["alive"] for lock in recovery.locks(self.settings.backend_url, job.stack, holders))
-                    or recovery.checkpoint_readable(self.settings.backend_url, job.stack)):
+            if any(
+                lock["alive"] for lock in recovery.locks(self.settings.backend_url, job.stack, holders)
+            ) or recovery.checkpoint_readable(self.settings.backend_url, job.stack):
                 # The engine reads the checkpoint before it locks, and the file backend rewrites the
                 # `.attrs` sidecar in place: we read while a live holder wrote (it may have finished
                 # and unlocked since: the checkpoint reads whole now). Wait as for its lock.
-                outcome.error = {**outcome.error, "kind": "locked",
-                                 "message": "the checkpoint is being written by another operation"}
+                outcome.error = {
+                    **outcome.error,
+                    "kind": "locked",
+                    "message": "the checkpoint is being written by another operation",
+                }
         result = self._result(job, outcome, proc.returncode, started)
         result.details["log"] = str(log_path)  # the engine's output for this target, secrets masked
         if result.error and "(see the target's log)" in result.error:
@@ -408,12 +465,13 @@ class Fleet:
         self.progress.finished(result)
         return result
 
-    def _recover_first(self, job: Job, run: "Run") -> list[str]:
+    def _recover_first(self, job: Job, run: Run) -> list[str]:
         """Before a writing operation: remove locks of dead holders on this host and,
         when the target's last operation was interrupted, clear the pending
         operations it left in the state. Returns what was done."""
-        done = recovery.remove_dead_locks(self.settings.backend_url, job.stack,
-                                          recovery.holders_dir(self.settings.work_root))
+        done = recovery.remove_dead_locks(
+            self.settings.backend_url, job.stack, recovery.holders_dir(self.settings.work_root)
+        )
         # `interrupted`: set at the start of each run by ledger.mark_interrupted_runs for rows whose
         # process on this host is dead; a row still running elsewhere belongs to a live operation.
         last = run.history(job.stack, limit=1)
@@ -434,8 +492,14 @@ class Fleet:
         if job.program:
             details["program"] = {"dir": job.program.dir, "name": job.program.name}
         result = rpt.TargetResult(
-            tenant=job.tenant, environment=job.environment, stack=job.stack, operation=job.operation,
-            status=rpt.SUCCEEDED, started=started, ended=rpt.now(), details=details,
+            tenant=job.tenant,
+            environment=job.environment,
+            stack=job.stack,
+            operation=job.operation,
+            status=rpt.SUCCEEDED,
+            started=started,
+            ended=rpt.now(),
+            details=details,
         )
         if outcome is None:
             result.status = rpt.FAILED
@@ -450,10 +514,14 @@ class Fleet:
                 # a fleet-wide recover meets targets never deployed: nothing to recover there
                 result.status, result.error = rpt.SKIPPED, "never deployed: nothing to recover"
                 return result
-            result.status = (rpt.LOCKED if error["kind"] == "locked"
-                             else rpt.ERROR if job.operation == "drift" else rpt.FAILED)
+            result.status = (
+                rpt.LOCKED if error["kind"] == "locked" else rpt.ERROR if job.operation == "drift" else rpt.FAILED
+            )
             result.error, result.error_resource, result.error_component = (
-                error["message"], error.get("urn"), error.get("component"))
+                error["message"],
+                error.get("urn"),
+                error.get("component"),
+            )
             if self._stopping.is_set():  # the engine cancelled on our interrupt: say so
                 result.error = f"interrupted: {result.error}"
             return result
@@ -461,11 +529,17 @@ class Fleet:
         result.outputs = outcome.outputs
         if job.operation == "drift":
             drift, pending = outcome.drift, outcome.pending
-            result.status = {(False, False): rpt.IN_SYNC, (True, False): rpt.DRIFTED,
-                             (False, True): rpt.PENDING, (True, True): rpt.DRIFTED_PENDING}[(bool(drift), bool(pending))]
+            result.status = {
+                (False, False): rpt.IN_SYNC,
+                (True, False): rpt.DRIFTED,
+                (False, True): rpt.PENDING,
+                (True, True): rpt.DRIFTED_PENDING,
+            }[(bool(drift), bool(pending))]
             result.details.update(drift=drift, pending=pending)
-            behind = [*result.details.get("behind", []), *({**s, "note": f"{s['name']} stack outputs changed: "
-                                                             f"{', '.join(s['keys'])}"} for s in outcome.behind)]
+            behind = [
+                *result.details.get("behind", []),
+                *({**s, "note": f"{s['name']} stack outputs changed: {', '.join(s['keys'])}"} for s in outcome.behind),
+            ]
             if behind:  # not drift of this target: what it has not received yet (shared outputs, newer code)
                 result.details["behind"] = behind
         elif outcome.steps:
@@ -486,37 +560,46 @@ class Fleet:
             result.error = f"health check {failed['name']!r} failed: {failed['message']}"
             result.error_component = "health"
 
-    def _wait_for_lock(self, job: Job, run: "Run") -> rpt.TargetResult:
+    def _wait_for_lock(self, job: Job, run: Run) -> rpt.TargetResult:
         """A stack locked by a live holder is waited for with backoff, up to --lock-timeout.
         Never `pulumi cancel`: it would delete a live holder's lock too."""
         attempt = self._shared_once if job.stack == SHARED_STACK else self.run_job
         timeout = run.settings.lock_timeout
         retrying = Retrying(
             retry=retry_if_result(lambda r: r.status == rpt.LOCKED and not self._stopping.is_set()),
-            wait=wait_exponential_jitter(initial=1, max=10), stop=stop_after_delay(timeout),
+            wait=wait_exponential_jitter(initial=1, max=10),
+            stop=stop_after_delay(timeout),
         )
         try:
             return retrying(attempt, job, run)
         except RetryError as exc:
             result = exc.last_attempt.result()
             result.error = f"still locked by another operation after {timeout:.0f}s"
-            if hint := recovery.kept_locks_hint(self.settings.backend_url, job.stack,
-                                                recovery.holders_dir(self.settings.work_root)):
+            if hint := recovery.kept_locks_hint(
+                self.settings.backend_url, job.stack, recovery.holders_dir(self.settings.work_root)
+            ):
                 result.error += f": {hint}"  # a lock not provably dead is kept: say how to clear it by hand
             return result
 
-    def _shared_once(self, job: Job, run: "Run") -> rpt.TargetResult:
+    def _shared_once(self, job: Job, run: Run) -> rpt.TargetResult:
         """The shared stack is updated once per run: when shards start together,
         one updates it and the others wait for its lock, then find it done."""
         me = (socket.gethostname(), os.getpid())
         rows = [row for row in run.operations() if row.stack == SHARED_STACK and row.operation == "up"]
         if any(row.status == rpt.SUCCEEDED for row in rows):
-            return rpt.TargetResult(None, SHARED_STACK, SHARED_STACK, "up", rpt.SUCCEEDED,
-                                    details={"reason": "updated by another shard of this run"})
+            return rpt.TargetResult(
+                None,
+                SHARED_STACK,
+                SHARED_STACK,
+                "up",
+                rpt.SUCCEEDED,
+                details={"reason": "updated by another shard of this run"},
+            )
         if any(row.status == "running" and (row.host, row.pid) != me for row in rows):
             # another shard is updating it right now: wait as for a lock, then find it done
-            return rpt.TargetResult(None, SHARED_STACK, SHARED_STACK, "up", rpt.LOCKED,
-                                    error="being updated by another shard of this run")
+            return rpt.TargetResult(
+                None, SHARED_STACK, SHARED_STACK, "up", rpt.LOCKED, error="being updated by another shard of this run"
+            )
         return self.run_job(job, run)
 
     # ------------------------------------------------------------------ interrupts

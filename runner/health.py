@@ -55,8 +55,12 @@ def _http(check: Mapping[str, Any]) -> str | None:
             return f"{check['url']}: the page does not contain {check['text']!r}"
         return None
 
-    retrying = Retrying(retry=retry_if_result(bool), stop=stop_after_attempt(int(check.get("attempts", 3))),
-                        wait=wait_exponential(multiplier=0.5, max=5), retry_error_callback=lambda s: s.outcome.result())
+    retrying = Retrying(
+        retry=retry_if_result(bool),
+        stop=stop_after_attempt(int(check.get("attempts", 3))),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        retry_error_callback=lambda s: s.outcome.result(),
+    )
     return retrying(attempt)
 
 

@@ -141,7 +141,8 @@ SECRET_OPTIONS = ("--notify",)
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]+(@)")
 _SECRET_PARAM = re.compile(
     r"(?i)\b((?:[a-z0-9_-]*(?:token|secret|password|passwd|pwd|passphrase|api[_-]?key|access[_-]?key|sig|signature"
-    r"|credentials?|auth))=)[^&\s]+")
+    r"|credentials?|auth))=)[^&\s]+"
+)
 REDACTED = "***"
 
 
@@ -213,8 +214,6 @@ def normalize_url(url: str | os.PathLike[str]) -> str:
     return f"{DATABASE_SCHEMES[scheme]}://{rest}"
 
 
-
-
 # --------------------------------------------------------------------------
 # rows
 
@@ -252,7 +251,13 @@ _JSON_FIELDS = frozenset({"config_snapshot", "changes", "details"})
 _TIME_FIELDS = frozenset({"started", "ended"})
 #: Fields record_end may set: the outcome (the identity of the operation is fixed at its start).
 _OUTCOME_FIELDS = frozenset(f.name for f in dataclasses.fields(OperationRecord)) - {
-    "run_id", "tenant", "environment", "stack", "operation", "status"}
+    "run_id",
+    "tenant",
+    "environment",
+    "stack",
+    "operation",
+    "status",
+}
 
 
 def _encode(name: str, value: Any) -> Any:
@@ -400,9 +405,7 @@ class Ledger:
             event.listen(self._engine, "connect", _sqlite_on_connect)
             event.listen(self._engine, "begin", _sqlite_on_begin)
         elif self._dialect == "postgresql":
-            self._engine = create_engine(
-                sa_url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=10
-            )
+            self._engine = create_engine(sa_url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=10)
         else:  # pragma: no cover - normalize_url refuses other schemes
             raise LedgerError(f"unsupported ledger database {self._dialect!r}")
         self.url = sa_url.render_as_string(hide_password=True)
@@ -491,9 +494,7 @@ class Ledger:
         while version < SCHEMA_VERSION:
             with self._tx(write=True) as conn:
                 if self._dialect == "postgresql":
-                    conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK_KEY}
-                    )
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK_KEY})
                 ledger_schema.create(conn, checkfirst=True)
                 version = self._schema_version(conn)
                 self._check_version(version)
@@ -605,9 +606,7 @@ class Ledger:
         with self._tx(write=True) as conn:
             # Lock the run row first so that concurrent finishers of one run
             # aggregate one after the other (SQLite: BEGIN IMMEDIATE already).
-            row = conn.execute(
-                select(runs.c.run_id).where(runs.c.run_id == run_id).with_for_update()
-            ).first()
+            row = conn.execute(select(runs.c.run_id).where(runs.c.run_id == run_id).with_for_update()).first()
             if row is None:
                 raise LedgerError(f"unknown run {run_id!r}: start_run was never called")
             result = conn.execute(
@@ -632,9 +631,7 @@ class Ledger:
 
     def _aggregate_run(self, conn: Connection, run_id: str) -> None:
         parts = conn.execute(
-            select(run_parts.c.status, run_parts.c.ended, run_parts.c.counts).where(
-                run_parts.c.run_id == run_id
-            )
+            select(run_parts.c.status, run_parts.c.ended, run_parts.c.counts).where(run_parts.c.run_id == run_id)
         ).all()
         statuses = {p.status for p in parts}
         if "running" in statuses:
@@ -654,9 +651,7 @@ class Ledger:
             if row is None:
                 return None
             parts = (
-                conn.execute(
-                    select(run_parts).where(run_parts.c.run_id == run_id).order_by(run_parts.c.part)
-                )
+                conn.execute(select(run_parts).where(run_parts.c.run_id == run_id).order_by(run_parts.c.part))
                 .mappings()
                 .all()
             )
@@ -701,8 +696,7 @@ class Ledger:
     def _check_status(status: str) -> None:
         if status not in OPERATION_STATUSES:
             raise ValueError(
-                f"invalid operation status {status!r}: expected one of "
-                + ", ".join(sorted(OPERATION_STATUSES))
+                f"invalid operation status {status!r}: expected one of " + ", ".join(sorted(OPERATION_STATUSES))
             )
 
     def insert(self, record: OperationRecord) -> int:
@@ -787,13 +781,9 @@ class Ledger:
 
     def run_operations(self, run_id: str) -> list[OperationRow]:
         """Every row of the run (all shards), oldest first."""
-        return self._rows(
-            select(operations).where(operations.c.run_id == run_id).order_by(operations.c.id)
-        )
+        return self._rows(select(operations).where(operations.c.run_id == run_id).order_by(operations.c.id))
 
-    def last_good_release(
-        self, stack: str, *, before_release: str | None = None
-    ) -> OperationRow | None:
+    def last_good_release(self, stack: str, *, before_release: str | None = None) -> OperationRow | None:
         """The newest succeeded ``up``/``rollback`` whose release differs from
         ``before_release`` (the current release): what a rollback returns to."""
         stmt = (
@@ -806,9 +796,7 @@ class Ledger:
             .order_by(operations.c.id.desc())
         )
         if before_release is not None:
-            stmt = stmt.where(
-                or_(operations.c.release.is_(None), operations.c.release != before_release)
-            )
+            stmt = stmt.where(or_(operations.c.release.is_(None), operations.c.release != before_release))
         return self._one(stmt)
 
     def last_success(self, stack: str, operation: str = "up") -> OperationRow | None:
@@ -894,9 +882,7 @@ class Ledger:
         return self._rows(stmt)
 
     def running_operations(self) -> list[OperationRow]:
-        return self._rows(
-            select(operations).where(operations.c.status == "running").order_by(operations.c.id)
-        )
+        return self._rows(select(operations).where(operations.c.status == "running").order_by(operations.c.id))
 
     # -- recovery ----------------------------------------------------------
 

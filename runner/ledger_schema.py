@@ -16,8 +16,16 @@ from collections.abc import Callable
 from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, PrimaryKeyConstraint, Table, Text
 from sqlalchemy.engine import Connection
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PG_MIGRATION_LOCK_KEY", "metadata", "ledger_schema", "runs",
-           "run_parts", "operations"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "PG_MIGRATION_LOCK_KEY",
+    "metadata",
+    "ledger_schema",
+    "runs",
+    "run_parts",
+    "operations",
+]
 
 # Arbitrary constant key for the migration advisory lock ("runner-ledger").
 PG_MIGRATION_LOCK_KEY = 0x72756E6C6564
@@ -98,7 +106,6 @@ Index("ix_operations_stack_started", operations.c.stack, operations.c.started)
 Index("ix_operations_stack_id", operations.c.stack, operations.c.id)
 Index("ix_operations_run_id", operations.c.run_id)
 Index("ix_operations_env_release", operations.c.environment, operations.c.release)
-
 
 
 # --------------------------------------------------------------------------

@@ -109,17 +109,13 @@ class NotifyOutcome:
 def parse_target(spec: str) -> NotifyTarget:
     """``slack:https://hooks.slack.com/services/...`` or ``webhook:https://...``."""
     if not isinstance(spec, str) or ":" not in spec:
-        raise NotifyError(
-            f"invalid --notify {spec!r}: expected slack:URL or webhook:URL"
-        )
+        raise NotifyError(f"invalid --notify {spec!r}: expected slack:URL or webhook:URL")
     kind, url = spec.split(":", 1)
     kind = kind.strip().lower()
     url = url.strip()
     if kind not in KINDS:
         shown = kind if kind in ("http", "https") else repr(kind)
-        raise NotifyError(
-            f"invalid --notify target kind {shown}: expected slack:URL or webhook:URL"
-        )
+        raise NotifyError(f"invalid --notify target kind {shown}: expected slack:URL or webhook:URL")
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -242,7 +238,10 @@ def slack_payload(report: Any) -> dict[str, Any]:
     summary.append(f"*Exit code* {data['exit_code']}")
     summary_text = " · ".join(summary) + (f"\n{_mrkdwn(counts)}" if counts else "")
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _clip(f"{icon} {headline}", SLACK_HEADER_LIMIT), "emoji": True}},
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": _clip(f"{icon} {headline}", SLACK_HEADER_LIMIT), "emoji": True},
+        },
         {"type": "section", "text": {"type": "mrkdwn", "text": _clip(summary_text, SLACK_SECTION_LIMIT)}},
     ]
     for failure in fails[:SLACK_MAX_FAILURE_BLOCKS]:
@@ -252,8 +251,14 @@ def slack_payload(report: Any) -> dict[str, Any]:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, SLACK_SECTION_LIMIT)}})
     if len(fails) > SLACK_MAX_FAILURE_BLOCKS:
         more = len(fails) - SLACK_MAX_FAILURE_BLOCKS
-        blocks.append({"type": "context", "elements": [
-            {"type": "mrkdwn", "text": f"… and {more} more (see the run's report, run {_code(data['run_id'])})"}]})
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "text": f"… and {more} more (see the run's report, run {_code(data['run_id'])})"}
+                ],
+            }
+        )
     text = f"{icon} {headline} (run {_mrkdwn(data['run_id'])})"  # no <!channel> from a run id
     if counts:
         text += f" - {counts}"
@@ -282,8 +287,7 @@ def _describe(exc: BaseException, target: NotifyTarget) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
-def _deliver(client: httpx.Client, target: NotifyTarget, body: bytes,
-             wait: Callable[..., Any]) -> NotifyOutcome:
+def _deliver(client: httpx.Client, target: NotifyTarget, body: bytes, wait: Callable[..., Any]) -> NotifyOutcome:
     attempts = 0
 
     def send() -> httpx.Response:
@@ -313,9 +317,14 @@ def _deliver(client: httpx.Client, target: NotifyTarget, body: bytes,
     return NotifyOutcome(target, False, response.status_code, attempts, f"HTTP {response.status_code}")
 
 
-def notify(report: Any, targets: Iterable[NotifyTarget], *, timeout: float = 10,
-           wait: Callable[..., Any] | None = None,
-           transport: httpx.BaseTransport | None = None) -> list[NotifyOutcome]:
+def notify(
+    report: Any,
+    targets: Iterable[NotifyTarget],
+    *,
+    timeout: float = 10,
+    wait: Callable[..., Any] | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> list[NotifyOutcome]:
     """Send one message per target; never raises, returns one outcome each.
 
     ``report`` is a :class:`runner.report.Report` (or anything with
@@ -334,8 +343,9 @@ def notify(report: Any, targets: Iterable[NotifyTarget], *, timeout: float = 10,
     except Exception as exc:  # noqa: BLE001 - never fail the run
         return [NotifyOutcome(t, False, None, 0, f"could not build the message: {exc}") for t in targets]
     try:
-        client = httpx.Client(timeout=timeout, follow_redirects=False, transport=transport,
-                              headers={"User-Agent": "runner-notify"})
+        client = httpx.Client(
+            timeout=timeout, follow_redirects=False, transport=transport, headers={"User-Agent": "runner-notify"}
+        )
     except Exception as exc:  # noqa: BLE001
         return [NotifyOutcome(t, False, None, 0, _describe(exc, t)) for t in targets]
     with client:

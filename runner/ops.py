@@ -62,7 +62,9 @@ class Context:
 
     # RUNNER_PROJECT_DIR: run another checkout of the project (its Pulumi.yaml,
     # stacks/, components/ and git history) with this installation of the runner.
-    project_dir: Path = field(default_factory=lambda: Path(os.environ.get("RUNNER_PROJECT_DIR") or PROJECT_DIR).resolve())
+    project_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("RUNNER_PROJECT_DIR") or PROJECT_DIR).resolve()
+    )
     registry: str | None = None
     backend: str | None = None
     ledger: str | None = None
@@ -107,8 +109,14 @@ def select(registry: reg.Registry, sel: Selectors) -> reg.Selection:
 
     try:
         selection = reg.select_targets(
-            registry, tenants=sel.tenants, all_tenants=sel.all_tenants, envs=sel.envs, tags=sel.tags,
-            exclude=sel.exclude, untenanted=sel.untenanted, default_all_tenants=sel.default_all_tenants,
+            registry,
+            tenants=sel.tenants,
+            all_tenants=sel.all_tenants,
+            envs=sel.envs,
+            tags=sel.tags,
+            exclude=sel.exclude,
+            untenanted=sel.untenanted,
+            default_all_tenants=sel.default_all_tenants,
         )
     except reg.SelectionError as exc:
         raise UsageProblem(str(exc)) from None
@@ -140,12 +148,18 @@ def refuse_shard(what: str, option: str | None) -> None:
         source = "--shard" if option else "JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT"
         raise UsageProblem(
             f"{what} refuses to run in shard {shard[0]}/{shard[1]} (from {source}): what it destroys is decided "
-            f"from the whole registry, never a shard; run it once, unsharded (nothing was changed)")
+            f"from the whole registry, never a shard; run it once, unsharded (nothing was changed)"
+        )
 
 
-def guard_destroy(stacks: Sequence[str], what: str, settings: "RunSettings", *,
-                  announce: Callable[[str], None] | None = None,
-                  confirm: Callable[[list[str]], bool] | None = None) -> None:
+def guard_destroy(
+    stacks: Sequence[str],
+    what: str,
+    settings: RunSettings,
+    *,
+    announce: Callable[[str], None] | None = None,
+    confirm: Callable[[list[str]], bool] | None = None,
+) -> None:
     """The blast-radius limits of every destructive command, before anything runs:
     list the stacks (``announce``), refuse more than ``settings.max_destroy``,
     then go on only with ``settings.yes`` or a ``confirm`` that says yes
@@ -158,7 +172,8 @@ def guard_destroy(stacks: Sequence[str], what: str, settings: "RunSettings", *,
     if len(stacks) > settings.max_destroy:
         raise UsageProblem(
             f"{what} would destroy {len(stacks)} stack(s), above --max-destroy {settings.max_destroy}: "
-            f"nothing was destroyed (pass --max-destroy {len(stacks)} to allow it)")
+            f"nothing was destroyed (pass --max-destroy {len(stacks)} to allow it)"
+        )
     if settings.yes:
         return
     if confirm is None:
@@ -185,8 +200,13 @@ def offboard_candidates(registry: reg.Registry, existing) -> tuple[list[str], li
 
 
 # The program: what a release deploys. The registry (stacks/tenants.yaml) is config, not program.
-PROGRAM_PATHS = ("Pulumi.yaml", "stacks", "components", ":(exclude)stacks/tenants.yaml",
-                 ":(exclude,glob)**/__pycache__/**")
+PROGRAM_PATHS = (
+    "Pulumi.yaml",
+    "stacks",
+    "components",
+    ":(exclude)stacks/tenants.yaml",
+    ":(exclude,glob)**/__pycache__/**",
+)
 
 
 def program_commit(project_dir: Path, *, full: bool = False) -> str | None:
@@ -194,9 +214,11 @@ def program_commit(project_dir: Path, *, full: bool = False) -> str | None:
     (Pulumi.yaml, stacks/ without the registry, components/), with `-dirty` when
     those files differ from it. Registry edits and commits that touch only other
     files (README, tests, the runner) leave it unchanged: they are no new release."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=project_dir, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=project_dir, capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     try:
         commit = git("log", "-1", "--format=%H", "HEAD", "--", *PROGRAM_PATHS) or git("rev-parse", "HEAD")
@@ -212,8 +234,11 @@ def program_fingerprint(project_dir: Path) -> str:
     digest = hashlib.sha256()
     files = [project_dir / "Pulumi.yaml"]
     for folder in ("stacks", "components"):
-        files += sorted(p for p in (project_dir / folder).rglob("*")
-                        if p.is_file() and "__pycache__" not in p.parts and p.name != "tenants.yaml")
+        files += sorted(
+            p
+            for p in (project_dir / folder).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.name != "tenants.yaml"
+        )
     for path in files:
         digest.update(str(path.relative_to(project_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
@@ -271,8 +296,10 @@ def skip_decision(ledger, job: Job, max_age: float) -> tuple[bool, str]:
         seen, how = last.ended or last.started, "deployed"
     age = (rpt.now() - seen).total_seconds()
     if age > max_age:
-        return False, (f"not skipped: {how} {_ago(age)} ago, older than --max-age {_ago(max_age)} "
-                       f"(no drift check since; `runner drift` refreshes it)")
+        return False, (
+            f"not skipped: {how} {_ago(age)} ago, older than --max-age {_ago(max_age)} "
+            f"(no drift check since; `runner drift` refreshes it)"
+        )
     return True, f"unchanged since run {last.run_id}; {how} {_ago(age)} ago"
 
 
@@ -295,10 +322,15 @@ def open_ledger(ctx: Context):
     return Ledger(ctx.ledger_url)
 
 
-def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *,
-              make_progress: Callable[[str, int], Progress] | None = None,
-              announce: Callable[[str], None] | None = None,
-              confirm: Callable[[list[str]], bool] | None = None) -> rpt.Report:
+def fleet_run(
+    ctx: Context,
+    sel: Selectors,
+    settings: RunSettings,
+    *,
+    make_progress: Callable[[str, int], Progress] | None = None,
+    announce: Callable[[str], None] | None = None,
+    confirm: Callable[[list[str]], bool] | None = None,
+) -> rpt.Report:
     """up / preview / refresh / destroy / drift / rollback over the selected targets.
 
     Reads top to bottom: the registry and the selection, the release, the
@@ -318,8 +350,9 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *,
         if settings.operation == "destroy":
             guard_destroy([t.stack for t in targets], "destroy", settings, announce=announce, confirm=confirm)
         try:  # every secret resolved before the engine is touched: a missing one is exit 2
-            jobs = build_jobs(targets, settings.operation, settings,
-                              lambda t: reg.resolve_secrets(t, registry.base_dir))
+            jobs = build_jobs(
+                targets, settings.operation, settings, lambda t: reg.resolve_secrets(t, registry.base_dir)
+            )
         except FleetError as exc:
             raise UsageProblem(str(exc)) from None
         with (make_progress or (lambda run_id, total: Progress()))(run.run_id, len(targets)) as progress:
@@ -333,8 +366,9 @@ def fleet_run(ctx: Context, sel: Selectors, settings: RunSettings, *,
             for target, reason in skipped:
                 run.record(skipped_result(target, reason, settings))
             for job, reason in refused:  # up --plans: a target whose preview failed has nothing to apply
-                run.record(rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.FAILED,
-                                            error=reason))
+                run.record(
+                    rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.FAILED, error=reason)
+                )
             with fleet.interruptible(run.report):
                 run.execute(plan, fleet)
             after_run(ctx, fleet, run, jobs, version)
@@ -361,7 +395,7 @@ class ProgramVersion:
     fingerprint: str
 
     @classmethod
-    def of(cls, project_dir: Path) -> "ProgramVersion":
+    def of(cls, project_dir: Path) -> ProgramVersion:
         full = program_commit(project_dir, full=True)  # what a rollback verifies and checks out
         short = full and full[:12] + ("-dirty" if full.endswith("-dirty") else "")
         return cls(full, short, program_fingerprint(project_dir))
@@ -386,12 +420,14 @@ def run_settings(ctx: Context, settings: RunSettings, version: ProgramVersion) -
         from runner import review
 
         manifest = review.load_manifest(settings.plans)
-        review.check_manifest(settings.plans, manifest, program_commit=version.full_commit,
-                              registry_source=ctx.registry_source)
+        review.check_manifest(
+            settings.plans, manifest, program_commit=version.full_commit, registry_source=ctx.registry_source
+        )
         release = settings.release or manifest.get("release") or release
         reviewed = review.reviewed_stacks(manifest)
-        settings = replace(settings, only_stacks=reviewed if settings.only_stacks is None
-                           else reviewed & settings.only_stacks)
+        settings = replace(
+            settings, only_stacks=reviewed if settings.only_stacks is None else reviewed & settings.only_stacks
+        )
     return replace(settings, run_id=run_id, release=release), manifest
 
 
@@ -411,13 +447,19 @@ def stamped(fleet: Fleet, ledger, job: Job, version: ProgramVersion, settings: R
     --release, preview/drift/refresh compare against the release each target has deployed."""
     if settings.release is None and job.operation in ("preview", "drift", "refresh"):
         job = replace(job, config={**job.config, "release": deployed_release(ledger, job.stack, version.commit)})
-    return replace(job, program_commit=version.full_commit, program_fingerprint=version.fingerprint,
-                   config_fingerprint=config_fingerprint(dict(job.config), dict(job.secret_values), fleet.master,
-                                                         version.fingerprint))
+    return replace(
+        job,
+        program_commit=version.full_commit,
+        program_fingerprint=version.fingerprint,
+        config_fingerprint=config_fingerprint(
+            dict(job.config), dict(job.secret_values), fleet.master, version.fingerprint
+        ),
+    )
 
 
-def prepared_jobs(ctx: Context, fleet: Fleet, run: Run, jobs: list[Job], skipped: list, version: ProgramVersion,
-                  manifest: dict | None) -> tuple[list[Job], list, list]:
+def prepared_jobs(
+    ctx: Context, fleet: Fleet, run: Run, jobs: list[Job], skipped: list, version: ProgramVersion, manifest: dict | None
+) -> tuple[list[Job], list, list]:
     """The jobs as this operation runs them: plans saved or applied (#20), drift against the deployed
     program, rollbacks planned, unchanged targets skipped. Returns them, the skipped targets and
     the (job, reason) of `up --plans` targets with no reviewed plan to apply."""
@@ -431,16 +473,18 @@ def prepared_jobs(ctx: Context, fleet: Fleet, run: Run, jobs: list[Job], skipped
         jobs, refused = review.apply_jobs(jobs, settings.plans, manifest)
         run.report.notes.append(f"applying the plans reviewed in run {manifest.get('run_id')}: {len(jobs)} target(s)")
     if operation == "drift":  # each target against the code of its deployed release
-        jobs = [releases.at_deployed_program(ledger, j, ctx.project_dir, ctx.runner_dir, version.commit)
-                for j in jobs]
+        jobs = [releases.at_deployed_program(ledger, j, ctx.project_dir, ctx.runner_dir, version.commit) for j in jobs]
     if operation == "rollback":
         jobs, impossible = plan_rollbacks(fleet, ledger, jobs, settings.rollback_to, version.commit)
         skipped = skipped + impossible
     if operation == "up" and settings.skip_unchanged is not None:
         decisions = {j.stack: skip_decision(ledger, j, settings.skip_unchanged) for j in jobs}
         skipped = skipped + [(j, why) for j in jobs for skip, why in [decisions[j.stack]] if skip]
-        jobs = [replace(j, details={**j.details, "skip_unchanged": decisions[j.stack][1]})
-                for j in jobs if not decisions[j.stack][0]]
+        jobs = [
+            replace(j, details={**j.details, "skip_unchanged": decisions[j.stack][1]})
+            for j in jobs
+            if not decisions[j.stack][0]
+        ]
         if settings.skip_unchanged != math.inf:
             for stack, (skip, why) in decisions.items():
                 fleet.progress.note(f"{stack}: {'skipped: ' if skip else ''}{why}")
@@ -452,25 +496,44 @@ def skipped_result(target, reason: str, settings: RunSettings) -> rpt.TargetResu
     details = {"reason": reason}
     if settings.operation == "up" and settings.skip_unchanged is not None and reason.startswith("unchanged"):
         details["skip_unchanged"] = f"skipped: {reason}"
-    return rpt.TargetResult(target.tenant, target.environment, target.stack, settings.operation,
-                            rpt.FAILED if settings.operation == "rollback" else rpt.SKIPPED, error=reason,
-                            details=details)
+    return rpt.TargetResult(
+        target.tenant,
+        target.environment,
+        target.stack,
+        settings.operation,
+        rpt.FAILED if settings.operation == "rollback" else rpt.SKIPPED,
+        error=reason,
+        details=details,
+    )
 
 
 def dry_run_report(run: Run, jobs: list[Job], skipped: list) -> rpt.Report:
     report = run.report
     for job in jobs:
-        report.add(rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, rpt.SKIPPED,
-                                    details={"plan": "deploy"}))
+        report.add(
+            rpt.TargetResult(
+                job.tenant, job.environment, job.stack, job.operation, rpt.SKIPPED, details={"plan": "deploy"}
+            )
+        )
     for target, reason in skipped:
-        report.add(rpt.TargetResult(target.tenant, target.environment, target.stack, run.settings.operation,
-                                    rpt.SKIPPED, error=reason))
+        report.add(
+            rpt.TargetResult(
+                target.tenant, target.environment, target.stack, run.settings.operation, rpt.SKIPPED, error=reason
+            )
+        )
     report.ended = rpt.now()
     return report
 
 
-def run_plan(registry: reg.Registry, selection: reg.Selection, jobs: list[Job], settings: RunSettings,
-             fleet: Fleet, run: Run, version: ProgramVersion) -> RunPlan:
+def run_plan(
+    registry: reg.Registry,
+    selection: reg.Selection,
+    jobs: list[Job],
+    settings: RunSettings,
+    fleet: Fleet,
+    run: Run,
+    version: ProgramVersion,
+) -> RunPlan:
     """The order of work: `up` deploys the shared stack first, then environments in promotion order,
     each in the rollout's waves, behind the lifecycle gates; `preview` previews the shared stack first
     (before its first deploy, tenants read its outputs as unknown); the rest run in one step."""
@@ -484,8 +547,13 @@ def run_plan(registry: reg.Registry, selection: reg.Selection, jobs: list[Job], 
         if operation == "up" and release:
             shared = replace(shared, config={**shared.config, "release": release})
         if operation == "preview":  # its config as deployed, unless --release
-            shared = replace(shared, config={**shared.config, "release": release or deployed_release(
-                run.ledger, SHARED_STACK, version.commit)})
+            shared = replace(
+                shared,
+                config={
+                    **shared.config,
+                    "release": release or deployed_release(run.ledger, SHARED_STACK, version.commit),
+                },
+            )
             if SHARED_STACK not in engine.list_stacks(fleet.settings):
                 jobs = [replace(j, config={**j.config, "shared_planned": True}) for j in jobs]
     if operation != "up":
@@ -495,26 +563,39 @@ def run_plan(registry: reg.Registry, selection: reg.Selection, jobs: list[Job], 
     def gate(job: Job) -> str | None:
         if settings.ignore_lifecycle:
             return None
-        return run.read(f"checking the lifecycle gates of {job.stack}", plans.lifecycle_block,
-                        run.ledger, envs, connected, job, release,
-                        default="lifecycle gates not checked: the ledger could not be read")
+        return run.read(
+            f"checking the lifecycle gates of {job.stack}",
+            plans.lifecycle_block,
+            run.ledger,
+            envs,
+            connected,
+            job,
+            release,
+            default="lifecycle gates not checked: the ledger could not be read",
+        )
 
-    return plans.RunPlan(jobs, settings, shared=shared, environments=envs, rollout=registry.rollout,
-                         tags={t.stack: dict(t.tags) for t in selection.targets}, gate=gate,
-                         rollback=lambda job, failed: rollback_after_failure(fleet, run.ledger, job, failed,
-                                                                             version.commit))
+    return plans.RunPlan(
+        jobs,
+        settings,
+        shared=shared,
+        environments=envs,
+        rollout=registry.rollout,
+        tags={t.stack: dict(t.tags) for t in selection.targets},
+        gate=gate,
+        rollback=lambda job, failed: rollback_after_failure(fleet, run.ledger, job, failed, version.commit),
+    )
 
 
-def rollback_after_failure(fleet: Fleet, ledger, job: Job, failed: rpt.TargetResult,
-                           commit: str | None) -> Job | None:
+def rollback_after_failure(fleet: Fleet, ledger, job: Job, failed: rpt.TargetResult, commit: str | None) -> Job | None:
     """--on-failure rollback: the job that returns a failed target to its last good release
     (None, with the reason in the failure's details, when there is none)."""
     from runner import releases
 
     try:
         row = releases.rollback_point(ledger, job.stack, current=job.config.get("release"))
-        program = releases.program_at(fleet.project_dir, fleet.state_dir, row.program_commit, commit, row=row,
-                                      fingerprint=job.program_fingerprint)
+        program = releases.program_at(
+            fleet.project_dir, fleet.state_dir, row.program_commit, commit, row=row, fingerprint=job.program_fingerprint
+        )
     except releases.RollbackImpossible as exc:
         failed.details["rollback"] = str(exc)
         return None
@@ -527,20 +608,35 @@ def after_run(ctx: Context, fleet: Fleet, run: Run, jobs: list[Job], version: Pr
     if settings.save_plans and settings.operation == "preview" and not report.interrupted:
         from runner import review
 
-        review.write_review(settings.save_plans, report, program_commit=version.full_commit,
-                            release=settings.release, registry_source=ctx.registry_source,
-                            fingerprints={j.stack: j.config_fingerprint for j in jobs})
+        review.write_review(
+            settings.save_plans,
+            report,
+            program_commit=version.full_commit,
+            release=settings.release,
+            registry_source=ctx.registry_source,
+            fingerprints={j.stack: j.config_fingerprint for j in jobs},
+        )
     if settings.operation == "drift" and settings.remediate:
         remediate(fleet, run, jobs, settings.remediate)
     if settings.operation == "drift" and (behind := [t.stack for t in report.targets if t.details.get("behind")]):
-        report.notes.append(f"{len(behind)} target(s) behind (newer code or shared stack outputs they have "
-                            f"not received; not drift, see details.behind): {', '.join(behind)}")
+        report.notes.append(
+            f"{len(behind)} target(s) behind (newer code or shared stack outputs they have "
+            f"not received; not drift, see details.behind): {', '.join(behind)}"
+        )
 
 
-def sync(ctx: Context, settings: RunSettings, *, prune: bool = False, purge: bool = False,
-         dry_run: bool = False, make_progress=None, shard: str | None = None,
-         announce: Callable[[str], None] | None = None,
-         confirm: Callable[[list[str]], bool] | None = None) -> rpt.Report:
+def sync(
+    ctx: Context,
+    settings: RunSettings,
+    *,
+    prune: bool = False,
+    purge: bool = False,
+    dry_run: bool = False,
+    make_progress=None,
+    shard: str | None = None,
+    announce: Callable[[str], None] | None = None,
+    confirm: Callable[[list[str]], bool] | None = None,
+) -> rpt.Report:
     """Reconcile the registry with the existing stacks: deploy new targets, update
     changed ones, and with --prune offboard stacks whose tenant (or its
     connection to that environment) is gone or disabled: destroy, then remove
@@ -558,8 +654,10 @@ def sync(ctx: Context, settings: RunSettings, *, prune: bool = False, purge: boo
     if prune:
         refuse_shard(what, shard)
         if not registry.tenants:
-            raise UsageProblem(f"{what}: the registry lists no tenants, so every stack would be offboarded; "
-                               f"refused (nothing was changed)")
+            raise UsageProblem(
+                f"{what}: the registry lists no tenants, so every stack would be offboarded; "
+                f"refused (nothing was changed)"
+            )
     in_shard = shard_in_effect(shard)
     fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url)
     existing = set(engine.list_stacks(fleet.settings)) - {SHARED_STACK}
@@ -570,15 +668,18 @@ def sync(ctx: Context, settings: RunSettings, *, prune: bool = False, purge: boo
 
     def explain(report: rpt.Report) -> None:
         if in_shard:
-            report.notes.append(f"shard {in_shard[0]}/{in_shard[1]}: only this shard's targets were deployed; "
-                                f"offboarding (--prune) is decided from the whole registry and never sharded")
+            report.notes.append(
+                f"shard {in_shard[0]}/{in_shard[1]}: only this shard's targets were deployed; "
+                f"offboarding (--prune) is decided from the whole registry and never sharded"
+            )
         if unmanaged:
-            report.notes.append(f"{len(unmanaged)} stack(s) not named <tenant>.<environment> of this registry, "
-                                f"left alone (never pruned): {', '.join(unmanaged)}")
+            report.notes.append(
+                f"{len(unmanaged)} stack(s) not named <tenant>.<environment> of this registry, "
+                f"left alone (never pruned): {', '.join(unmanaged)}"
+            )
 
     if dry_run:
-        report = fleet_run(ctx, selectors,
-                           replace(settings, operation="up", skip_unchanged=math.inf, plan_only=True))
+        report = fleet_run(ctx, selectors, replace(settings, operation="up", skip_unchanged=math.inf, plan_only=True))
         for row in report.targets:
             if row.details.get("plan") == "deploy":
                 row.details["plan"] = "update" if row.stack in existing else "create"
@@ -586,29 +687,42 @@ def sync(ctx: Context, settings: RunSettings, *, prune: bool = False, purge: boo
                 row.details["plan"] = "in sync" if row.error and row.error.startswith("unchanged") else row.error
         for stack in orphans:
             tenant_id, _, env = stack.partition(".")
-            report.add(rpt.TargetResult(tenant_id, env, stack, "sync", rpt.SKIPPED, details={
-                "plan": "offboard" if prune else "offboard (needs --prune)"}))
+            report.add(
+                rpt.TargetResult(
+                    tenant_id,
+                    env,
+                    stack,
+                    "sync",
+                    rpt.SKIPPED,
+                    details={"plan": "offboard" if prune else "offboard (needs --prune)"},
+                )
+            )
         report.command = "sync"
         report.notes.append("dry run: nothing was changed; each target's plan is in details.plan")
         if prune and len(orphans) > settings.max_destroy:
-            report.notes.append(f"{what} would refuse: {len(orphans)} stack(s) to offboard, above --max-destroy "
-                                f"{settings.max_destroy}")
+            report.notes.append(
+                f"{what} would refuse: {len(orphans)} stack(s) to offboard, above --max-destroy {settings.max_destroy}"
+            )
         explain(report)
         return report
     # Deploy new and changed targets: those whose fingerprint equals their last good deploy are skipped.
-    report = fleet_run(ctx, selectors,
-                       replace(settings, operation="up", skip_unchanged=math.inf), make_progress=make_progress)
+    report = fleet_run(
+        ctx, selectors, replace(settings, operation="up", skip_unchanged=math.inf), make_progress=make_progress
+    )
     report.command = "sync"
     explain(report)
     if orphans and prune:
         offboard(ctx, fleet, orphans, report, purge=purge, settings=settings)
     elif orphans:
-        report.notes.append(f"{len(orphans)} stack(s) not in the registry (offboard with --prune): {', '.join(orphans)}")
+        report.notes.append(
+            f"{len(orphans)} stack(s) not in the registry (offboard with --prune): {', '.join(orphans)}"
+        )
     return report
 
 
-def offboard(ctx: Context, fleet: Fleet, stacks: list[str], report: rpt.Report, *, purge: bool,
-             settings: RunSettings) -> None:
+def offboard(
+    ctx: Context, fleet: Fleet, stacks: list[str], report: rpt.Report, *, purge: bool, settings: RunSettings
+) -> None:
     """Destroy and remove stacks of tenants that left; --purge also deletes their database."""
     with open_ledger(ctx) as ledger:
         run = Run(ledger, replace(settings, operation="destroy"), report=report)
@@ -617,13 +731,21 @@ def offboard(ctx: Context, fleet: Fleet, stacks: list[str], report: rpt.Report, 
             tenant_id, _, env = stack.partition(".")
             last = ledger.last_good_release(stack)
             config = dict(last.config_snapshot or {}) if last else {}
-            jobs.append(Job(tenant_id, env, stack, "destroy", config, {}, remove_stack=True,
-                            details={"offboard": True}))
+            jobs.append(
+                Job(tenant_id, env, stack, "destroy", config, {}, remove_stack=True, details={"offboard": True})
+            )
         with fleet.interruptible(report):
             if purge:  # the database is retained on destroy unless purge_data was set at the last up
-                run.add(fleet.run_batch([replace(j, operation="up", remove_stack=False,
-                                                 config={**j.config, "purge_data": True})
-                                         for j in jobs if j.config], run))
+                run.add(
+                    fleet.run_batch(
+                        [
+                            replace(j, operation="up", remove_stack=False, config={**j.config, "purge_data": True})
+                            for j in jobs
+                            if j.config
+                        ],
+                        run,
+                    )
+                )
             run.add(fleet.run_batch(jobs, run))
         run.finish(close_row=False)  # recorded under the sync's run, which is already closed
 
@@ -645,8 +767,14 @@ def plan_rollbacks(fleet: Fleet, ledger, jobs: list[Job], to: str | None, commit
     for job in jobs:
         try:
             row = releases.rollback_point(ledger, job.stack, to=to)
-            program = releases.program_at(fleet.project_dir, fleet.state_dir, row.program_commit, commit,
-                                          row=row, fingerprint=job.program_fingerprint)
+            program = releases.program_at(
+                fleet.project_dir,
+                fleet.state_dir,
+                row.program_commit,
+                commit,
+                row=row,
+                fingerprint=job.program_fingerprint,
+            )
         except releases.RollbackImpossible as exc:
             impossible.append((job, str(exc)))
             continue
@@ -670,8 +798,9 @@ def remediate(fleet: Fleet, run: Run, jobs: list[Job], how: str) -> None:
         fixed = {t.stack for t in report.targets if t.operation == how and t.status == rpt.SUCCEEDED}
         for stack in fixed:
             before[stack].details["superseded"] = True
-        run.add(fleet.run_batch([replace(j, details={**j.details, "after": how}) for j in todo if j.stack in fixed],
-                                run))
+        run.add(
+            fleet.run_batch([replace(j, details={**j.details, "after": how}) for j in todo if j.stack in fixed], run)
+        )
 
 
 REMEDIATED = ".remediated-"
@@ -690,10 +819,10 @@ def remediation_job(fleet: Fleet, ledger, job: Job) -> Job:
     base = str(job.config.get("release") or "unversioned").split(REMEDIATED)[0]
     label = f"{base}{REMEDIATED}{str(job.config_fingerprint or '')[:8]}"
     config = {**job.config, "release": label}
-    fingerprint = config_fingerprint(config, dict(job.secret_values), fleet.master,
-                                     program_fingerprint(fleet.project_dir))
-    return replace(job, config=config, config_fingerprint=fingerprint,
-                   details={**job.details, "remediation_of": base})
+    fingerprint = config_fingerprint(
+        config, dict(job.secret_values), fleet.master, program_fingerprint(fleet.project_dir)
+    )
+    return replace(job, config=config, config_fingerprint=fingerprint, details={**job.details, "remediation_of": base})
 
 
 def history(ctx: Context, tenant: str, env: str, limit: int = 50) -> list:
@@ -713,8 +842,7 @@ def merged_report(ctx: Context, run_id: str | None) -> rpt.Report:
         if run is None:
             raise UsageProblem(f"no run {run_id!r} in the ledger {ctx.ledger_url.split('@')[-1]}")
         rows = ledger.run_operations(run_id)
-    report = rpt.Report(run_id=run_id, command=run.command, release=run.release, started=run.started,
-                        ended=run.ended)
+    report = rpt.Report(run_id=run_id, command=run.command, release=run.release, started=run.started, ended=run.ended)
     # Each target's outcome is its last row of the run (a lock wait leaves earlier `locked` rows; a
     # failure followed by its rollback keeps both); the shared stack and recovery steps are not targets.
     last = {}
@@ -722,10 +850,22 @@ def merged_report(ctx: Context, run_id: str | None) -> rpt.Report:
         if row.stack != SHARED_STACK and row.operation != "recover":
             last[(row.stack, "rollback" if row.operation == "rollback" else "target")] = row
     for row in sorted(last.values(), key=lambda r: r.id):
-        report.add(rpt.TargetResult(
-            row.tenant, row.environment or "", row.stack, row.operation, row.status, changes=row.changes or {},
-            started=row.started, ended=row.ended, error=row.error, error_resource=row.error_resource,
-            error_component=row.error_component, details=row.details or {}))
+        report.add(
+            rpt.TargetResult(
+                row.tenant,
+                row.environment or "",
+                row.stack,
+                row.operation,
+                row.status,
+                changes=row.changes or {},
+                started=row.started,
+                ended=row.ended,
+                error=row.error,
+                error_resource=row.error_resource,
+                error_component=row.error_component,
+                details=row.details or {},
+            )
+        )
     return report
 
 
@@ -768,8 +908,13 @@ class PulumiEnvironment:
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stack": self.stack, "directory": str(self.directory), "env": dict(self.env),
-                "path_prepend": list(self.path), "unset": list(self.unset)}
+        return {
+            "stack": self.stack,
+            "directory": str(self.directory),
+            "env": dict(self.env),
+            "path_prepend": list(self.path),
+            "unset": list(self.unset),
+        }
 
     def child_environment(self, base: dict[str, str]) -> dict[str, str]:
         """``base`` (the caller's environment) with this one applied; the
@@ -802,8 +947,9 @@ def pulumi_stack_name(ctx: Context, tenant: str | None, env: str | None, stack: 
     return found[0].stack
 
 
-def pulumi_environment(ctx: Context, tenant: str | None = None, env: str | None = None,
-                       stack: str | None = None) -> PulumiEnvironment:
+def pulumi_environment(
+    ctx: Context, tenant: str | None = None, env: str | None = None, stack: str | None = None
+) -> PulumiEnvironment:
     """The environment of the plain `pulumi` CLI for one stack (the engine the
     runner uses, its backend, that stack's passphrase, its stack config)."""
     from runner import engine
@@ -812,14 +958,16 @@ def pulumi_environment(ctx: Context, tenant: str | None = None, env: str | None 
     fleet = Fleet(ctx.project_dir, state_dir=ctx.runner_dir, backend=ctx.backend_url)
     settings = fleet.settings
     return PulumiEnvironment(
-        stack=name, directory=engine.plain_cli_directory(settings),
+        stack=name,
+        directory=engine.plain_cli_directory(settings),
         env=engine.plain_cli_environment(settings, name, engine.stack_passphrase(fleet.master, name)),
         path=engine.plain_cli_path(settings),
     )
 
 
-def run_pulumi(ctx: Context, args: Sequence[str], tenant: str | None = None, env: str | None = None,
-               stack: str | None = None) -> int:
+def run_pulumi(
+    ctx: Context, args: Sequence[str], tenant: str | None = None, env: str | None = None, stack: str | None = None
+) -> int:
     """Run the plain `pulumi ARGS` on one stack with its environment, in the
     directory where its stack config is found; returns the CLI's exit code."""
     target = pulumi_environment(ctx, tenant, env, stack)

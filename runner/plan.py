@@ -42,8 +42,9 @@ class Wave:
     tolerance: int = 0
 
 
-def lifecycle_block(ledger, environments: Sequence[str], connected: Mapping[str | None, Sequence[str]],
-                    job: Job, release: str) -> str | None:
+def lifecycle_block(
+    ledger, environments: Sequence[str], connected: Mapping[str | None, Sequence[str]], job: Job, release: str
+) -> str | None:
     """Why `job` may not deploy `release` now, or None when it may."""
     envs = list(environments)
     index = envs.index(job.environment)
@@ -55,8 +56,7 @@ def lifecycle_block(ledger, environments: Sequence[str], connected: Mapping[str 
             return f"tenant {job.tenant} must deploy release {release} to {env} first"
     previous = envs[index - 1]
     if not ledger.release_reached(previous, release):
-        return (f"release {release} has not reached {job.environment}: no deployment of it "
-                f"succeeded in {previous} yet")
+        return f"release {release} has not reached {job.environment}: no deployment of it succeeded in {previous} yet"
     return None
 
 
@@ -106,18 +106,27 @@ class RunPlan:
     (asking may_start/finished per job); plan.done(step, results)``. After the
     run, :attr:`waves` and :attr:`notes` belong in the report."""
 
-    def __init__(self, jobs: Sequence[Job], settings: RunSettings, *, shared: Job | None = None,
-                 environments: Sequence[str] | None = None, rollout=None,
-                 tags: Mapping[str, Mapping[str, str]] | None = None,
-                 gate: Callable[[Job], str | None] | None = None,
-                 rollback: Callable[[Job, rpt.TargetResult], Job | None] | None = None):
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        settings: RunSettings,
+        *,
+        shared: Job | None = None,
+        environments: Sequence[str] | None = None,
+        rollout=None,
+        tags: Mapping[str, Mapping[str, str]] | None = None,
+        gate: Callable[[Job], str | None] | None = None,
+        rollback: Callable[[Job, rpt.TargetResult], Job | None] | None = None,
+    ):
         self.jobs, self.settings = list(jobs), settings
         self.environments = list(environments) if environments is not None else None
         strategy = settings.strategy or ("waves" if rollout else "all-at-once")
         self.rollout = rollout if strategy == "waves" else None  # None: each environment in one wave
         self.tags = tags or {}
         if settings.wave and (self.rollout is None or settings.wave not in {w.name for w in self.rollout.waves}):
-            known = ", ".join(w.name for w in self.rollout.waves) if self.rollout else "none: no rollout in the registry"
+            known = (
+                ", ".join(w.name for w in self.rollout.waves) if self.rollout else "none: no rollout in the registry"
+            )
             raise UsageProblem(f"--wave {settings.wave}: unknown wave (known: {known})")
         self.gate, self.rollback = gate, rollback
         self._shared = shared
@@ -150,8 +159,9 @@ class RunPlan:
             if self.shared_result is not None and self.shared_result.status != rpt.SUCCEEDED:
                 failed = self.shared_result
                 status = rpt.LOCKED if failed.status == rpt.LOCKED else rpt.NOT_STARTED  # locked: exit 4
-                refused += [not_started(j, f"the shared stack {failed.status}: {failed.error_line}", status)
-                            for j in allowed]
+                refused += [
+                    not_started(j, f"the shared stack {failed.status}: {failed.error_line}", status) for j in allowed
+                ]
                 allowed = []
             if allowed or refused:
                 yield Step(allowed, refused, environment=env, wave=wave)
@@ -161,15 +171,15 @@ class RunPlan:
             yield None, Wave("all", self.jobs)
             return
         for env in self.environments:
-            for wave in waves(self.rollout, [j for j in self.jobs if j.environment == env], self.tags,
-                              self.settings.wave):
+            for wave in waves(
+                self.rollout, [j for j in self.jobs if j.environment == env], self.tags, self.settings.wave
+            ):
                 yield env, wave
 
     def _in_wave(self, job: Job, wave: Wave) -> Job:
         if self.environments is None:
             return job
-        return replace(job, wave=wave.name,
-                       details={**job.details, "ignore_lifecycle": self.settings.ignore_lifecycle})
+        return replace(job, wave=wave.name, details={**job.details, "ignore_lifecycle": self.settings.ignore_lifecycle})
 
     def done(self, step: Step, results: Sequence[rpt.TargetResult]) -> None:
         """Read a step's results: the shared stack's outcome; a wave's failures against its tolerance."""
@@ -180,12 +190,22 @@ class RunPlan:
             return
         failed = sum(r.status in (rpt.FAILED, rpt.ERROR) and r.operation == "up" for r in results)
         wave = step.wave
-        self.waves.append({"environment": step.environment, "wave": wave.name, "targets": len(step.jobs),
-                           "failed": failed, "tolerance": wave.tolerance,
-                           "started": step.started.isoformat(), "ended": rpt.now().isoformat()})
+        self.waves.append(
+            {
+                "environment": step.environment,
+                "wave": wave.name,
+                "targets": len(step.jobs),
+                "failed": failed,
+                "tolerance": wave.tolerance,
+                "started": step.started.isoformat(),
+                "ended": rpt.now().isoformat(),
+            }
+        )
         if self.rollout is not None and failed > wave.tolerance:
-            self.halted = (f"rollout halted after wave {wave.name} ({step.environment}): {failed} failure(s), "
-                           f"tolerance {wave.tolerance}")
+            self.halted = (
+                f"rollout halted after wave {wave.name} ({step.environment}): {failed} failure(s), "
+                f"tolerance {wave.tolerance}"
+            )
             self.notes.append(self.halted)
 
     # ------------------------------------------------------------------ the failure policy, per job
@@ -216,4 +236,3 @@ class RunPlan:
             result.details["rollback"] = f"not rolled back: {type(exc).__name__}: {exc}"
             return []
         return [back] if back is not None else []
-

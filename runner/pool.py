@@ -48,8 +48,11 @@ class _Client:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: os.environ[k] for k in PARENT_ENV if k in os.environ}
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "runner.pool", str(theirs.fileno())], pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            [sys.executable, "-P", "-m", "runner.pool", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
         theirs.close()
         self.sock = ours

@@ -40,9 +40,14 @@ class LineProgress(Progress):
     def _line(self, job: Job | None, message: str, **extra) -> None:
         with self._lock:
             if self.fmt == "json":
-                record = {"run_id": self.run_id, "tenant": job.tenant if job else None,
-                          "environment": job.environment if job else None,
-                          "stack": job.stack if job else None, "message": message, **extra}
+                record = {
+                    "run_id": self.run_id,
+                    "tenant": job.tenant if job else None,
+                    "environment": job.environment if job else None,
+                    "stack": job.stack if job else None,
+                    "message": message,
+                    **extra,
+                }
                 sys.stderr.write(json.dumps(record) + "\n")
             else:
                 where = f"{job.stack} {job.operation}: " if job else ""
@@ -84,8 +89,13 @@ class LiveProgress(LineProgress):
         self.done: set[str] = set()
         self.steps: dict[str, list[int]] = {}  # stack -> [done, announced]
         self.view = RichProgress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console(), transient=True,
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console(),
+            transient=True,
         )
         self.overall = self.view.add_task(f"run {run_id}", total=total)
         self.tasks: dict[str, int] = {}
@@ -118,8 +128,12 @@ class LiveProgress(LineProgress):
                     self.view.update(task, completed=steps[0], total=max(steps))
                     return
                 name = data["urn"].rsplit("::", 1)[-1]
-                self.view.update(task, completed=steps[0], total=max(steps),
-                                 description=escape(f"{job.stack} {job.operation}: {data['op']} {name}"))
+                self.view.update(
+                    task,
+                    completed=steps[0],
+                    total=max(steps),
+                    description=escape(f"{job.stack} {job.operation}: {data['op']} {name}"),
+                )
 
     def finished(self, result: rpt.TargetResult) -> None:
         with self._lock:
@@ -152,16 +166,25 @@ def summary_table(report: rpt.Report) -> Table:
     # A dry run (sync --dry-run) runs nothing: its rows are plans, shown in their own column.
     planned = any(t.details.get("plan") for t in report.targets)
     last = "findings / error" if report.command == "drift" else "error"  # drift rows hold what was found
-    columns = ("target", "operation", "status", "plan", "changes", "duration", last) if planned else (
-        "target", "operation", "status", "changes", "duration", last)
+    columns = (
+        ("target", "operation", "status", "plan", "changes", "duration", last)
+        if planned
+        else ("target", "operation", "status", "changes", "duration", last)
+    )
     for column in columns:
         table.add_column(column, overflow="fold")
     for t in report.rows():  # the shared stack (when deployed) first, labelled
         duration = f"{t.duration:.1f}s" if t.duration is not None else ""
         plan = (Text(str(t.details.get("plan") or "")),) if planned else ()
-        table.add_row(Text(rpt.row_label(t, report)), Text(t.operation),
-                      Text(t.status, style=STATUS_STYLES.get(t.status, "")), *plan,
-                      Text(rpt.format_changes(t.changes)), duration, Text(t.summary_line))
+        table.add_row(
+            Text(rpt.row_label(t, report)),
+            Text(t.operation),
+            Text(t.status, style=STATUS_STYLES.get(t.status, "")),
+            *plan,
+            Text(rpt.format_changes(t.changes)),
+            duration,
+            Text(t.summary_line),
+        )
     return table
 
 

@@ -45,7 +45,7 @@ class WorkerRequest:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "WorkerRequest":
+    def from_json(cls, text: str) -> WorkerRequest:
         return cls(**json.loads(text))
 
 
@@ -67,7 +67,7 @@ class WorkerResult:
         return {"type": "result", **asdict(self)}
 
     @classmethod
-    def from_message(cls, message: Mapping[str, Any]) -> "WorkerResult":
+    def from_message(cls, message: Mapping[str, Any]) -> WorkerResult:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in message.items() if k in names})
 
@@ -93,8 +93,9 @@ class WorkerProcess:
             stdin_r, stdin_w = os.pipe()
             stdout_r, stdout_w = os.pipe()
             try:
-                self.pid, self._exited = pool.spawn(env=env, cwd=cwd, stdin=stdin_r, stdout=stdout_w,
-                                                    stderr=log.fileno())
+                self.pid, self._exited = pool.spawn(
+                    env=env, cwd=cwd, stdin=stdin_r, stdout=stdout_w, stderr=log.fileno()
+                )
             finally:
                 os.close(stdin_r)
                 os.close(stdout_w)
@@ -102,8 +103,14 @@ class WorkerProcess:
             self._proc = None
         else:
             self._proc = subprocess.Popen(
-                list(self.COMMAND), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=log, env=dict(env), cwd=cwd, text=True, start_new_session=True,
+                list(self.COMMAND),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=dict(env),
+                cwd=cwd,
+                text=True,
+                start_new_session=True,
             )
             self.pid = self._proc.pid  # also its process group's and its session's id
             self._stdin, self._stdout = self._proc.stdin, self._proc.stdout
@@ -186,7 +193,7 @@ def session_processes(sid: int) -> list[int]:
                 stat = handle.read()
         except OSError:  # exited meanwhile
             continue
-        state, _ppid, _pgrp, session = stat[stat.rindex(b")") + 2:].split()[:4]
+        state, _ppid, _pgrp, session = stat[stat.rindex(b")") + 2 :].split()[:4]
         if int(session) == sid and state != b"Z":
             found.append(int(entry))
     return found

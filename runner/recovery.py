@@ -112,11 +112,17 @@ def holder_state(lock: dict, records: list[dict], me: dict | None = None) -> tup
         return False, f"the lock names no valid pid ({pid!r})"
     if not me["pidns"] or not me["boot_id"]:
         return False, f"pid {pid}: this system shows no PID namespace or boot id to compare"
-    known = [r for r in records if (r.get("hostname"), r.get("pidns"), r.get("boot_id")) ==
-             (me["hostname"], me["pidns"], me["boot_id"]) and str(pid) in (r.get("pids") or {})]
+    known = [
+        r
+        for r in records
+        if (r.get("hostname"), r.get("pidns"), r.get("boot_id")) == (me["hostname"], me["pidns"], me["boot_id"])
+        and str(pid) in (r.get("pids") or {})
+    ]
     if not known:
-        return False, (f"pid {pid} on {host} is not known to have run in this PID namespace and boot "
-                       f"(another container with this host name, or another runner's state directory)")
+        return False, (
+            f"pid {pid} on {host} is not known to have run in this PID namespace and boot "
+            f"(another container with this host name, or another runner's state directory)"
+        )
     started = {r["pids"][str(pid)] for r in known}
     if start_time(pid) in started:
         return False, f"pid {pid} on {host} is running"
@@ -165,11 +171,13 @@ def _postgres_locks(backend_url: str, stack: str) -> list[dict]:
         exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]
         if exists is None:  # the engine creates its table on first use
             return []
-        rows = conn.execute(f"SELECT key, data FROM {table} WHERE key LIKE %s ORDER BY key",  # noqa: S608
-                            (prefix.replace("_", "\\_") + "%",)).fetchall()
+        rows = conn.execute(
+            f"SELECT key, data FROM {table} WHERE key LIKE %s ORDER BY key",  # noqa: S608
+            (prefix.replace("_", "\\_") + "%",),
+        ).fetchall()
     found = []
     for key, data in rows:
-        if not key.endswith(".json") or "/" in key[len(prefix):]:
+        if not key.endswith(".json") or "/" in key[len(prefix) :]:
             continue
         try:
             data = json.loads(data) if isinstance(data, str) else data
@@ -181,8 +189,14 @@ def _postgres_locks(backend_url: str, stack: str) -> list[dict]:
             with psycopg.connect(url, connect_timeout=10) as conn:
                 conn.execute(f"DELETE FROM {table} WHERE key = %s", (key,))  # noqa: S608
 
-        found.append({"path": key, "content": content, "remove": remove,
-                      "manual": f"DELETE FROM {table} WHERE key = '{key}'; (in the state database)"})
+        found.append(
+            {
+                "path": key,
+                "content": content,
+                "remove": remove,
+                "manual": f"DELETE FROM {table} WHERE key = '{key}'; (in the state database)",
+            }
+        )
     return found
 
 
@@ -208,9 +222,17 @@ def locks(backend_url: str, stack: str, holders_dir: Path | None = None) -> list
     for lock in raw:
         content = lock["content"]
         dead, why = holder_state(content, records, me)
-        found.append({**lock, "pid": content.get("pid"), "hostname": content.get("hostname"),
-                      "timestamp": content.get("timestamp"), "local": content.get("hostname") == me["hostname"],
-                      "alive": not dead, "why": why})
+        found.append(
+            {
+                **lock,
+                "pid": content.get("pid"),
+                "hostname": content.get("hostname"),
+                "timestamp": content.get("timestamp"),
+                "local": content.get("hostname") == me["hostname"],
+                "alive": not dead,
+                "why": why,
+            }
+        )
     return found
 
 
@@ -244,7 +266,10 @@ def end_leftovers(holders_dir: Path | None, stack: str) -> list[str]:
     ended = []
     for path, record in _holder_records(holders_dir, stack):
         if (record.get("hostname"), record.get("pidns"), record.get("boot_id")) != (
-                me["hostname"], me["pidns"], me["boot_id"]):
+            me["hostname"],
+            me["pidns"],
+            me["boot_id"],
+        ):
             continue
         pids = {int(p): t for p, t in (record.get("pids") or {}).items()}
         worker = int(path.stem) if path.stem.isdigit() else None
@@ -267,7 +292,10 @@ def _prune_holder_records(holders_dir: Path | None, stack: str) -> None:
     me = identity()
     for path, record in _holder_records(holders_dir, stack):
         if (record.get("hostname"), record.get("pidns"), record.get("boot_id")) != (
-                me["hostname"], me["pidns"], me["boot_id"]):
+            me["hostname"],
+            me["pidns"],
+            me["boot_id"],
+        ):
             continue
         if all(start_time(int(p)) != t for p, t in (record.get("pids") or {}).items()):
             path.unlink(missing_ok=True)
@@ -283,16 +311,21 @@ def kept_locks_hint(backend_url: str, stack: str, holders_dir: Path | None = Non
         return f"the locks could not be read ({type(exc).__name__})"
     if raw is None:
         scheme = backend_url.split(":", 1)[0]
-        return (f"locks of a {scheme}:// backend are not checked or removed by the runner; once sure no "
-                f"operation runs on {stack}, remove its lock by hand (`pulumi cancel --stack "
-                f"organization/{PROJECT}/{stack}` removes every lock of the stack)")
+        return (
+            f"locks of a {scheme}:// backend are not checked or removed by the runner; once sure no "
+            f"operation runs on {stack}, remove its lock by hand (`pulumi cancel --stack "
+            f"organization/{PROJECT}/{stack}` removes every lock of the stack)"
+        )
     held = locks(backend_url, stack, holders_dir)
-    return "; ".join(f"{lock['why']}, since {lock['timestamp']}; if no operation runs there, remove it with "
-                     f"`{lock['manual']}`" for lock in held)
+    return "; ".join(
+        f"{lock['why']}, since {lock['timestamp']}; if no operation runs there, remove it with `{lock['manual']}`"
+        for lock in held
+    )
 
 
-def repair_checkpoint_files(backend_url: str, stack: str, stale_after: float = STALE_AFTER_S,
-                            holders_dir: Path | None = None) -> list[str]:
+def repair_checkpoint_files(
+    backend_url: str, stack: str, stale_after: float = STALE_AFTER_S, holders_dir: Path | None = None
+) -> list[str]:
     """Remove the empty `.attrs` sidecars a kill can leave in a file:// backend.
 
     The backend writes `<file>.attrs` before it renames the new checkpoint into

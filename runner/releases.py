@@ -62,10 +62,15 @@ def verified_commit(project_dir: Path, commit: str) -> str:
     handed to git. Rows recorded before full ids hold a 12-digit abbreviation;
     it is expanded (and must be unambiguous)."""
     if not _HEX.fullmatch(commit):
-        raise RollbackImpossible(f"program commit {commit!r} is not a commit of this repository "
-                                 "(expected a hex commit id)")
-    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"], cwd=project_dir,
-                          capture_output=True, text=True)
+        raise RollbackImpossible(
+            f"program commit {commit!r} is not a commit of this repository (expected a hex commit id)"
+        )
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
+        cwd=project_dir,
+        capture_output=True,
+        text=True,
+    )
     full = proc.stdout.strip()
     if proc.returncode != 0 or not full.startswith(commit) or len(full) not in (40, 64):
         raise RollbackImpossible(f"program commit {commit!r} is not a commit of this repository")
@@ -80,8 +85,15 @@ def _same(a: str | None, b: str | None) -> bool:
     return bool(a and b) and (a.startswith(b) or b.startswith(a))
 
 
-def program_at(project_dir: Path, state_dir: Path, commit: str | None, checkout: str | None, *,
-               row=None, fingerprint: str | None = None) -> ProgramTree | None:
+def program_at(
+    project_dir: Path,
+    state_dir: Path,
+    commit: str | None,
+    checkout: str | None,
+    *,
+    row=None,
+    fingerprint: str | None = None,
+) -> ProgramTree | None:
     """None when the checkout's program is the one to run; else a worktree of `commit`.
 
     The commit is verified to be one of this repository first. The checkout
@@ -101,8 +113,12 @@ def program_at(project_dir: Path, state_dir: Path, commit: str | None, checkout:
     tree = state_dir / "worktrees" / commit
     with _WORKTREES:  # --on-failure rollback: failed targets of one commit go back concurrently
         if not tree.exists():
-            proc = subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=project_dir,
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                ["git", "worktree", "add", "--detach", str(tree), commit],
+                cwd=project_dir,
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
                 raise RollbackImpossible(f"cannot check out program commit {commit}: {proc.stderr.strip()}")
     return ProgramTree(dir=str(tree), name=f"program-{commit}", project_dir=str(project_dir))
@@ -124,8 +140,9 @@ def anchored_config(config: dict[str, Any], project_dir: Path, tree: Path) -> di
         schema = load_config_schema(tree)
     except Exception:  # an older Pulumi.yaml the schema reader refuses: only the given values
         schema = {}
-    candidates = {k: spec.default for k, spec in schema.items()
-                  if spec.type == "string" and spec.default and k not in values}
+    candidates = {
+        k: spec.default for k, spec in schema.items() if spec.type == "string" and spec.default and k not in values
+    }
     candidates.update({k: v for k, v in values.items() if isinstance(v, str) and v})
     for key, value in candidates.items():
         if "/" not in value and not value.startswith("."):
@@ -143,10 +160,16 @@ def rollback_job(job: Job, row, program: ProgramTree | None) -> Job:
     config["release"] = row.release
     if program:
         config = anchored_config(config, Path(program.project_dir), Path(program.dir))
-    return replace(job, operation="rollback", config=config, program=program,
-                   program_commit=row.program_commit, config_fingerprint=row.config_fingerprint,
-                   program_fingerprint=(row.details or {}).get("program_fingerprint"),
-                   details={**job.details, "rollback_to": row.release, "rollback_from_run": row.run_id})
+    return replace(
+        job,
+        operation="rollback",
+        config=config,
+        program=program,
+        program_commit=row.program_commit,
+        config_fingerprint=row.config_fingerprint,
+        program_fingerprint=(row.details or {}).get("program_fingerprint"),
+        details={**job.details, "rollback_to": row.release, "rollback_from_run": row.run_id},
+    )
 
 
 def at_deployed_program(ledger, job: Job, project_dir: Path, state_dir: Path, commit: str | None) -> Job:
@@ -159,17 +182,37 @@ def at_deployed_program(ledger, job: Job, project_dir: Path, state_dir: Path, co
     if row is None:
         return job
     try:
-        program = program_at(project_dir, state_dir, row.program_commit, commit, row=row,
-                             fingerprint=job.program_fingerprint)
+        program = program_at(
+            project_dir, state_dir, row.program_commit, commit, row=row, fingerprint=job.program_fingerprint
+        )
     except RollbackImpossible as exc:
-        return replace(job, details={**job.details, "behind": [
-            {"name": "program", "note": f"deployed from {row.program_commit}; checked with the project's code ({exc})"}]})
+        return replace(
+            job,
+            details={
+                **job.details,
+                "behind": [
+                    {
+                        "name": "program",
+                        "note": f"deployed from {row.program_commit}; checked with the project's code ({exc})",
+                    }
+                ],
+            },
+        )
     if program is None:
         return job
-    note = (f"deployed from commit {row.program_commit}, the project is at {commit or 'an unknown commit'}"
-            f"{' (uncommitted changes)' if (commit or '').endswith('-dirty') or row.program_commit == commit else ''}")
-    details = {**job.details,
-               "behind": [{"name": "program", "deployed": row.program_commit, "project": commit, "note": note}]}
-    return replace(job, config=anchored_config(dict(job.config), project_dir, Path(program.dir)), details=details,
-                   program=program, program_commit=row.program_commit,
-                   program_fingerprint=(row.details or {}).get("program_fingerprint"))
+    note = (
+        f"deployed from commit {row.program_commit}, the project is at {commit or 'an unknown commit'}"
+        f"{' (uncommitted changes)' if (commit or '').endswith('-dirty') or row.program_commit == commit else ''}"
+    )
+    details = {
+        **job.details,
+        "behind": [{"name": "program", "deployed": row.program_commit, "project": commit, "note": note}],
+    }
+    return replace(
+        job,
+        config=anchored_config(dict(job.config), project_dir, Path(program.dir)),
+        details=details,
+        program=program,
+        program_commit=row.program_commit,
+        program_fingerprint=(row.details or {}).get("program_fingerprint"),
+    )

@@ -32,7 +32,6 @@ EXIT_CODES = {
 }
 
 
-
 class Status(StrEnum):
     """A target's outcome; the values are the report's and the ledger's strings."""
 
@@ -63,9 +62,20 @@ class Operation(StrEnum):
 
 
 SUCCEEDED, FAILED, SKIPPED, NOT_STARTED, LOCKED, BLOCKED = (
-    Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.NOT_STARTED, Status.LOCKED, Status.BLOCKED)
+    Status.SUCCEEDED,
+    Status.FAILED,
+    Status.SKIPPED,
+    Status.NOT_STARTED,
+    Status.LOCKED,
+    Status.BLOCKED,
+)
 IN_SYNC, DRIFTED, PENDING, DRIFTED_PENDING, ERROR = (
-    Status.IN_SYNC, Status.DRIFTED, Status.PENDING, Status.DRIFTED_PENDING, Status.ERROR)
+    Status.IN_SYNC,
+    Status.DRIFTED,
+    Status.PENDING,
+    Status.DRIFTED_PENDING,
+    Status.ERROR,
+)
 FAILURES = {FAILED, ERROR, BLOCKED, NOT_STARTED}
 CHANGED = {DRIFTED, PENDING, DRIFTED_PENDING}
 STATUSES = tuple(Status)
@@ -119,11 +129,15 @@ class TargetResult:
             steps = self.details.get(key) or []
             if steps:
                 names = ", ".join(
-                    f"{s['name']}" + (f" [{', '.join(s['keys'])}]" if s.get("keys") else "") + ("" if key == "drift" else f" ({s['op']})")
-                    for s in steps)
+                    f"{s['name']}"
+                    + (f" [{', '.join(s['keys'])}]" if s.get("keys") else "")
+                    + ("" if key == "drift" else f" ({s['op']})")
+                    for s in steps
+                )
                 parts.append(f"{label}: {names}")
-        behind = [b.get("note") or b.get("name", "") for b in self.details.get("behind") or []
-                  if self.operation == "drift"]
+        behind = [
+            b.get("note") or b.get("name", "") for b in self.details.get("behind") or [] if self.operation == "drift"
+        ]
         if behind:  # not drift: what the target has not received yet
             parts.append(f"behind: {'; '.join(behind)}")
         return "; ".join(parts)
@@ -256,32 +270,51 @@ _XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff
 def xml_text(value: str) -> str:
     """`value` with the characters XML 1.0 cannot hold (control characters, NUL,
     lone surrogates) written as visible `\\xNN` escapes, so the file stays parseable."""
-    return _XML_INVALID.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                            else f"\\u{ord(m.group()):04x}", value)
+    return _XML_INVALID.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", value
+    )
 
 
 def junit_xml(report: Report) -> bytes:
     """One testcase per target; failures carry the attributed error. Every string
     goes through `xml_text`: an error may hold any character."""
-    failures = sum(t.status in (FAILURES - {NOT_STARTED}) | CHANGED | {LOCKED} and not t.details.get("superseded")
-                   for t in report.targets)
+    failures = sum(
+        t.status in (FAILURES - {NOT_STARTED}) | CHANGED | {LOCKED} and not t.details.get("superseded")
+        for t in report.targets
+    )
     skipped = sum(t.status in (SKIPPED, NOT_STARTED) for t in report.targets)
     total_time = sum(t.duration or 0 for t in report.targets)
-    suite = ET.Element("testsuite", {
-        "name": f"runner {report.command}", "tests": str(len(report.targets)),
-        "failures": str(failures), "errors": "0", "skipped": str(skipped),
-        "time": f"{total_time:.3f}", "timestamp": iso(report.started) or "",
-    })
+    suite = ET.Element(
+        "testsuite",
+        {
+            "name": f"runner {report.command}",
+            "tests": str(len(report.targets)),
+            "failures": str(failures),
+            "errors": "0",
+            "skipped": str(skipped),
+            "time": f"{total_time:.3f}",
+            "timestamp": iso(report.started) or "",
+        },
+    )
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", {"name": "run_id", "value": xml_text(report.run_id)})
     for t in report.targets:
-        case = ET.SubElement(suite, "testcase", {
-            "classname": xml_text(f"{report.command}.{t.tenant or 'untenanted'}"),
-            "name": xml_text(t.stack), "time": f"{t.duration or 0:.3f}",
-        })
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            {
+                "classname": xml_text(f"{report.command}.{t.tenant or 'untenanted'}"),
+                "name": xml_text(t.stack),
+                "time": f"{t.duration or 0:.3f}",
+            },
+        )
         if t.status in (SKIPPED, NOT_STARTED):  # never ran: not a failure of the target itself
             ET.SubElement(case, "skipped", {"message": xml_text(t.error_line or t.status)})
         elif t.status in FAILURES | CHANGED | {LOCKED} and not t.details.get("superseded"):
-            failure = ET.SubElement(case, "failure", {"type": t.status, "message": xml_text(t.summary_line or t.status)})
-            failure.text = xml_text(json.dumps({k: v for k, v in t.details.items() if k in ("drift", "pending", "reason")}, indent=1))
+            failure = ET.SubElement(
+                case, "failure", {"type": t.status, "message": xml_text(t.summary_line or t.status)}
+            )
+            failure.text = xml_text(
+                json.dumps({k: v for k, v in t.details.items() if k in ("drift", "pending", "reason")}, indent=1)
+            )
     return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)

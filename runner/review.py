@@ -68,8 +68,15 @@ def preview_jobs(jobs: list, plans_dir: str) -> list:
     return [replace(j, plan_file=str(plan_path(root, j.stack))) for j in jobs]
 
 
-def write_review(plans_dir: str, report: rpt.Report, *, program_commit: str | None, release: str | None,
-                 registry_source: str, fingerprints: dict[str, str | None] | None = None) -> dict[str, Any]:
+def write_review(
+    plans_dir: str,
+    report: rpt.Report,
+    *,
+    program_commit: str | None,
+    release: str | None,
+    registry_source: str,
+    fingerprints: dict[str, str | None] | None = None,
+) -> dict[str, Any]:
     """manifest.json and summary.md from a finished `preview --save-plans`; plan files of
     targets without changes are removed (nothing to apply there). ``fingerprints``: each
     stack's config fingerprint as previewed (`up --plans` compares it)."""
@@ -81,12 +88,18 @@ def write_review(plans_dir: str, report: rpt.Report, *, program_commit: str | No
         changed = has_changes(row.changes)
         plan = plan_path(root, row.stack)
         entry = {
-            "stack": row.stack, "tenant": row.tenant, "environment": row.environment, "status": row.status,
+            "stack": row.stack,
+            "tenant": row.tenant,
+            "environment": row.environment,
+            "status": row.status,
             "config_digest": (fingerprints or {}).get(row.stack),
             "state_version": row.details.get("state_version"),
             "changes": {k: v for k, v in (row.changes or {}).items() if v},
-            "has_changes": changed, "steps": row.details.get("steps") or [],
-            "plan_file": None, "plan_digest": None, "error": row.error,
+            "has_changes": changed,
+            "steps": row.details.get("steps") or [],
+            "plan_file": None,
+            "plan_digest": None,
+            "error": row.error,
         }
         if row.status == rpt.SUCCEEDED and changed and plan.is_file():
             entry["plan_file"] = str(plan.relative_to(root))
@@ -95,21 +108,30 @@ def write_review(plans_dir: str, report: rpt.Report, *, program_commit: str | No
             plan.unlink()
         targets.append(entry)
     manifest = {
-        "format": FORMAT, "run_id": report.run_id, "created": rpt.now().isoformat(timespec="seconds"),
-        "program_commit": program_commit, "release": release,
+        "format": FORMAT,
+        "run_id": report.run_id,
+        "created": rpt.now().isoformat(timespec="seconds"),
+        "program_commit": program_commit,
+        "release": release,
         "registry_digest": registry_digest(registry_source),
-        "totals": totals(targets), "targets": targets,
+        "totals": totals(targets),
+        "targets": targets,
     }
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     (root / SUMMARY).write_text(render_summary(manifest))
-    report.notes.append(f"plans saved: {sum(t['plan_file'] is not None for t in targets)} target(s) with changes; "
-                        f"{root / MANIFEST}, {root / SUMMARY}")
+    report.notes.append(
+        f"plans saved: {sum(t['plan_file'] is not None for t in targets)} target(s) with changes; "
+        f"{root / MANIFEST}, {root / SUMMARY}"
+    )
     return manifest
 
 
 def totals(targets: list[dict]) -> dict[str, int]:
-    out = {"targets": len(targets), "with_changes": sum(t["has_changes"] for t in targets),
-           "failed": sum(t["status"] != rpt.SUCCEEDED for t in targets)}
+    out = {
+        "targets": len(targets),
+        "with_changes": sum(t["has_changes"] for t in targets),
+        "failed": sum(t["status"] != rpt.SUCCEEDED for t in targets),
+    }
     for op in ("create", "update", "delete", "replace"):
         out[op] = sum(int(t["changes"].get(op, 0)) for t in targets)
     return out
@@ -151,18 +173,30 @@ def render_summary(manifest: dict, limit: int = MAX_SUMMARY) -> str:
     changed = [t for t in manifest["targets"] if t["has_changes"] or t["status"] != rpt.SUCCEEDED]
     changed.sort(key=lambda t: (-_danger(t), t["status"] == rpt.SUCCEEDED, t["stack"]))
     tot = manifest["totals"]
-    head = [f"## runner preview: {tot['with_changes']} of {tot['targets']} target(s) with changes", "",
-            f"**{tot['create']}** to create, **{tot['update']}** to update, **{tot['delete']}** to delete, "
-            f"**{tot['replace']}** to replace"
-            + (f"; **{tot['failed']}** target(s) failed to preview" if tot["failed"] else "") + ".", ""]
+    head = [
+        f"## runner preview: {tot['with_changes']} of {tot['targets']} target(s) with changes",
+        "",
+        f"**{tot['create']}** to create, **{tot['update']}** to update, **{tot['delete']}** to delete, "
+        f"**{tot['replace']}** to replace"
+        + (f"; **{tot['failed']}** target(s) failed to preview" if tot["failed"] else "")
+        + ".",
+        "",
+    ]
     dangerous = [t for t in changed if _danger(t)]
     if dangerous:
-        head.append(f"> [!WARNING]\n> Deletes or replaces in {len(dangerous)} target(s): "
-                    + ", ".join(f"{_code(t['stack'])} ({_ops({k: v for k, v in t['changes'].items() if k in ('delete', 'replace')})})"
-                                for t in dangerous[:20]) + (" and more" if len(dangerous) > 20 else ""))
+        head.append(
+            f"> [!WARNING]\n> Deletes or replaces in {len(dangerous)} target(s): "
+            + ", ".join(
+                f"{_code(t['stack'])} ({_ops({k: v for k, v in t['changes'].items() if k in ('delete', 'replace')})})"
+                for t in dangerous[:20]
+            )
+            + (" and more" if len(dangerous) > 20 else "")
+        )
         head.append("")
-    head.append(f"Program commit {_code(manifest['program_commit'] or 'unknown')}, run {_code(manifest['run_id'])}; "
-                f"apply exactly these plans with `runner up --plans DIR`.")
+    head.append(
+        f"Program commit {_code(manifest['program_commit'] or 'unknown')}, run {_code(manifest['run_id'])}; "
+        f"apply exactly these plans with `runner up --plans DIR`."
+    )
     head += ["", "| target | changes | deletes/replaces | status |", "| --- | --- | --- | --- |"]
     rows, blocks = [], []
     for t in changed:
@@ -170,8 +204,10 @@ def render_summary(manifest: dict, limit: int = MAX_SUMMARY) -> str:
         lines = [f"<details><summary>{t['stack']}: {_ops(t['changes'])}</summary>", ""]
         if t["error"]:
             lines.append(f"- preview failed: {_code(str(t['error']).splitlines()[0][:300])}")
-        steps = sorted(t["steps"], key=lambda s: (s["op"] not in ("delete", "replace", "delete-replaced",
-                                                                    "create-replacement"), s["urn"]))
+        steps = sorted(
+            t["steps"],
+            key=lambda s: (s["op"] not in ("delete", "replace", "delete-replaced", "create-replacement"), s["urn"]),
+        )
         for s in steps:
             keys = f" (changed: {', '.join(_code(k) for k in s.get('keys') or [])})" if s.get("keys") else ""
             lines.append(f"- **{s['op']}** {_code(_step_label(s))}{keys}")
@@ -191,8 +227,11 @@ def render_summary(manifest: dict, limit: int = MAX_SUMMARY) -> str:
         kept_blocks.append(block)
         budget -= len(row) + len(block) + 2
     left = len(rows) - len(kept_rows)
-    cut = [f"_{left} more target(s) with changes left out of this comment (length limit); "
-           f"the full list is in `{MANIFEST}` in the plans artifact._", ""]
+    cut = [
+        f"_{left} more target(s) with changes left out of this comment (length limit); "
+        f"the full list is in `{MANIFEST}` in the plans artifact._",
+        "",
+    ]
     return "\n".join(head + kept_rows + [""] + kept_blocks + ["", *cut])
 
 
@@ -215,8 +254,9 @@ def check_manifest(plans_dir: str, manifest: dict, *, program_commit: str | None
     root = Path(plans_dir)
     problems = []
     if manifest.get("program_commit") != program_commit:
-        problems.append(f"the program commit is {program_commit}, the plans were made at "
-                        f"{manifest.get('program_commit')}")
+        problems.append(
+            f"the program commit is {program_commit}, the plans were made at {manifest.get('program_commit')}"
+        )
     if manifest.get("registry_digest") != registry_digest(registry_source):
         problems.append("the registry changed since the preview")
     for t in manifest.get("targets", []):
@@ -227,14 +267,17 @@ def check_manifest(plans_dir: str, manifest: dict, *, program_commit: str | None
             elif digest_file(plan) != t.get("plan_digest"):
                 problems.append(f"{t['stack']}: plan file {t['plan_file']} differs from the reviewed one")
     if problems:
-        raise UsageProblem("--plans: refusing to apply plans that are not the reviewed ones (re-run preview "
-                           "--save-plans; nothing was run):\n  " + "\n  ".join(problems))
+        raise UsageProblem(
+            "--plans: refusing to apply plans that are not the reviewed ones (re-run preview "
+            "--save-plans; nothing was run):\n  " + "\n  ".join(problems)
+        )
 
 
 def reviewed_stacks(manifest: dict) -> frozenset[str]:
     """The stacks `up --plans` may touch: those with reviewed changes (or a failed preview, reported)."""
-    return frozenset(t["stack"] for t in manifest.get("targets", [])
-                     if t.get("has_changes") or t.get("status") != rpt.SUCCEEDED)
+    return frozenset(
+        t["stack"] for t in manifest.get("targets", []) if t.get("has_changes") or t.get("status") != rpt.SUCCEEDED
+    )
 
 
 def apply_jobs(jobs: list, plans_dir: str, manifest: dict) -> tuple[list, list]:
@@ -247,12 +290,23 @@ def apply_jobs(jobs: list, plans_dir: str, manifest: dict) -> tuple[list, list]:
         if entry is None:
             continue
         if entry["status"] != rpt.SUCCEEDED or not entry.get("plan_file"):
-            refused.append((job, f"no reviewed plan: the preview of this target {entry['status']} "
-                                 f"({(entry.get('error') or '').splitlines()[0] if entry.get('error') else 'no plan'})"))
+            refused.append(
+                (
+                    job,
+                    f"no reviewed plan: the preview of this target {entry['status']} "
+                    f"({(entry.get('error') or '').splitlines()[0] if entry.get('error') else 'no plan'})",
+                )
+            )
             continue
         review = {"state_version": entry.get("state_version"), "steps": entry.get("steps") or []}
         if job.config_fingerprint != entry.get("config_digest"):
             review["stale"] = "its config (or a secret) changed since preview"
-        ready.append(replace(job, plan_file=str(root / entry["plan_file"]), review=review,
-                             details={**job.details, "reviewed_run": manifest.get("run_id")}))
+        ready.append(
+            replace(
+                job,
+                plan_file=str(root / entry["plan_file"]),
+                review=review,
+                details={**job.details, "reviewed_run": manifest.get("run_id")},
+            )
+        )
     return ready, refused

@@ -22,11 +22,22 @@ from runner.fleet import SHARED_STACK, Job, RunSettings
 class Run:
     """The report of one run and its rows in the ledger (``ledger`` None: nothing recorded)."""
 
-    def __init__(self, ledger, settings: RunSettings, *, run_id: str | None = None, release: str | None = None,
-                 report: rpt.Report | None = None):
+    def __init__(
+        self,
+        ledger,
+        settings: RunSettings,
+        *,
+        run_id: str | None = None,
+        release: str | None = None,
+        report: rpt.Report | None = None,
+    ):
         self.ledger, self.settings = ledger, settings
-        self.report = report or rpt.Report(run_id=run_id or settings.run_id, command=settings.operation,
-                                           release=release, detailed_exitcode=settings.detailed_exitcode)
+        self.report = report or rpt.Report(
+            run_id=run_id or settings.run_id,
+            command=settings.operation,
+            release=release,
+            detailed_exitcode=settings.detailed_exitcode,
+        )
         self._lock = threading.Lock()
         self._errors: list[str] = []
 
@@ -50,15 +61,26 @@ class Run:
         """The run's row in the ledger."""
         if self.ledger is None:
             return
-        self.ledger.start_run(self.run_id, self.report.command, argv=list(self.settings.argv), release=self.release,
-                              shard=shard, options={"concurrency": self.settings.concurrency})
+        self.ledger.start_run(
+            self.run_id,
+            self.report.command,
+            argv=list(self.settings.argv),
+            release=self.release,
+            shard=shard,
+            options={"concurrency": self.settings.concurrency},
+        )
 
     def finish(self, *, close_row: bool = True) -> rpt.Report:
         """Close the run's row (unless `close_row` is False: more work recorded under a finished
         run); ledger failures of the run become notes and run errors (exit 1)."""
         if self.ledger is not None and close_row:
-            self._call("finishing the run", self.ledger.finish_run, self.run_id,
-                       "interrupted" if self.report.interrupted else "finished", self.report.counts)
+            self._call(
+                "finishing the run",
+                self.ledger.finish_run,
+                self.run_id,
+                "interrupted" if self.report.interrupted else "finished",
+                self.report.counts,
+            )
         with self._lock:
             errors, self._errors = self._errors, []
         self.report.notes.extend(errors)
@@ -103,32 +125,60 @@ class Run:
         """One finished ledger row for a target that never ran."""
         if self.ledger is None:
             return
-        self._call(f"recording the result of {result.stack}", self.ledger.record,
-                   self.run_id, tenant=result.tenant, environment=result.environment, stack=result.stack,
-                   operation=str(result.operation), status=str(result.status), release=self.release,
-                   error=result.error, details=result.details)
+        self._call(
+            f"recording the result of {result.stack}",
+            self.ledger.record,
+            self.run_id,
+            tenant=result.tenant,
+            environment=result.environment,
+            stack=result.stack,
+            operation=str(result.operation),
+            status=str(result.status),
+            release=self.release,
+            error=result.error,
+            details=result.details,
+        )
 
     def start(self, job: Job, *, started=None):
         """The ledger row of one attempt of `job`, running; its id (None without a ledger)."""
         if self.ledger is None:
             return None
-        return self._call(f"recording the start of {job.stack}", self.ledger.record_start,
-                          self.run_id, tenant=job.tenant, environment=job.environment, stack=job.stack,
-                          operation=str(job.operation), started=started,
-                          release=job.config.get("release") or self.release, program_commit=job.program_commit,
-                          config_fingerprint=job.config_fingerprint, config_snapshot=dict(job.config))
+        return self._call(
+            f"recording the start of {job.stack}",
+            self.ledger.record_start,
+            self.run_id,
+            tenant=job.tenant,
+            environment=job.environment,
+            stack=job.stack,
+            operation=str(job.operation),
+            started=started,
+            release=job.config.get("release") or self.release,
+            program_commit=job.program_commit,
+            config_fingerprint=job.config_fingerprint,
+            config_snapshot=dict(job.config),
+        )
 
     def end(self, op_id, job: Job, result: rpt.TargetResult, *, ended=None) -> None:
         """The outcome of that attempt. The ledger keeps the program's fingerprint with it:
         a later rollback runs the checkout only when it is that very program."""
         if self.ledger is None or op_id is None:
             return
-        details = {**result.details, **({"program_fingerprint": job.program_fingerprint}
-                                         if job.program_fingerprint else {})}
-        self._call(f"recording the result of {result.stack}", self.ledger.record_end,
-                   op_id, str(result.status), changes=result.changes, error=result.error,
-                   error_resource=result.error_resource, error_component=result.error_component,
-                   details=details, ended=ended)
+        details = {
+            **result.details,
+            **({"program_fingerprint": job.program_fingerprint} if job.program_fingerprint else {}),
+        }
+        self._call(
+            f"recording the result of {result.stack}",
+            self.ledger.record_end,
+            op_id,
+            str(result.status),
+            changes=result.changes,
+            error=result.error,
+            error_resource=result.error_resource,
+            error_component=result.error_component,
+            details=details,
+            ended=ended,
+        )
 
     # ------------------------------------------------------------------ ledger reads during the run
 
@@ -139,20 +189,27 @@ class Run:
         return self._call(what, method, *args, default=default, **kwargs)
 
     def history(self, stack: str, limit: int = 1) -> list:
-        return self.read(f"reading the history of {stack}", getattr(self.ledger, "history", None), stack,
-                         limit=limit, default=[])
+        return self.read(
+            f"reading the history of {stack}", getattr(self.ledger, "history", None), stack, limit=limit, default=[]
+        )
 
     def operations(self) -> list:
         """This run's rows so far (all shards)."""
-        return self.read(f"reading this run's {SHARED_STACK} rows", getattr(self.ledger, "run_operations", None),
-                         self.run_id, default=[])
+        return self.read(
+            f"reading this run's {SHARED_STACK} rows",
+            getattr(self.ledger, "run_operations", None),
+            self.run_id,
+            default=[],
+        )
 
     def _call(self, what: str, method, *args, default=None, **kwargs) -> Any:
         try:
             return method(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any driver error; the report says which
-            message = (f"ledger error while {what}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
-                       f"(this report holds the outcome; the next run marks unfinished ledger rows interrupted)")
+            message = (
+                f"ledger error while {what}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                f"(this report holds the outcome; the next run marks unfinished ledger rows interrupted)"
+            )
             with self._lock:
                 self._errors.append(message)
             return default

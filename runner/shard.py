@@ -46,8 +46,7 @@ def validate_shard(index: int, count: int) -> None:
         raise ValueError(f"invalid shard count {count!r}: need at least 1 shard")
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
         raise ValueError(
-            f"invalid shard index {index!r} for {count} shard(s): "
-            f"shard indexes are 0-based, 0 <= I < {count}"
+            f"invalid shard index {index!r} for {count} shard(s): shard indexes are 0-based, 0 <= I < {count}"
         )
 
 
@@ -78,17 +77,13 @@ def parse_shard(value: str) -> tuple[int, int]:
     match = _SHARD_RE.match(value or "")
     if not match:
         raise ValueError(
-            f"invalid shard {value!r}: expected I/N with a 0-based index, "
-            "0 <= I < N (for example 0/3, 1/3, 2/3)"
+            f"invalid shard {value!r}: expected I/N with a 0-based index, 0 <= I < N (for example 0/3, 1/3, 2/3)"
         )
     index, count = int(match.group(1)), int(match.group(2))
     if count < 1:
         raise ValueError(f"invalid shard {value!r}: N must be at least 1")
     if index >= count:
-        raise ValueError(
-            f"invalid shard {value!r}: the index is 0-based, so it must be below N "
-            f"(0..{count - 1})"
-        )
+        raise ValueError(f"invalid shard {value!r}: the index is 0-based, so it must be below N (0..{count - 1})")
     return index, count
 
 

@@ -62,8 +62,8 @@ __all__ = [
 DRIFT_OPERATION = "drift"
 
 #: Cell states that are not ledger statuses.
-NOT_CONNECTED = "n/a"   # the tenant is not connected to this environment
-NEVER = "never"         # connected, but no deployment recorded
+NOT_CONNECTED = "n/a"  # the tenant is not connected to this environment
+NEVER = "never"  # connected, but no deployment recorded
 DESTROYED = "destroyed"  # the latest deployment is a succeeded destroy
 
 #: How many drifted/pending resource names a summary line shows.
@@ -101,11 +101,19 @@ def _error_line(row: Any) -> str | None:
     """The attributed one-line error, formatted exactly like the reports'."""
     if not getattr(row, "error", None):
         return None
-    return TargetResult(
-        tenant=row.tenant, environment=row.environment or "", stack=row.stack,
-        operation=row.operation, status=row.status, error=row.error,
-        error_resource=row.error_resource, error_component=row.error_component,
-    ).error_line or None
+    return (
+        TargetResult(
+            tenant=row.tenant,
+            environment=row.environment or "",
+            stack=row.stack,
+            operation=row.operation,
+            status=row.status,
+            error=row.error,
+            error_resource=row.error_resource,
+            error_component=row.error_component,
+        ).error_line
+        or None
+    )
 
 
 def _short_component(component: Any) -> str | None:
@@ -358,12 +366,12 @@ def _drift_of(row: Any) -> DriftSummary:
     )
 
 
-def _cell(tenant: str | None, environment: str | None, stack: str,
-          deploy: Any | None, drift: Any | None) -> Cell:
+def _cell(tenant: str | None, environment: str | None, stack: str, deploy: Any | None, drift: Any | None) -> Cell:
     drift_summary = _drift_of(drift) if drift is not None else None
     if deploy is None:
-        return Cell(tenant, environment, stack, NEVER, drift=drift_summary,
-                    error=drift_summary.error if drift_summary else None)
+        return Cell(
+            tenant, environment, stack, NEVER, drift=drift_summary, error=drift_summary.error if drift_summary else None
+        )
     status = deploy.status
     if deploy.operation == "destroy" and status == "succeeded":
         status = DESTROYED
@@ -420,13 +428,15 @@ def fleet_status(ledger: Any, registry: Any, *, now: datetime | None = None) -> 
                 cells.append(_cell(tenant.id, env, stack, deploys.get(stack), drifts.get(stack)))
             else:
                 cells.append(Cell(tenant.id, env, stack, NOT_CONNECTED))
-        rows.append(TenantRow(
-            id=tenant.id,
-            name=getattr(tenant, "name", None) or tenant.id,
-            enabled=bool(getattr(tenant, "enabled", True)),
-            tags={str(k): str(v) for k, v in dict(getattr(tenant, "tags", None) or {}).items()},
-            cells=tuple(cells),
-        ))
+        rows.append(
+            TenantRow(
+                id=tenant.id,
+                name=getattr(tenant, "name", None) or tenant.id,
+                enabled=bool(getattr(tenant, "enabled", True)),
+                tags={str(k): str(v) for k, v in dict(getattr(tenant, "tags", None) or {}).items()},
+                cells=tuple(cells),
+            )
+        )
 
     orphans: list[Cell] = []
     untenanted: list[Cell] = []
@@ -499,15 +509,19 @@ def render_table(status: FleetStatus, *, error_width: int = 60) -> Table:
             label.append(f"\n{row.name}", style="dim")
         if not row.enabled:
             label.append("\ndisabled", style="dim italic")
-        table.add_row(label, *(_cell_text(c, status.generated, error_width=error_width) for c in row.cells),
-                      style=None if row.enabled else "dim")
+        table.add_row(
+            label,
+            *(_cell_text(c, status.generated, error_width=error_width) for c in row.cells),
+            style=None if row.enabled else "dim",
+        )
     return table
 
 
 def render_orphans_table(status: FleetStatus, *, error_width: int = 60) -> Table | None:
     """Stacks outside the registry (orphaned/offboarded) and untenanted ones; None when none."""
     cells = [("orphan", c) for c in status.orphans] + [
-        (SHARED_STACK if c.stack == SHARED_STACK else "untenanted", c) for c in status.untenanted]
+        (SHARED_STACK if c.stack == SHARED_STACK else "untenanted", c) for c in status.untenanted
+    ]
     if not cells:
         return None
     table = Table(title="Stacks not in the registry's grid")

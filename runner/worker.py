@@ -65,8 +65,11 @@ def _emit(kind: str, **data) -> None:
 
 def run(job: WorkerRequest) -> WorkerResult:
     settings = engine.EngineSettings(
-        bin_dir=Path(job.bin_dir), project_dir=Path(job.project_dir),
-        backend_url=job.backend_url, work_root=Path(job.work_root), program_name=job.program_name,
+        bin_dir=Path(job.bin_dir),
+        project_dir=Path(job.project_dir),
+        backend_url=job.backend_url,
+        work_root=Path(job.work_root),
+        program_name=job.program_name,
     )
     secrets = sorted((v for v in job.secret_values.values() if v), key=len, reverse=True)
 
@@ -80,11 +83,18 @@ def run(job: WorkerRequest) -> WorkerResult:
     recorder = HolderRecorder(recovery.holders_dir(Path(job.work_root)), job.stack)
     try:
         result = engine.run_operation(
-            settings, stack=job.stack, operation=job.operation,
-            config=dict(job.config), secret_values=dict(job.secret_values),
+            settings,
+            stack=job.stack,
+            operation=job.operation,
+            config=dict(job.config),
+            secret_values=dict(job.secret_values),
             on_progress=lambda data: _emit("progress", **data),
-            remove_stack=job.remove_stack, refresh=job.refresh, log=log,
-            pythonpath=job.pythonpath, plan=job.plan, review=job.review,
+            remove_stack=job.remove_stack,
+            refresh=job.refresh,
+            log=log,
+            pythonpath=job.pythonpath,
+            plan=job.plan,
+            review=job.review,
         )
     except engine.EngineError as exc:
         log(f"[{exc.kind}] {exc.message}" + (f" ({exc.urn})" if exc.urn else ""))
@@ -92,10 +102,14 @@ def run(job: WorkerRequest) -> WorkerResult:
     finally:
         recorder.close()
     return WorkerResult(
-        ok=True, changes=result.changes, outputs=result.outputs,
+        ok=True,
+        changes=result.changes,
+        outputs=result.outputs,
         steps=[s.to_dict() for s in result.steps if s.op not in ("same", "read")],
-        drift=[s.to_dict() for s in result.drift], pending=[s.to_dict() for s in result.pending],
-        behind=[s.to_dict() for s in result.behind], state_version=result.state_version,
+        drift=[s.to_dict() for s in result.drift],
+        pending=[s.to_dict() for s in result.pending],
+        behind=[s.to_dict() for s in result.behind],
+        state_version=result.state_version,
     )
 
 

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any
 
 import pulumi
 
@@ -100,7 +100,7 @@ def stack_reference(target_stack: str, name: str = "shared") -> pulumi.StackRefe
     return pulumi.StackReference(name, stack_name=f"{org}/{pulumi.get_project()}/{target_stack}")
 
 
-def shared_git_urls(settings: "Settings") -> Any:
+def shared_git_urls(settings: Settings) -> Any:
     """``git_urls`` of the shared stack. Before the shared stack's first deploy
     a preview (``shared_planned``, set by the runner) reads them as unknown, as
     the engine shows values an update computes; outside a preview that is refused."""
@@ -143,13 +143,25 @@ class Settings:
     nothing); the program only checks them, to fail once with a clear message."""
 
     @classmethod
-    def from_config(cls, config: pulumi.Config) -> "Settings":
+    def from_config(cls, config: pulumi.Config) -> Settings:
         defaults = cls()
         values: dict[str, Any] = {}
-        for key in ("platform", "app_version", "region", "domain", "platform_root", "migrations_dir",
-                    "release", "tenant_name", "account_email_domain", "smoke_text",
-                    "organizational_unit_id", "hosted_zone_id", "simulated_latency_ms",
-                    "simulated_throttle_rate"):
+        for key in (
+            "platform",
+            "app_version",
+            "region",
+            "domain",
+            "platform_root",
+            "migrations_dir",
+            "release",
+            "tenant_name",
+            "account_email_domain",
+            "smoke_text",
+            "organizational_unit_id",
+            "hosted_zone_id",
+            "simulated_latency_ms",
+            "simulated_throttle_rate",
+        ):
             value = config.get(key)
             values[key] = value if value else getattr(defaults, key)
         values["purge_data"] = bool(config.get_bool("purge_data") or False)
@@ -199,7 +211,7 @@ def platform_module(platform: str) -> ModuleType:
     return module
 
 
-def main(stack: Optional[str] = None, config: Optional[pulumi.Config] = None) -> Deployment:
+def main(stack: str | None = None, config: pulumi.Config | None = None) -> Deployment:
     target = parse_stack(stack or pulumi.get_stack())
     config = config or pulumi.Config()
     settings = Settings.from_config(config)
@@ -222,7 +234,8 @@ def _shared(deployment: Deployment, settings: Settings, platform: ModuleType) ->
     for service in SERVICES:
         if settings.platform == "aws":
             args = platform.GitRepositoryArgs(
-                service=service, tags={"service": service, "managed-by": "runner"},
+                service=service,
+                tags={"service": service, "managed-by": "runner"},
                 provider=management,
             )
         else:
@@ -233,8 +246,9 @@ def _shared(deployment: Deployment, settings: Settings, platform: ModuleType) ->
     deployment.outputs.update({"git_urls": urls, "release": settings.release})
 
 
-def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType,
-            db_password: Optional[pulumi.Output[str]] = None) -> None:
+def _tenant(
+    deployment: Deployment, settings: Settings, platform: ModuleType, db_password: pulumi.Output[str] | None = None
+) -> None:
     t = deployment.target
     tenant_name = settings.tenant_name or ("Untenanted" if not t.tenanted else t.tenant_id)
     domain = settings.domain or f"{t.tenant_id}.example.com"
@@ -247,8 +261,9 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType,
     app_files = load_files(PROJECT_ROOT / "stacks" / "app" / "backend")
     template = (PROJECT_ROOT / "stacks" / "app" / "frontend" / "index.html").read_text(encoding="utf-8")
     git_urls = shared_git_urls(settings)
-    common = dict(tenant_id=t.tenant_id, environment=t.environment, release=settings.release,
-                  app_version=settings.app_version)
+    common = dict(
+        tenant_id=t.tenant_id, environment=t.environment, release=settings.release, app_version=settings.app_version
+    )
 
     if settings.platform == "aws":
         problem = email_domain_problem(settings.account_email_domain)
@@ -272,52 +287,105 @@ def _tenant(deployment: Deployment, settings: Settings, platform: ModuleType,
         )
         backend = platform.Backend(
             "backend",
-            platform.BackendArgs(provider=account.provider, tags=tags, migrations=migrations,
-                                 app_files=app_files, purge_data=settings.purge_data, **common),
+            platform.BackendArgs(
+                provider=account.provider,
+                tags=tags,
+                migrations=migrations,
+                app_files=app_files,
+                purge_data=settings.purge_data,
+                **common,
+            ),
         )
         frontend = platform.Frontend(
             "frontend",
-            platform.FrontendArgs(provider=account.provider, tags=tags, tenant_name=tenant_name, domain=domain,
-                                  backend_url=backend.backend_url, schema_version=backend.schema_version,
-                                  template=template,
-                                  custom_domain=settings.domain if settings.domain_configured else "",
-                                  hosted_zone_id=settings.hosted_zone_id,
-                                  cert_provider=account.provider_us_east_1, dns_provider=management,
-                                  **common),
+            platform.FrontendArgs(
+                provider=account.provider,
+                tags=tags,
+                tenant_name=tenant_name,
+                domain=domain,
+                backend_url=backend.backend_url,
+                schema_version=backend.schema_version,
+                template=template,
+                custom_domain=settings.domain if settings.domain_configured else "",
+                hosted_zone_id=settings.hosted_zone_id,
+                cert_provider=account.provider_us_east_1,
+                dns_provider=management,
+                **common,
+            ),
             pulumi.ResourceOptions(depends_on=[backend]),
         )
         health_checks: Any = pulumi.Output.all(backend.backend_url, frontend.frontend_url).apply(
-            lambda u: [
-                {"name": "backend", "kind": "http", "url": u[0], "expect_status": 200},
-                {"name": "frontend", "kind": "http", "url": u[1], "expect_status": 200, "text": settings.release},
-            ] + ([{"name": "smoke", "kind": "http", "url": u[1], "expect_status": 200, "text": settings.smoke_text}]
-                 if settings.smoke_text else [])
+            lambda u: (
+                [
+                    {"name": "backend", "kind": "http", "url": u[0], "expect_status": 200},
+                    {"name": "frontend", "kind": "http", "url": u[1], "expect_status": 200, "text": settings.release},
+                ]
+                + (
+                    [{"name": "smoke", "kind": "http", "url": u[1], "expect_status": 200, "text": settings.smoke_text}]
+                    if settings.smoke_text
+                    else []
+                )
+            )
         )
     else:
         root = str(resolve(settings.platform_root))
         account = platform.CloudAccount("account", platform.CloudAccountArgs(root=root, tenant_id=t.tenant_id))
         backend = platform.Backend(
             "backend",
-            platform.BackendArgs(account_dir=account.account_dir, migrations=migrations, app_files=app_files,
-                                 purge_data=settings.purge_data, db_password=db_password, **common),
+            platform.BackendArgs(
+                account_dir=account.account_dir,
+                migrations=migrations,
+                app_files=app_files,
+                purge_data=settings.purge_data,
+                db_password=db_password,
+                **common,
+            ),
         )
         frontend = platform.Frontend(
             "frontend",
-            platform.FrontendArgs(account_dir=account.account_dir, tenant_name=tenant_name, domain=domain,
-                                  backend_url=backend.backend_url, schema_version=backend.schema_version,
-                                  template=template, **common),
+            platform.FrontendArgs(
+                account_dir=account.account_dir,
+                tenant_name=tenant_name,
+                domain=domain,
+                backend_url=backend.backend_url,
+                schema_version=backend.schema_version,
+                template=template,
+                **common,
+            ),
             pulumi.ResourceOptions(depends_on=[backend]),
         )
         n_migrations = str(len(migrations))
         health_checks = pulumi.Output.all(frontend.site_dir, backend.database_path, backend.backend_url).apply(
-            lambda v: [
-                {"name": "site", "kind": "file_contains", "path": f"{v[0]}/index.html", "text": settings.release},
-                {"name": "database", "kind": "sqlite_query", "path": v[1],
-                 "query": "SELECT COUNT(*) FROM schema_migrations", "expect": n_migrations},
-                {"name": "backend", "kind": "file_contains",
-                 "path": f"{v[2].removeprefix('file://')}/app.json", "text": settings.release},
-            ] + ([{"name": "smoke", "kind": "file_contains", "path": f"{v[0]}/index.html", "text": settings.smoke_text}]
-                 if settings.smoke_text else [])
+            lambda v: (
+                [
+                    {"name": "site", "kind": "file_contains", "path": f"{v[0]}/index.html", "text": settings.release},
+                    {
+                        "name": "database",
+                        "kind": "sqlite_query",
+                        "path": v[1],
+                        "query": "SELECT COUNT(*) FROM schema_migrations",
+                        "expect": n_migrations,
+                    },
+                    {
+                        "name": "backend",
+                        "kind": "file_contains",
+                        "path": f"{v[2].removeprefix('file://')}/app.json",
+                        "text": settings.release,
+                    },
+                ]
+                + (
+                    [
+                        {
+                            "name": "smoke",
+                            "kind": "file_contains",
+                            "path": f"{v[0]}/index.html",
+                            "text": settings.smoke_text,
+                        }
+                    ]
+                    if settings.smoke_text
+                    else []
+                )
+            )
         )
 
     deployment.components.update({"account": account, "backend": backend, "frontend": frontend})

@@ -156,10 +156,13 @@ class PostgresServer:
                     os.chown(path, pw.pw_uid, pw.pw_gid)
             self._run(
                 str(self.bindir / "initdb"),
-                "-D", str(self.datadir),
-                "-U", self.superuser,
+                "-D",
+                str(self.datadir),
+                "-U",
+                self.superuser,
                 "--auth=trust",
-                "-E", "UTF8",
+                "-E",
+                "UTF8",
                 "--locale=C",
                 "--no-sync",
             )
@@ -169,9 +172,13 @@ class PostgresServer:
                 try:
                     self._run(
                         str(self.bindir / "pg_ctl"),
-                        "-D", str(self.datadir),
-                        "-l", str(self.tmpdir / "postgres.log"),
-                        "-w", "-t", "60",
+                        "-D",
+                        str(self.datadir),
+                        "-l",
+                        str(self.tmpdir / "postgres.log"),
+                        "-w",
+                        "-t",
+                        "60",
                         "-o",
                         f"-h 127.0.0.1 -p {self.port} -k {self.sockdir} "
                         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
@@ -197,7 +204,16 @@ class PostgresServer:
                 self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop", timeout=60)
             except (PostgresError, subprocess.TimeoutExpired):
                 try:
-                    self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop", timeout=30)
+                    self._run(
+                        str(self.bindir / "pg_ctl"),
+                        "-D",
+                        str(self.datadir),
+                        "-m",
+                        "immediate",
+                        "-w",
+                        "stop",
+                        timeout=30,
+                    )
                 except (PostgresError, subprocess.TimeoutExpired):
                     pass
             self._started = False

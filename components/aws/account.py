@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -22,12 +21,12 @@ class CloudAccountArgs:
     tags: dict[str, str] = field(default_factory=dict)
     """Tags of the account and default tags of its provider (no ``release``)."""
     role_name: str = "OrganizationAccountAccessRole"
-    parent_id: Optional[str] = None
+    parent_id: str | None = None
     """Organizational unit (or root) id; default: the organization root."""
-    account_id: Optional[str] = None
+    account_id: str | None = None
     """Adopt this existing member account (created ahead of the fleet run):
     no Organizations resource is managed by the stack then."""
-    management_provider: Optional[pulumi.ProviderResource] = None
+    management_provider: pulumi.ProviderResource | None = None
     """Provider of the organization's management account (explicit region)."""
 
 
@@ -55,7 +54,7 @@ class CloudAccount(pulumi.ComponentResource):
     provider: aws.Provider
     provider_us_east_1: aws.Provider
 
-    def __init__(self, name: str, args: CloudAccountArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: CloudAccountArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("runner:aws:CloudAccount", name, None, opts)
         if args.account_id:
             self.account = None
@@ -75,7 +74,9 @@ class CloudAccount(pulumi.ComponentResource):
                 # change (a new account_email_domain) must not replace the
                 # account, i.e. create an empty new one.
                 opts=pulumi.ResourceOptions(
-                    parent=self, provider=args.management_provider, retain_on_delete=True,
+                    parent=self,
+                    provider=args.management_provider,
+                    retain_on_delete=True,
                     ignore_changes=["email", "role_name", "iam_user_access_to_billing"],
                 ),
             )

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -51,8 +50,14 @@ class FunctionRole:
             role=self.role.id,
             policy=pulumi.Output.all(self.log_group.arn, statements).apply(
                 lambda a: policy_document(
-                    [{"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                      "Resource": [a[0], f"{a[0]}:*"]}, *a[1]]
+                    [
+                        {
+                            "Effect": "Allow",
+                            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                            "Resource": [a[0], f"{a[0]}:*"],
+                        },
+                        *a[1],
+                    ]
                 )
             ),
             opts=opts,
@@ -92,7 +97,7 @@ class Backend(pulumi.ComponentResource):
     database_path: pulumi.Output[str]
     schema_version: pulumi.Output[str]
 
-    def __init__(self, name: str, args: BackendArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: BackendArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("runner:aws:Backend", name, None, opts)
 
         def child(**extra) -> pulumi.ResourceOptions:
@@ -117,8 +122,7 @@ class Backend(pulumi.ComponentResource):
             deletion_protection=keep,
             backup_retention_period=BACKUP_RETENTION_DAYS,
             copy_tags_to_snapshot=True,
-            serverlessv2_scaling_configuration={"min_capacity": 0, "max_capacity": 2,
-                                                "seconds_until_auto_pause": 3600},
+            serverlessv2_scaling_configuration={"min_capacity": 0, "max_capacity": 2, "seconds_until_auto_pause": 3600},
             skip_final_snapshot=args.purge_data,
             final_snapshot_identifier=None if args.purge_data else f"runner-{args.tenant_id}-{args.environment}-final",
             tags=tags,
@@ -145,27 +149,42 @@ class Backend(pulumi.ComponentResource):
         data_api = {"Effect": "Allow", "Action": DATA_API_ACTIONS}
         self.migrator = FunctionRole(
             f"{name}-migrate",
-            pulumi.Output.all(self.cluster.arn, master_secret, self.app_secret.arn).apply(lambda a: [
-                {**data_api, "Resource": a[0]},
-                {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": a[1]},
-                {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"],
-                 "Resource": a[2]},
-            ]),
-            tags, child(),
+            pulumi.Output.all(self.cluster.arn, master_secret, self.app_secret.arn).apply(
+                lambda a: [
+                    {**data_api, "Resource": a[0]},
+                    {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": a[1]},
+                    {
+                        "Effect": "Allow",
+                        "Action": ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"],
+                        "Resource": a[2],
+                    },
+                ]
+            ),
+            tags,
+            child(),
         )
         self.app_role = FunctionRole(
             f"{name}-app",
-            pulumi.Output.all(self.cluster.arn, self.app_secret.arn).apply(lambda a: [
-                {**data_api, "Resource": a[0]},
-                {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": a[1]},
-            ]),
-            tags, child(),
+            pulumi.Output.all(self.cluster.arn, self.app_secret.arn).apply(
+                lambda a: [
+                    {**data_api, "Resource": a[0]},
+                    {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": a[1]},
+                ]
+            ),
+            tags,
+            child(),
         )
         # Plain attributes, so that everything registered is reachable from the component.
         self.migrate_role, self.migrate_logs, self.migrate_policy = (
-            self.migrator.role, self.migrator.log_group, self.migrator.policy)
+            self.migrator.role,
+            self.migrator.log_group,
+            self.migrator.policy,
+        )
         self.app_role_, self.app_logs, self.app_policy = (
-            self.app_role.role, self.app_role.log_group, self.app_role.policy)
+            self.app_role.role,
+            self.app_role.log_group,
+            self.app_role.policy,
+        )
         migration_files = {f"migrations/{m.file}": pulumi.StringAsset(m.sql) for m in args.migrations}
         self.migrate_function = aws.lambda_.Function(
             f"{name}-migrate",
@@ -173,9 +192,7 @@ class Backend(pulumi.ComponentResource):
             handler="migrate.handler",
             role=self.migrator.role.arn,
             timeout=900,  # a paused cluster is waited for (DatabaseResumingException)
-            code=pulumi.AssetArchive(
-                {"migrate.py": pulumi.FileAsset(str(HANDLERS / "migrate.py")), **migration_files}
-            ),
+            code=pulumi.AssetArchive({"migrate.py": pulumi.FileAsset(str(HANDLERS / "migrate.py")), **migration_files}),
             logging_config=self.migrator.logging_config,
             tags=tags,
             opts=child(depends_on=[self.migrator.policy]),
@@ -185,8 +202,10 @@ class Backend(pulumi.ComponentResource):
             f"{name}-migrations",
             function_name=self.migrate_function.name,
             input=pulumi.Output.all(self.cluster.arn, master_secret, self.app_secret.arn).apply(
-                lambda a: json.dumps({"cluster_arn": a[0], "secret_arn": a[1], "app_secret_arn": a[2],
-                                      "database": args.database_name}, sort_keys=True)
+                lambda a: json.dumps(
+                    {"cluster_arn": a[0], "secret_arn": a[1], "app_secret_arn": a[2], "database": args.database_name},
+                    sort_keys=True,
+                )
             ),
             triggers={"migrations": migration_set},
             opts=child(depends_on=[self.instance]),
@@ -211,13 +230,15 @@ class Backend(pulumi.ComponentResource):
             role=self.app_role.role.arn,
             timeout=30,
             code=pulumi.AssetArchive(code),
-            environment={"variables": {
-                "DB_CLUSTER_ARN": self.cluster.arn,
-                "DB_SECRET_ARN": self.app_secret.arn,
-                "DB_NAME": args.database_name,
-                "RELEASE": args.release,
-                "APP_VERSION": args.app_version,
-            }},
+            environment={
+                "variables": {
+                    "DB_CLUSTER_ARN": self.cluster.arn,
+                    "DB_SECRET_ARN": self.app_secret.arn,
+                    "DB_NAME": args.database_name,
+                    "RELEASE": args.release,
+                    "APP_VERSION": args.app_version,
+                }
+            },
             logging_config=self.app_role.logging_config,
             # The one resource whose release tag means something: what runs.
             tags={**tags, "release": args.release},

@@ -5,7 +5,6 @@ import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -40,9 +39,9 @@ class FrontendArgs:
     record and the alias records are created there. Empty: create the
     validation record yourself (the first up waits for it) and point the
     domain at the distribution."""
-    cert_provider: Optional[pulumi.ProviderResource] = None
+    cert_provider: pulumi.ProviderResource | None = None
     """The tenant account's provider in us-east-1 (CloudFront's certificates)."""
-    dns_provider: Optional[pulumi.ProviderResource] = None
+    dns_provider: pulumi.ProviderResource | None = None
     """Provider of the account holding ``hosted_zone_id`` (default: ``provider``)."""
 
 
@@ -57,7 +56,7 @@ class Frontend(pulumi.ComponentResource):
     site_dir: pulumi.Output[str]
     frontend_url: pulumi.Output[str]
 
-    def __init__(self, name: str, args: FrontendArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: FrontendArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("runner:aws:Frontend", name, None, opts)
 
         def child(**extra) -> pulumi.ResourceOptions:
@@ -118,7 +117,7 @@ class Frontend(pulumi.ComponentResource):
                 "ssl_support_method": "sni-only",
                 "minimum_protocol_version": MINIMUM_TLS,
             }
-            aliases: Optional[list[str]] = [args.custom_domain]
+            aliases: list[str] | None = [args.custom_domain]
         else:
             # CloudFront's default certificate (*.cloudfront.net); its TLS
             # policy cannot be raised, see the README.
@@ -198,10 +197,14 @@ class Frontend(pulumi.ComponentResource):
             self.distribution.arn.apply(
                 lambda arn: [{"Effect": "Allow", "Action": ["cloudfront:CreateInvalidation"], "Resource": arn}]
             ),
-            tags, child(),
+            tags,
+            child(),
         )
         self.invalidate_role, self.invalidate_logs, self.invalidate_policy = (
-            self.invalidator.role, self.invalidator.log_group, self.invalidator.policy)
+            self.invalidator.role,
+            self.invalidator.log_group,
+            self.invalidator.policy,
+        )
         self.invalidate_function = aws.lambda_.Function(
             f"{name}-invalidate",
             runtime="python3.12",
@@ -226,20 +229,27 @@ class Frontend(pulumi.ComponentResource):
         if args.custom_domain and args.hosted_zone_id:
             dns_opts = pulumi.ResourceOptions(parent=self, provider=args.dns_provider or args.provider)
             for record_type in ("A", "AAAA"):
-                self.alias_records.append(aws.route53.Record(
-                    f"{name}-alias-{record_type.lower()}",
-                    zone_id=args.hosted_zone_id,
-                    name=args.custom_domain,
-                    type=record_type,
-                    aliases=[{"name": self.distribution.domain_name,
-                              "zone_id": self.distribution.hosted_zone_id,
-                              "evaluate_target_health": False}],
-                    opts=dns_opts,
-                ))
+                self.alias_records.append(
+                    aws.route53.Record(
+                        f"{name}-alias-{record_type.lower()}",
+                        zone_id=args.hosted_zone_id,
+                        name=args.custom_domain,
+                        type=record_type,
+                        aliases=[
+                            {
+                                "name": self.distribution.domain_name,
+                                "zone_id": self.distribution.hosted_zone_id,
+                                "evaluate_target_health": False,
+                            }
+                        ],
+                        opts=dns_opts,
+                    )
+                )
         self.site_dir = pulumi.Output.from_input("")
         if args.custom_domain and args.hosted_zone_id:
             self.frontend_url = pulumi.Output.all(*[r.fqdn for r in self.alias_records]).apply(
-                lambda _: f"https://{args.custom_domain}/")
+                lambda _: f"https://{args.custom_domain}/"
+            )
         else:
             self.frontend_url = self.distribution.domain_name.apply(lambda d: f"https://{d}/")
         self.register_outputs({"site_dir": self.site_dir, "frontend_url": self.frontend_url})

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -12,7 +11,7 @@ class GitRepositoryArgs:
     service: str
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
-    provider: Optional[pulumi.ProviderResource] = None
+    provider: pulumi.ProviderResource | None = None
     """The management account's provider (explicit region)."""
 
 
@@ -21,7 +20,7 @@ class GitRepository(pulumi.ComponentResource):
 
     url: pulumi.Output[str]
 
-    def __init__(self, name: str, args: GitRepositoryArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: GitRepositoryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("runner:aws:GitRepository", name, None, opts)
         self.repository = aws.codecommit.Repository(
             f"{name}-repo",

@@ -36,9 +36,7 @@ def hash_dir(path: Path, skip: tuple[str, ...] = ()) -> str:
     files: dict[str, str] = {}
     for child in sorted(path.rglob("*")):
         if child.is_file() and not child.is_symlink() and child.relative_to(path).as_posix() not in skip:
-            files[child.relative_to(path).as_posix()] = child.read_bytes().decode(
-                "utf-8", errors="replace"
-            )
+            files[child.relative_to(path).as_posix()] = child.read_bytes().decode("utf-8", errors="replace")
     return hash_files(files)
 
 
@@ -55,15 +53,21 @@ def confined(path: Path, root: Path) -> Path:
 
 def release_dir_name(app_version: str) -> str:
     """``app_version`` when it is a safe single directory name; else ValueError."""
-    if (not isinstance(app_version, str) or not app_version or len(app_version) > 128
-            or app_version.startswith((".", "-")) or ".." in app_version
-            or not all(c.isascii() and (c.isalnum() or c in "._+-") for c in app_version)):
+    if (
+        not isinstance(app_version, str)
+        or not app_version
+        or len(app_version) > 128
+        or app_version.startswith((".", "-"))
+        or ".." in app_version
+        or not all(c.isascii() and (c.isalnum() or c in "._+-") for c in app_version)
+    ):
         raise ValueError(f"invalid app_version {app_version!r}: letters, digits, '.', '-', '_', '+' only")
     return app_version
 
 
-def write_files(target: Path, files: dict[str, str], *, within: Path | None = None,
-                private: dict[str, str] | None = None) -> None:
+def write_files(
+    target: Path, files: dict[str, str], *, within: Path | None = None, private: dict[str, str] | None = None
+) -> None:
     """Replace ``target`` with exactly ``files`` and ``private`` (written next to
     it, then renamed; ``private`` files created with mode 0600, never readable
     by others even for a moment); with ``within``, only when ``target``

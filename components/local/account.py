@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pulumi
 
@@ -24,7 +23,7 @@ class CloudAccount(pulumi.ComponentResource):
     account_id: pulumi.Output[str]
     account_dir: pulumi.Output[str]
 
-    def __init__(self, name: str, args: CloudAccountArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: CloudAccountArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("runner:local:CloudAccount", name, None, opts)
         account_id = account_id_for(args.tenant_id)
         self.directory = AccountDir(

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Optional
 
 import pulumi
 
@@ -24,7 +23,7 @@ class BackendArgs:
     are filled with version, tenant, environment, release)."""
     purge_data: bool = False
     """Delete the database on destroy (default: keep it)."""
-    db_password: Optional[pulumi.Input[str]] = None
+    db_password: pulumi.Input[str] | None = None
     """The app's database password (a secret Output): written to the release's
     ``backend.env`` (``DB_PASSWORD=...``, mode 0600), where the app reads it."""
 
@@ -43,11 +42,9 @@ class Backend(pulumi.ComponentResource):
     database_path: pulumi.Output[str]
     schema_version: pulumi.Output[str]
 
-    def __init__(self, name: str, args: BackendArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: BackendArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("runner:local:Backend", name, None, opts)
-        base = pulumi.Output.from_input(args.account_dir).apply(
-            lambda d: f"{d}/{args.environment}/backend"
-        )
+        base = pulumi.Output.from_input(args.account_dir).apply(lambda d: f"{d}/{args.environment}/backend")
         self.database = Database(
             f"{name}-db",
             {

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 
 from components.common import DEFAULT_TEMPLATE
 from components.local.resources import CachePurge, Release
-
 
 
 @dataclass(frozen=True)
@@ -33,11 +31,9 @@ class Frontend(pulumi.ComponentResource):
     site_dir: pulumi.Output[str]
     frontend_url: pulumi.Output[str]
 
-    def __init__(self, name: str, args: FrontendArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: FrontendArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("runner:local:Frontend", name, None, opts)
-        base = pulumi.Output.from_input(args.account_dir).apply(
-            lambda d: f"{d}/{args.environment}/frontend"
-        )
+        base = pulumi.Output.from_input(args.account_dir).apply(lambda d: f"{d}/{args.environment}/frontend")
         values = {
             "tenant_id": args.tenant_id,
             "tenant_name": args.tenant_name,
@@ -50,7 +46,12 @@ class Frontend(pulumi.ComponentResource):
         }
         self.site = Release(
             f"{name}-site",
-            {"base": base, "app_version": args.app_version, "templates": {"index.html": args.template}, "values": values},
+            {
+                "base": base,
+                "app_version": args.app_version,
+                "templates": {"index.html": args.template},
+                "values": values,
+            },
             pulumi.ResourceOptions(parent=self),
         )
         self.purge = CachePurge(

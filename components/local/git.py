@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pulumi
 
@@ -22,7 +21,7 @@ class GitRepository(pulumi.ComponentResource):
 
     url: pulumi.Output[str]
 
-    def __init__(self, name: str, args: GitRepositoryArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: GitRepositoryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("runner:local:GitRepository", name, None, opts)
         readme = f"# {args.service}\n\n{args.description or 'Source of the ' + args.service + ' service.'}\n"
         self.repo = BareRepo(

@@ -24,7 +24,7 @@ import sqlite3
 import string
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +55,18 @@ class ThrottlingError(Exception):
 def simulation_settings(latency_ms: Any, throttle_rate: Any) -> tuple[float, float]:
     """(latency in seconds, throttle rate) from the config values (strings in
     stack config; empty or None means 0); ValueError naming the key if invalid."""
+
     def number(key: str, value: Any, kind: type) -> float:
         if value in (None, ""):
             return 0
         try:
             return kind(str(value).strip())
         except ValueError:
-            raise ValueError(f"config {key}: expected {'a whole number of milliseconds' if kind is int else 'a fraction between 0 and 1'}, "
-                             f"got {value!r}") from None
+            raise ValueError(
+                f"config {key}: expected {'a whole number of milliseconds' if kind is int else 'a fraction between 0 and 1'}, "
+                f"got {value!r}"
+            ) from None
+
     latency = number(LATENCY_KEY, latency_ms, int)
     rate = number(THROTTLE_KEY, throttle_rate, float)
     if not 0 <= latency <= 600_000:
@@ -365,8 +369,7 @@ def apply_migrations(path: Path, migrations: list[dict[str, str]]) -> list[str]:
     applied_now: list[str] = []
     try:
         conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations("
-            "version TEXT PRIMARY KEY, checksum TEXT, applied_at TEXT)"
+            "CREATE TABLE IF NOT EXISTS schema_migrations(version TEXT PRIMARY KEY, checksum TEXT, applied_at TEXT)"
         )
         done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
         for mig in sorted(migrations, key=lambda m: m["file"]):
@@ -384,7 +387,7 @@ def apply_migrations(path: Path, migrations: list[dict[str, str]]) -> list[str]:
                 conn.executescript("BEGIN;\n" + mig["sql"])
                 conn.execute(
                     "INSERT INTO schema_migrations(version, checksum, applied_at) VALUES (?, ?, ?)",
-                    (version, mig["checksum"], datetime.now(timezone.utc).isoformat()),
+                    (version, mig["checksum"], datetime.now(UTC).isoformat()),
                 )
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -508,8 +511,12 @@ class ReleaseProvider(_Provider):
         base = Path(props["base"])
         release_rel = f"releases/{_fs.release_dir_name(props['app_version'])}"
         # never replace anything outside this target's own releases/ folder
-        _fs.write_files(base / release_rel, self._files(props), within=base / "releases",
-                        private={ENV_FILE: self._env_text(props)} if props.get("env") else None)
+        _fs.write_files(
+            base / release_rel,
+            self._files(props),
+            within=base / "releases",
+            private={ENV_FILE: self._env_text(props)} if props.get("env") else None,
+        )
         _fs.point_current(base, release_rel)
 
     def _delete(self, _id, props):
@@ -544,13 +551,12 @@ class CachePurgeProvider(_Provider):
         return ReadResult(id_, _inputs(props))
 
     def _purge(self, props) -> str:
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         log = Path(props["log_path"])
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a", encoding="utf-8") as fh:
             fh.write(
-                f"{now} release={props['release']} app_version={props['app_version']} "
-                f"content={props['trigger'][:12]}\n"
+                f"{now} release={props['release']} app_version={props['app_version']} content={props['trigger'][:12]}\n"
             )
         return now
 

@@ -6,7 +6,7 @@ with ``None`` so the engine's values land on the instance.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import pulumi
 from pulumi import dynamic
@@ -23,7 +23,7 @@ class BareRepo(dynamic.Resource, module="local", name="BareRepo"):
     head: pulumi.Output[str]
     exists: pulumi.Output[bool]
 
-    def __init__(self, name: str, inputs: dict[str, Any], opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, inputs: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(providers.BareRepoProvider(), name, _props(inputs, ("url", "head", "exists")), opts)
 
 
@@ -32,7 +32,7 @@ class AccountDir(dynamic.Resource, module="local", name="AccountDir"):
     account_id: pulumi.Output[str]
     mode: pulumi.Output[str]
 
-    def __init__(self, name: str, inputs: dict[str, Any], opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, inputs: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(
             providers.AccountDirProvider(), name, _props(inputs, ("exists", "mode", "recorded_account_id")), opts
         )
@@ -43,7 +43,7 @@ class Database(dynamic.Resource, module="local", name="Database"):
     schema_version: pulumi.Output[str]
     applied: pulumi.Output[list]
 
-    def __init__(self, name: str, inputs: dict[str, Any], opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, inputs: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(
             providers.DatabaseProvider(), name, _props(inputs, ("exists", "applied", "schema_version")), opts
         )
@@ -55,14 +55,17 @@ class Release(dynamic.Resource, module="local", name="Release"):
     content_hash: pulumi.Output[str]
     env_file: pulumi.Output[str]
 
-    def __init__(self, name: str, inputs: dict[str, Any], opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, inputs: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(
-            providers.ReleaseProvider(), name, _props(inputs, ("release_dir", "current", "content_hash", "env_file")), opts
+            providers.ReleaseProvider(),
+            name,
+            _props(inputs, ("release_dir", "current", "content_hash", "env_file")),
+            opts,
         )
 
 
 class CachePurge(dynamic.Resource, module="local", name="CachePurge"):
     purged_at: pulumi.Output[str]
 
-    def __init__(self, name: str, inputs: dict[str, Any], opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, inputs: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(providers.CachePurgeProvider(), name, _props(inputs, ("purged_at",)), opts)

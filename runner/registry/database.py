@@ -85,10 +85,12 @@ class _Target:
             else:
                 params.append((key, value))
         if scheme is None:
-            raise RegistryError([
-                f"{scheme_name}://...: unsupported registry URL "
-                "(use a YAML path, sqlite:///PATH or postgresql://USER@HOST/DB)"
-            ])
+            raise RegistryError(
+                [
+                    f"{scheme_name}://...: unsupported registry URL "
+                    "(use a YAML path, sqlite:///PATH or postgresql://USER@HOST/DB)"
+                ]
+            )
         # Rebuilt by hand: urlunsplit would turn sqlite:///x into sqlite:/x.
         self.url = f"{scheme}://{rest_of_url}" + (f"?{urlencode(params)}" if params else "")
         try:  # as the user wrote it, without table/base and the password
@@ -113,13 +115,19 @@ def load_database_registry(url: str, schema: Mapping[str, ConfigKey]) -> Registr
         base_doc = read_yaml_file(Path(target.base), target.base)
         base = base_doc.data
         if not isinstance(base, dict):
-            raise RegistryError([f"{target.base}:{base_doc.line}: the base registry must be a mapping "
-                                 "with the keys defaults, environments (and rollout)"])
+            raise RegistryError(
+                [
+                    f"{target.base}:{base_doc.line}: the base registry must be a mapping "
+                    "with the keys defaults, environments (and rollout)"
+                ]
+            )
         if "tenants" in base:
-            raise RegistryError([
-                f"{target.base}:{base_doc.line_of(('tenants',))}: tenants: a base file of a database "
-                f"registry cannot list tenants (they come from table {target.table!r})"
-            ])
+            raise RegistryError(
+                [
+                    f"{target.base}:{base_doc.line_of(('tenants',))}: tenants: a base file of a database "
+                    f"registry cannot list tenants (they come from table {target.table!r})"
+                ]
+            )
         base_locate = yaml_locator(target.base, base_doc)
         base_dir = Path(target.base).resolve().parent
     else:
@@ -209,18 +217,21 @@ def _read_table(conn: Connection, target: _Target) -> tuple[list[dict[str, Any]]
     table = Table(target.table, MetaData(), autoload_with=conn)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.c]
     if missing:
-        raise RegistryError([
-            f"{target.display}: table {target.table!r} has no column " + ", ".join(repr(c) for c in missing)
-            + f" (expected columns: {', '.join(COLUMNS)})"
-        ])
+        raise RegistryError(
+            [
+                f"{target.display}: table {target.table!r} has no column "
+                + ", ".join(repr(c) for c in missing)
+                + f" (expected columns: {', '.join(COLUMNS)})"
+            ]
+        )
     columns = [table.c[c] for c in COLUMNS if c in table.c]
     problems: list[tuple[tuple[Any, ...], str]] = []
     null_ids = conn.execute(select(func.count()).select_from(table).where(table.c.id.is_(None))).scalar_one()
     if null_ids:
         problems.append((("tenants",), f"{null_ids} row(s) without an id"))
-    duplicates = dict(conn.execute(
-        select(table.c.id, func.count()).group_by(table.c.id).having(func.count() > 1)
-    ).all())
+    duplicates = dict(
+        conn.execute(select(table.c.id, func.count()).group_by(table.c.id).having(func.count() > 1)).all()
+    )
 
     rows: list[dict[str, Any]] = []
     last: Any = None
@@ -242,8 +253,9 @@ def _read_table(conn: Connection, target: _Target) -> tuple[list[dict[str, Any]]
     index = {row["id"]: i for i, row in enumerate(rows)}
     for tenant_id, count in duplicates.items():
         if tenant_id is not None and tenant_id in index:
-            problems.append((("tenants", index[tenant_id], "id"),
-                             f"duplicate tenant id {_label(tenant_id)!r} ({count} rows)"))
+            problems.append(
+                (("tenants", index[tenant_id], "id"), f"duplicate tenant id {_label(tenant_id)!r} ({count} rows)")
+            )
     return rows, problems
 
 
@@ -283,6 +295,6 @@ def write_registry_table(url: str, tenants: list[dict[str, Any]]) -> None:
         metadata.create_all(engine, checkfirst=True)
         with engine.begin() as conn:
             for start in range(0, len(rows), 1000):
-                conn.execute(table.insert(), rows[start:start + 1000])
+                conn.execute(table.insert(), rows[start : start + 1000])
     finally:
         engine.dispose()

@@ -61,13 +61,16 @@ def load_registry(
     if doc.data is None:
         raise RegistryError([f"{display}:1: the registry is empty (expected the keys {_TOP_KEYS})"])
     if not isinstance(doc.data, dict):
-        raise RegistryError([
-            f"{display}:{doc.line}: the registry must be a mapping with the keys {_TOP_KEYS}, "
-            f"got {type_name(doc.data)}"
-        ])
+        raise RegistryError(
+            [
+                f"{display}:{doc.line}: the registry must be a mapping with the keys {_TOP_KEYS}, "
+                f"got {type_name(doc.data)}"
+            ]
+        )
     base_dir = path.resolve().parent
-    registry = validate_document(doc.data, schema, yaml_locator(display, doc), base_dir=base_dir,
-                                 paths=PathPolicy.from_env(project_dir))
+    registry = validate_document(
+        doc.data, schema, yaml_locator(display, doc), base_dir=base_dir, paths=PathPolicy.from_env(project_dir)
+    )
     return registry.with_origin(display, base_dir)
 
 
@@ -94,16 +97,23 @@ def read_yaml_file(path: Path, display: str) -> YamlDoc:
         raise RegistryError([f"{display}:{exc.line}: {exc.message}"]) from None
 
 
-def validate_document(data: dict[str, Any], schema: Mapping[str, ConfigKey], locate: Locator,
-                      *, skip: Callable[[Loc], bool] | None = None,
-                      extra: list[tuple[Loc, str]] = (), base_dir: Path | None = None,
-                      paths: PathPolicy | None = None) -> Registry:
+def validate_document(
+    data: dict[str, Any],
+    schema: Mapping[str, ConfigKey],
+    locate: Locator,
+    *,
+    skip: Callable[[Loc], bool] | None = None,
+    extra: list[tuple[Loc, str]] = (),
+    base_dir: Path | None = None,
+    paths: PathPolicy | None = None,
+) -> Registry:
     """Validate ``data``; on failure raise RegistryError with every problem,
     plus ``extra`` problems found before validation (e.g. invalid JSON in a
     database column); ``skip`` drops errors that follow from those."""
     try:
-        registry = Registry.model_validate(data, context={"schema": dict(schema), "base_dir": base_dir,
-                                                          "paths": paths or PathPolicy.from_env()})
+        registry = Registry.model_validate(
+            data, context={"schema": dict(schema), "base_dir": base_dir, "paths": paths or PathPolicy.from_env()}
+        )
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not (skip and skip(e["loc"]))]
         raise RegistryError(format_errors(errors, locate, extra)) from None
@@ -197,7 +207,7 @@ def describe_error(error: Mapping[str, Any], locate: Locator) -> tuple[Loc, str]
 
 
 def _where(prefix: str) -> str:
-    """"line 8" from "file:8", "row x" from "tenants row x"."""
+    """ "line 8" from "file:8", "row x" from "tenants row x"."""
     head, sep, tail = prefix.rpartition(":")
     if sep and tail.isdigit():
         return f"line {tail}"

@@ -199,8 +199,8 @@ def _check_amount(value: Any, *, what: str, zero_ok: bool) -> Any:
         if match and (zero_ok or int(match.group(1)) > 0) and int(match.group(1)) <= 100:
             return value
         bounds = "0-100" if zero_ok else "1-100"
-        raise fail(f"{what} must be a count or a percentage like \"10%\" ({bounds}), got {show(value)}")
-    raise fail(f"{what} must be a count or a percentage like \"10%\", got {type_name(value)}")
+        raise fail(f'{what} must be a count or a percentage like "10%" ({bounds}), got {show(value)}')
+    raise fail(f'{what} must be a count or a percentage like "10%", got {type_name(value)}')
 
 
 def _amount_of(value: int | str, total: int, *, round_up: bool) -> int:
@@ -216,9 +216,9 @@ class Wave(_Model):
 
     name: NonEmptyStr
     tags: Tags = {}
-    max: Annotated[int | str | None, PlainValidator(
-        lambda v: None if v is None else _check_amount(v, what="max", zero_ok=False)
-    )] = None
+    max: Annotated[
+        int | str | None, PlainValidator(lambda v: None if v is None else _check_amount(v, what="max", zero_ok=False))
+    ] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -247,9 +247,9 @@ class Rollout(_Model):
     """
 
     waves: tuple[Wave, ...]
-    failure_tolerance: Annotated[int | str, PlainValidator(
-        lambda v: _check_amount(v, what="failure_tolerance", zero_ok=True)
-    )] = 0
+    failure_tolerance: Annotated[
+        int | str, PlainValidator(lambda v: _check_amount(v, what="failure_tolerance", zero_ok=True))
+    ] = 0
 
     @field_validator("waves")
     @classmethod
@@ -351,9 +351,7 @@ class Registry(_Model):
         try:
             return self._index[tenant_id]
         except KeyError:
-            raise SelectionError(
-                f"unknown tenant {tenant_id!r}{did_you_mean(tenant_id, self._index)}"
-            ) from None
+            raise SelectionError(f"unknown tenant {tenant_id!r}{did_you_mean(tenant_id, self._index)}") from None
 
     def with_origin(self, source: str, base_dir: Path) -> Registry:
         """Record where the registry was loaded from (used by the loader)."""
@@ -373,7 +371,10 @@ Problem = tuple[tuple[Any, ...], str, dict[str, Any]]
 
 
 def _check_config_block(
-    loc: tuple[Any, ...], block: Any, schema: Mapping[str, ConfigKey], problems: list[Problem],
+    loc: tuple[Any, ...],
+    block: Any,
+    schema: Mapping[str, ConfigKey],
+    problems: list[Problem],
     paths: PathPolicy | None = None,
 ) -> None:
     if not isinstance(block, dict):
@@ -387,12 +388,14 @@ def _check_config_block(
         elif key not in schema:
             problems.append((where, unknown_key_message(key, schema), {}))
         elif schema[key].secret:
-            problems.append((
-                where,
-                f"{key!r} is declared secret in Pulumi.yaml: give it under secrets "
-                "as {env: VAR} or {file: PATH}",
-                {},
-            ))
+            problems.append(
+                (
+                    where,
+                    f"{key!r} is declared secret in Pulumi.yaml: give it under secrets "
+                    "as {env: VAR} or {file: PATH}",
+                    {},
+                )
+            )
         else:
             message = check_config_value(schema[key], value)
             if not message and key in LABEL_KEYS and isinstance(value, str):
@@ -404,8 +407,13 @@ def _check_config_block(
 
 
 def _check_secret_keys(
-    loc: tuple[Any, ...], secrets: Any, config: Any, schema: Mapping[str, ConfigKey], problems: list[Problem],
-    paths: PathPolicy | None = None, base_dir: Path | None = None,
+    loc: tuple[Any, ...],
+    secrets: Any,
+    config: Any,
+    schema: Mapping[str, ConfigKey],
+    problems: list[Problem],
+    paths: PathPolicy | None = None,
+    base_dir: Path | None = None,
 ) -> None:
     if not isinstance(secrets, dict):
         return
@@ -439,8 +447,14 @@ _ADOPTED_RE = re.compile(r"([a-z][a-z0-9-]{1,38}[a-z0-9])=([0-9]{12})")
 
 
 def _check_platform(
-    index: int, defaults: Any, config: Any, secrets: Any, schema: Mapping[str, ConfigKey], problems: list[Problem],
-    adopted: dict[str, tuple[Any, ...]], envs: Any,
+    index: int,
+    defaults: Any,
+    config: Any,
+    secrets: Any,
+    schema: Mapping[str, ConfigKey],
+    problems: list[Problem],
+    adopted: dict[str, tuple[Any, ...]],
+    envs: Any,
 ) -> None:
     """Rules of the aws platform that Pulumi.yaml cannot express: a member
     account's root mail needs a real domain, and db_password has no use there.
@@ -454,17 +468,35 @@ def _check_platform(
     if platform != "aws":
         return
     if "account_email_domain" in schema:
-        where = (("tenants", index, "config", "account_email_domain") if "account_email_domain" in config
-                 else ("defaults", "account_email_domain") if "account_email_domain" in defaults
-                 else ("tenants", index, "config") if config else ("tenants", index, "id"))
+        where = (
+            ("tenants", index, "config", "account_email_domain")
+            if "account_email_domain" in config
+            else ("defaults", "account_email_domain")
+            if "account_email_domain" in defaults
+            else ("tenants", index, "config")
+            if config
+            else ("tenants", index, "id")
+        )
         domain = merged.get("account_email_domain")
         if not domain:
-            problems.append((where, "the aws platform needs account_email_domain: the mail domain of the member "
-                             "accounts' root emails (aws+<tenant>-<environment>@<domain>), one whose mail you "
-                             "receive", {}))
+            problems.append(
+                (
+                    where,
+                    "the aws platform needs account_email_domain: the mail domain of the member "
+                    "accounts' root emails (aws+<tenant>-<environment>@<domain>), one whose mail you "
+                    "receive",
+                    {},
+                )
+            )
         elif isinstance(domain, str) and not _EMAIL_DOMAIN_RE.fullmatch(domain):
-            problems.append((where, f"account_email_domain {show(domain)} must be a lower-case domain name of "
-                             f"at most {EMAIL_DOMAIN_MAX} characters", {}))
+            problems.append(
+                (
+                    where,
+                    f"account_email_domain {show(domain)} must be a lower-case domain name of "
+                    f"at most {EMAIL_DOMAIN_MAX} characters",
+                    {},
+                )
+            )
     ids = config.get("account_ids")
     if "account_ids" in schema and isinstance(ids, list):
         envs = [e for e in envs if isinstance(e, str)] if isinstance(envs, list | tuple) else []
@@ -472,28 +504,43 @@ def _check_platform(
             where = ("tenants", index, "config", "account_ids", pos)
             match = _ADOPTED_RE.fullmatch(entry) if isinstance(entry, str) else None
             if not match:
-                problems.append((where, f"account_ids entry {show(entry)}: expected "
-                                 "'<environment>=<12-digit account id>'", {}))
+                problems.append(
+                    (where, f"account_ids entry {show(entry)}: expected '<environment>=<12-digit account id>'", {})
+                )
                 continue
             env, account = match.groups()
             if envs and env not in envs:
                 problems.append((where, f"account_ids entry {entry!r}: the tenant has no environment {env!r}", {}))
             elif account in adopted:
-                problems.append((where, f"account {account} is adopted twice: one member account per tenant "
-                                 "and environment", {"first": adopted[account]}))
+                problems.append(
+                    (
+                        where,
+                        f"account {account} is adopted twice: one member account per tenant and environment",
+                        {"first": adopted[account]},
+                    )
+                )
             else:
                 adopted[account] = where
     if "db_password" in schema:
         for block, loc in ((secrets, "secrets"), (config, "config")):
             if "db_password" in block:
-                problems.append((("tenants", index, loc, "db_password"),
-                                 "db_password is not used on the aws platform: the database's master password "
-                                 "is managed by RDS and the app's database user gets a generated password kept "
-                                 "in the tenant account; remove it", {}))
+                problems.append(
+                    (
+                        ("tenants", index, loc, "db_password"),
+                        "db_password is not used on the aws platform: the database's master password "
+                        "is managed by RDS and the app's database user gets a generated password kept "
+                        "in the tenant account; remove it",
+                        {},
+                    )
+                )
 
 
-def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey], paths: PathPolicy | None = None,
-                base_dir: Path | None = None) -> list[Problem]:
+def cross_check(
+    data: Mapping[str, Any],
+    schema: Mapping[str, ConfigKey],
+    paths: PathPolicy | None = None,
+    base_dir: Path | None = None,
+) -> list[Problem]:
     """Checks across the document, on the raw data (plain dicts and lists, as
     loaded from YAML or a database) so that they run even when
     some entries are malformed (those are reported by the field validators).
@@ -511,11 +558,13 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey], paths:
             if not is_valid_id(name):
                 continue
             if name in first_env:
-                problems.append((
-                    ("environments", index, "name"),
-                    f"duplicate environment {name!r}",
-                    {"first": ("environments", first_env[name], "name")},
-                ))
+                problems.append(
+                    (
+                        ("environments", index, "name"),
+                        f"duplicate environment {name!r}",
+                        {"first": ("environments", first_env[name], "name")},
+                    )
+                )
             else:
                 first_env[name] = index
                 known.append(name)
@@ -534,11 +583,13 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey], paths:
             tenant_id = tenant.get("id")
             if is_valid_id(tenant_id):
                 if tenant_id in first_tenant:
-                    problems.append((
-                        ("tenants", index, "id"),
-                        f"duplicate tenant id {tenant_id!r}",
-                        {"first": ("tenants", first_tenant[tenant_id], "id")},
-                    ))
+                    problems.append(
+                        (
+                            ("tenants", index, "id"),
+                            f"duplicate tenant id {tenant_id!r}",
+                            {"first": ("tenants", first_tenant[tenant_id], "id")},
+                        )
+                    )
                 else:
                     first_tenant[tenant_id] = index
             envs = tenant.get("environments")
@@ -548,17 +599,21 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey], paths:
                     if not is_valid_id(env):
                         continue
                     if known is not None and env not in known:
-                        problems.append((
-                            ("tenants", index, "environments", pos),
-                            unknown_environment_message(env, known),
-                            {},
-                        ))
+                        problems.append(
+                            (
+                                ("tenants", index, "environments", pos),
+                                unknown_environment_message(env, known),
+                                {},
+                            )
+                        )
                     elif env in seen:
-                        problems.append((
-                            ("tenants", index, "environments", pos),
-                            f"environment {env!r} listed twice",
-                            {},
-                        ))
+                        problems.append(
+                            (
+                                ("tenants", index, "environments", pos),
+                                f"environment {env!r} listed twice",
+                                {},
+                            )
+                        )
                     seen.add(env)
             config = tenant.get("config")
             secrets = tenant.get("secrets")
@@ -570,12 +625,13 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey], paths:
                 if all(isinstance(b, dict) for b in blocks):
                     for key in required:
                         if not any(key in b for b in blocks):
-                            problems.append((
-                                ("tenants", index, "config"),
-                                f"missing required config key {key!r} "
-                                "(set it in defaults, config or secrets)",
-                                {},
-                            ))
+                            problems.append(
+                                (
+                                    ("tenants", index, "config"),
+                                    f"missing required config key {key!r} (set it in defaults, config or secrets)",
+                                    {},
+                                )
+                            )
 
     rollout = data.get("rollout")
     waves = rollout.get("waves") if isinstance(rollout, dict) else None
@@ -586,21 +642,25 @@ def cross_check(data: Mapping[str, Any], schema: Mapping[str, ConfigKey], paths:
             if not isinstance(name, str) or not name:
                 continue
             if name in first_wave:
-                problems.append((
-                    ("rollout", "waves", index, "name"),
-                    f"duplicate wave name {name!r}",
-                    {"first": ("rollout", "waves", first_wave[name], "name")},
-                ))
+                problems.append(
+                    (
+                        ("rollout", "waves", index, "name"),
+                        f"duplicate wave name {name!r}",
+                        {"first": ("rollout", "waves", first_wave[name], "name")},
+                    )
+                )
             else:
                 first_wave[name] = index
         last = waves[-1]
         if isinstance(last, dict) and (last.get("tags") or last.get("max") is not None):
-            problems.append((
-                ("rollout", "waves", len(waves) - 1),
-                "the last wave must take the rest (no tags, no max), or tenants are left "
-                "out of the rollout: add a final wave like {name: rest}",
-                {},
-            ))
+            problems.append(
+                (
+                    ("rollout", "waves", len(waves) - 1),
+                    "the last wave must take the rest (no tags, no max), or tenants are left "
+                    "out of the rollout: add a final wave like {name: rest}",
+                    {},
+                )
+            )
     return problems
 
 
@@ -610,11 +670,13 @@ def _combined(exc: ValidationError | None, problems: list[Problem]) -> Validatio
     if exc is not None:
         for error in exc.errors():
             context = {**(error.get("ctx") or {}), "message": error["msg"]}
-            details.append(InitErrorDetails(
-                type=PydanticCustomError(error["type"], "{message}", context),
-                loc=error["loc"],
-                input=error.get("input"),
-            ))
+            details.append(
+                InitErrorDetails(
+                    type=PydanticCustomError(error["type"], "{message}", context),
+                    loc=error["loc"],
+                    input=error.get("input"),
+                )
+            )
     for loc, message, context in problems:
         details.append(InitErrorDetails(type=fail(message, **context), loc=loc, input=None))
     return ValidationError.from_exception_data("Registry", details)

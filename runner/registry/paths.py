@@ -41,8 +41,7 @@ __all__ = [
 #: at most 128 characters; never contains "..".
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 _LABEL_RE = re.compile(LABEL_PATTERN[1:-1])
-LABEL_RULE = ("1-128 characters: letters, digits, '.', '-', '_' and '+', starting with a letter or digit, "
-              "no '..'")
+LABEL_RULE = "1-128 characters: letters, digits, '.', '-', '_' and '+', starting with a letter or digit, no '..'"
 
 #: Config keys whose value becomes a directory name (see components/local).
 LABEL_KEYS = frozenset({"app_version"})
@@ -113,8 +112,10 @@ class PathPolicy:
         resolved = _resolve(value, self.project_dir)
         if any(_under(resolved, root) for root in (self.project_dir, *self.roots)):
             return None
-        return (f"{key} {show(value)} resolves to {resolved}, outside the project {self.project_dir}; "
-                f"allow another root with {ROOTS_ENV}")
+        return (
+            f"{key} {show(value)} resolves to {resolved}, outside the project {self.project_dir}; "
+            f"allow another root with {ROOTS_ENV}"
+        )
 
     def secret_file(self, file: str, base_dir: Path) -> tuple[Path, str | None]:
         """(the resolved path of a ``{file: PATH}`` secret, why it is refused or None)."""

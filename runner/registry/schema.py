@@ -143,9 +143,7 @@ def _load_schema(path: str, _mtime: int, _size: int) -> tuple[tuple[str, ConfigK
         if kind is None and has_default:
             kind = _infer_type(spec["default"])
         if kind not in _TYPES:
-            errors.append(
-                f"{path}:{line}: config.{name}.type: expected one of {', '.join(_TYPES)}, got {show(kind)}"
-            )
+            errors.append(f"{path}:{line}: config.{name}.type: expected one of {', '.join(_TYPES)}, got {show(kind)}")
             continue
         items = spec.get("items")
         if isinstance(items, dict):

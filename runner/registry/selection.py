@@ -97,9 +97,7 @@ def _unknown_tenants(registry: Registry, ids: list[str]) -> None:
     known = {t.id for t in registry.tenants}
     unknown = [i for i in dict.fromkeys(ids) if i not in known]
     if unknown:
-        raise SelectionError("; ".join(
-            f"unknown tenant {i!r}{did_you_mean(i, known)}" for i in unknown
-        ))
+        raise SelectionError("; ".join(f"unknown tenant {i!r}{did_you_mean(i, known)}" for i in unknown))
 
 
 def _tagged_tenants_exist(registry: Registry, wanted: dict[str, str]) -> None:
@@ -160,13 +158,17 @@ def select_targets(
         if environment.require_tenant:
             raise SelectionError(f"environment {environment.name!r} requires a tenant")
         missing = [
-            key for key, spec in registry.config_schema.items()
+            key
+            for key, spec in registry.config_schema.items()
             if spec.required and key not in registry.defaults and key not in ("release", "tenant_name")
         ]
         platform_key = registry.config_schema.get("platform")
         platform = registry.defaults.get("platform", platform_key.default if platform_key else None)
-        if (platform == "aws" and "account_email_domain" in registry.config_schema
-                and not registry.defaults.get("account_email_domain")):
+        if (
+            platform == "aws"
+            and "account_email_domain" in registry.config_schema
+            and not registry.defaults.get("account_email_domain")
+        ):
             missing.append("account_email_domain (required on the aws platform)")
         if missing:
             raise SelectionError(

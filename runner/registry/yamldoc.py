@@ -121,7 +121,7 @@ def _resolve_plain(value: str) -> Any:
 def _resolve_tagged(value: str, tag: str, line: int) -> Any:
     if tag in ("!", _CORE + "str"):
         return value
-    kind = tag[len(_CORE):] if tag.startswith(_CORE) else None
+    kind = tag[len(_CORE) :] if tag.startswith(_CORE) else None
     expected = {"null": type(None), "bool": bool, "int": int, "float": (int, float)}.get(kind or "")
     if expected is None:
         raise YamlSyntaxError(line, f"unsupported YAML tag {tag!r}")
@@ -174,9 +174,7 @@ def _attach(stack: list[_Frame], value: Any, line: int, is_container: bool, plai
         top.merges.append((value, top.key_line))
         return
     if key in obj:
-        raise YamlSyntaxError(
-            top.key_line, f"duplicate key {key!r} (first at line {top.lines[key]})"
-        )
+        raise YamlSyntaxError(top.key_line, f"duplicate key {key!r} (first at line {top.lines[key]})")
     obj[key] = value
     top.lines[key] = top.key_line
 
@@ -279,9 +277,7 @@ def load_yaml(text: str) -> YamlDoc:
             elif kind is ev.DocumentStartEvent:
                 documents += 1
                 if documents > 1:
-                    raise YamlSyntaxError(
-                        event.start_mark.line + 1, "expected one YAML document, found several"
-                    )
+                    raise YamlSyntaxError(event.start_mark.line + 1, "expected one YAML document, found several")
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1

@@ -47,8 +47,12 @@ class Sandbox:
 
     def env(self, **extra) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "PULUMI_", "GITHUB_", "CI_"))}
-        env.update(RUNNER_STATE_DIR=str(self.state), RUNNER_REGISTRY=str(self.registry_path),
-                   RUNNER_PULUMI_ROOT=str(self.engine_bin.parent), **extra)
+        env.update(
+            RUNNER_STATE_DIR=str(self.state),
+            RUNNER_REGISTRY=str(self.registry_path),
+            RUNNER_PULUMI_ROOT=str(self.engine_bin.parent),
+            **extra,
+        )
         # the platform root and migrations live in this temp dir, outside the project: allowed explicitly
         env.setdefault("RUNNER_PLATFORM_ROOTS", str(self.root))
         if self.project is not None:
@@ -58,8 +62,9 @@ class Sandbox:
     def git(self, *args: str) -> str:
         """git in the project clone (never in the real project)."""
         assert self.project is not None and self.project != PROJECT_DIR
-        return subprocess.run(["git", "-C", str(self.project), *args], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(self.project), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     def release(self) -> str:
         """The clone's default release label: its program's commit (runner.ops.program_commit)."""
@@ -74,8 +79,12 @@ class Sandbox:
 
     def write_registry(self, tenants: list[dict], *, environments=None, defaults=None, rollout=None) -> Path:
         doc = {
-            "defaults": {"platform": "local", "app_version": "1.0.0", "platform_root": str(self.platform),
-                         **(defaults or {})},
+            "defaults": {
+                "platform": "local",
+                "app_version": "1.0.0",
+                "platform_root": str(self.platform),
+                **(defaults or {}),
+            },
             "environments": environments or [{"name": "staging"}, {"name": "production", "require_tenant": True}],
             "tenants": tenants,
         }
@@ -94,13 +103,26 @@ class Sandbox:
         return target
 
     def run(self, *args: str, env: dict | None = None, timeout: float = 900) -> Result:
-        proc = subprocess.run([RUNNER, *args], capture_output=True, text=True, cwd=PROJECT_DIR,
-                              env=self.env(**(env or {})), timeout=timeout)
+        proc = subprocess.run(
+            [RUNNER, *args],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_DIR,
+            env=self.env(**(env or {})),
+            timeout=timeout,
+        )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def popen(self, *args: str, env: dict | None = None) -> subprocess.Popen:
-        return subprocess.Popen([RUNNER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=PROJECT_DIR, env=self.env(**(env or {})), start_new_session=True)
+        return subprocess.Popen(
+            [RUNNER, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=PROJECT_DIR,
+            env=self.env(**(env or {})),
+            start_new_session=True,
+        )
 
 
 def project_clone(root: Path) -> Path:
@@ -111,8 +133,12 @@ def project_clone(root: Path) -> Path:
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(PROJECT_DIR), str(clone)], check=True)
     for key, value in (("user.name", "runner tests"), ("user.email", "tests@localhost"), ("commit.gpgsign", "false")):
         subprocess.run(["git", "-C", str(clone), "config", key, value], check=True)
-    listing = subprocess.run(["git", "-C", str(PROJECT_DIR), "ls-files", "-z", "--modified", "--others",
-                              "--deleted", "--exclude-standard"], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        ["git", "-C", str(PROJECT_DIR), "ls-files", "-z", "--modified", "--others", "--deleted", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for rel in sorted(set(filter(None, listing.split("\0")))):
         source, dest = PROJECT_DIR / rel, clone / rel
         if source.is_file():
@@ -120,8 +146,9 @@ def project_clone(root: Path) -> Path:
             shutil.copy2(source, dest)
         elif dest.exists():
             dest.unlink()
-    if subprocess.run(["git", "-C", str(clone), "status", "--porcelain"], capture_output=True, text=True,
-                      check=True).stdout.strip():
+    if subprocess.run(
+        ["git", "-C", str(clone), "status", "--porcelain"], capture_output=True, text=True, check=True
+    ).stdout.strip():
         subprocess.run(["git", "-C", str(clone), "add", "-A"], check=True)
         subprocess.run(["git", "-C", str(clone), "commit", "-q", "-m", "the work tree under test"], check=True)
     return clone
@@ -181,9 +208,11 @@ def hook():
 
 
 SHARED_ROLLOUT = {"waves": [{"name": "gold", "tags": {"tier": "gold"}}, {"name": "rest"}]}
-SHARED_TENANTS = [tenant("gold-1", tags={"tier": "gold", "region": "eu"}),
-                  tenant("gold-2", tags={"tier": "gold", "region": "us"}),
-                  tenant("plain-1", tags={"tier": "standard", "region": "eu"})]
+SHARED_TENANTS = [
+    tenant("gold-1", tags={"tier": "gold", "region": "eu"}),
+    tenant("gold-2", tags={"tier": "gold", "region": "us"}),
+    tenant("plain-1", tags={"tier": "standard", "region": "eu"}),
+]
 
 
 @pytest.fixture(scope="session")
@@ -194,9 +223,23 @@ def shared_fleet(tmp_path_factory, engine_bin, hook):
     box = Sandbox(tmp_path_factory.mktemp("shared-fleet"), engine_bin)
     box.write_registry(SHARED_TENANTS, rollout=SHARED_ROLLOUT)
     box.step_summary = box.root / "step-summary.md"
-    box.deployed = box.run("up", "--all-tenants", "--yes", "--json", "--release", "r1", "--log-format", "json",
-                           "--notify", f"slack:{hook.url('/slack/deploy')}",
-                           env={"GITHUB_RUN_ID": "4242", "GITHUB_RUN_ATTEMPT": "2", "NO_PROXY": "127.0.0.1",
-                                "GITHUB_STEP_SUMMARY": str(box.step_summary)})
+    box.deployed = box.run(
+        "up",
+        "--all-tenants",
+        "--yes",
+        "--json",
+        "--release",
+        "r1",
+        "--log-format",
+        "json",
+        "--notify",
+        f"slack:{hook.url('/slack/deploy')}",
+        env={
+            "GITHUB_RUN_ID": "4242",
+            "GITHUB_RUN_ATTEMPT": "2",
+            "NO_PROXY": "127.0.0.1",
+            "GITHUB_STEP_SUMMARY": str(box.step_summary),
+        },
+    )
     assert box.deployed.code == 0, box.deployed.stderr[-3000:]
     return box

@@ -87,13 +87,14 @@ def test_postgres_set_applies_once_with_app_user_dml_only(tmp_path, db, secrets)
     assert result == {"applied": ["001_create_accounts", "002_create_orders"], "app_user": "created"}
     # Identity keys auto-increment on PostgreSQL (INTEGER PRIMARY KEY would not).
     with psycopg.connect(url, autocommit=True) as conn:
-        ids = [conn.execute("INSERT INTO accounts(email) VALUES (%s) RETURNING id", (e,)).fetchone()[0]
-               for e in ("a@x", "b@x")]
+        ids = [
+            conn.execute("INSERT INTO accounts(email) VALUES (%s) RETURNING id", (e,)).fetchone()[0]
+            for e in ("a@x", "b@x")
+        ]
         assert ids == [1, 2]
         rows = conn.execute("SELECT version, checksum FROM schema_migrations ORDER BY version").fetchall()
     assert [r[0] for r in rows] == ["001_create_accounts", "002_create_orders"]
-    assert rows[0][1] == __import__("hashlib").sha256(
-        (PG_SET / "001_create_accounts.sql").read_bytes()).hexdigest()
+    assert rows[0][1] == __import__("hashlib").sha256((PG_SET / "001_create_accounts.sql").read_bytes()).hexdigest()
     creds = json.loads(client.get_secret_value(SecretId=arn)["SecretString"])
     assert creds["username"] == "app" and len(creds["password"]) >= 32
     # Second run: nothing applied, the app user kept (its password unchanged).
@@ -106,8 +107,12 @@ def test_postgres_set_applies_once_with_app_user_dml_only(tmp_path, db, secrets)
         conn.execute("INSERT INTO orders(account_id, total_cents) VALUES (1, 5)")
         assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
         conn.execute("DELETE FROM orders")
-        for ddl in ("CREATE TABLE evil(x int)", "DROP TABLE orders", "ALTER TABLE accounts ADD COLUMN y int",
-                    "SELECT * FROM schema_migrations"):
+        for ddl in (
+            "CREATE TABLE evil(x int)",
+            "DROP TABLE orders",
+            "ALTER TABLE accounts ADD COLUMN y int",
+            "SELECT * FROM schema_migrations",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(ddl)
 
@@ -149,7 +154,9 @@ def test_changed_applied_migration_is_an_error(tmp_path, db):
 
 def test_failed_migration_rolls_back_and_is_not_recorded(tmp_path, db):
     name, url, shim = db
-    folder = package(tmp_path, {"001_a.sql": "CREATE TABLE a(x int);", "002_bad.sql": "CREATE TABLE b(x int); SELEC 1;"})
+    folder = package(
+        tmp_path, {"001_a.sql": "CREATE TABLE a(x int);", "002_bad.sql": "CREATE TABLE b(x int); SELEC 1;"}
+    )
     mod = load_handler(folder)
     with pytest.raises(mod.MigrationError, match="migration 002_bad failed"):
         mod.handler(event(name), None, rds=shim(), secrets=None, sleep=lambda _s: None)
@@ -196,7 +203,8 @@ def test_shim_runs_one_statement_per_call_like_the_data_api(db):
     _name, _url, shim = db
     rds = shim()
     common = {"resourceArn": "arn:c", "secretArn": "arn:s", "database": "x"}
-    assert rds.execute_statement(sql="SELECT '50%' AS x, :v::int AS y", parameters=[
-        {"name": "v", "value": {"longValue": 7}}], **common)["records"] == [[{"stringValue": "50%"}, {"longValue": 7}]]
+    assert rds.execute_statement(
+        sql="SELECT '50%' AS x, :v::int AS y", parameters=[{"name": "v", "value": {"longValue": 7}}], **common
+    )["records"] == [[{"stringValue": "50%"}, {"longValue": 7}]]
     with pytest.raises(Exception, match="BadRequestException"):
         rds.execute_statement(sql="CREATE TABLE m(x int); CREATE TABLE n(x int)", **common)

@@ -65,7 +65,8 @@ def test_refresh_accepts_an_out_of_band_change_into_the_state(fleet):
     row = refreshed.by_stack()["c-1.staging"]
     assert (row["operation"], row["status"]) == ("refresh", "succeeded")
     assert [(s["name"], s["op"], s["keys"]) for s in row["details"]["steps"]] == [
-        ("frontend-site", "update", ["content_hash"])]
+        ("frontend-site", "update", ["content_hash"])
+    ]
     after = _site_state(fleet, "c-1")
     assert after["content_hash"] != before["content_hash"], "refresh left the state as it was"
     assert "edited by hand" in site.read_text()  # refresh never touches reality
@@ -85,8 +86,12 @@ def test_drift_remediate_refresh_accepts_reality_then_checks_again(fleet):
     assert rows[0] == ("drift", "drifted") and ("refresh", "succeeded") in rows, rows
     assert _site_state(fleet, "c-2") != before
     assert "edited by hand" in site.read_text()  # refresh never touches reality
-    assert [(s["name"], s["keys"]) for t in fixed.json["targets"] if t["operation"] == "refresh"
-            for s in t["details"]["steps"]] == [("frontend-site", ["content_hash"])]
+    assert [
+        (s["name"], s["keys"])
+        for t in fixed.json["targets"]
+        if t["operation"] == "refresh"
+        for s in t["details"]["steps"]
+    ] == [("frontend-site", ["content_hash"])]
 
 
 def test_rollback_to_a_named_release(fleet):
@@ -117,8 +122,9 @@ def test_recover_removes_a_dead_holders_lock_and_clears_pending_operations(fleet
     path.write_text(json.dumps(doc))
     holder = start_pulumi_holder()  # an engine of a runner that then died, as the worker recorded it
     lock = write_lock(fleet, stack, holder.pid)
-    recovery.write_holder_record(recovery.holders_dir(fleet.state / "work"), stack,
-                                 {holder.pid: recovery.start_time(holder.pid)})
+    recovery.write_holder_record(
+        recovery.holders_dir(fleet.state / "work"), stack, {holder.pid: recovery.start_time(holder.pid)}
+    )
     holder.send_signal(signal.SIGKILL)
     holder.wait()
 
@@ -129,7 +135,8 @@ def test_recover_removes_a_dead_holders_lock_and_clears_pending_operations(fleet
     assert row["status"] == "succeeded", row["error"]
     assert [r for r in row["details"]["recovered"] if r.startswith(f"lock of dead pid {holder.pid} ")], row["details"]
     assert {(s["urn"].rsplit("::", 1)[1], s["op"]) for s in row["details"]["steps"]} == {
-        ("frontend-site", "cleared pending updating")}, row["details"]["steps"]
+        ("frontend-site", "cleared pending updating")
+    }, row["details"]["steps"]
     assert not lock.exists()
     assert_state_clean(fleet, [stack])
 
@@ -138,12 +145,16 @@ def test_on_failure_stop_then_rerun_failed(fleet):
     broken = {"migrations_dir": str(fleet.broken_migrations()), "app_version": "2.0.0"}
     _registry(fleet, **{"c-2": broken})
 
-    stopped = fleet.run("up", "--all-tenants", "--release", "r4", "--on-failure", "stop", "--concurrency", "1",
-                        "--yes", "--json")
+    stopped = fleet.run(
+        "up", "--all-tenants", "--release", "r4", "--on-failure", "stop", "--concurrency", "1", "--yes", "--json"
+    )
 
     assert stopped.code == 1
     assert {s: t["status"] for s, t in stopped.by_stack().items()} == {
-        "c-1.staging": "succeeded", "c-2.staging": "failed", "c-3.staging": "not-started"}
+        "c-1.staging": "succeeded",
+        "c-2.staging": "failed",
+        "c-3.staging": "not-started",
+    }
     assert "900_broken.sql" in stopped.by_stack()["c-2.staging"]["error"]
 
     _registry(fleet)  # fixed
@@ -151,7 +162,9 @@ def test_on_failure_stop_then_rerun_failed(fleet):
 
     assert rerun.code == 0, rerun.stderr[-2000:]
     assert {s: t["status"] for s, t in rerun.by_stack().items()} == {
-        "c-2.staging": "succeeded", "c-3.staging": "succeeded"}
+        "c-2.staging": "succeeded",
+        "c-3.staging": "succeeded",
+    }
 
 
 def test_an_untenanted_deploy_to_an_environment(fleet):
@@ -190,7 +203,10 @@ def test_destroy_remove_deletes_the_stack_and_keeps_the_database(fleet):
     assert (row["operation"], row["status"]) == ("destroy", "succeeded"), row["error"]
     assert db.is_file(), "destroy without purge deleted the tenant database"
     assert not (fleet.platform / "accounts" / "c-2" / "staging" / "frontend").exists()
-    settings = engine.EngineSettings(bin_dir=fleet.engine_bin, project_dir=PROJECT_DIR,
-                                     backend_url=(fleet.state / "state").resolve().as_uri(),
-                                     work_root=fleet.state / "work")
+    settings = engine.EngineSettings(
+        bin_dir=fleet.engine_bin,
+        project_dir=PROJECT_DIR,
+        backend_url=(fleet.state / "state").resolve().as_uri(),
+        work_root=fleet.state / "work",
+    )
     assert "c-2.staging" not in engine.list_stacks(settings) and "c-1.staging" in engine.list_stacks(settings)

@@ -29,6 +29,7 @@ def _no_changes(result) -> None:
 
 # --------------------------------------------------------------------------- the initial deploy
 
+
 def test_the_run_id_is_githubs_run_id_and_attempt(shared_fleet):
     assert shared_fleet.deployed.json["run_id"] == "4242.2"
     merged = shared_fleet.run("report", "--run-id", "4242.2", "--json")
@@ -45,8 +46,12 @@ def test_log_format_json_writes_one_json_record_per_progress_line(shared_fleet):
     assert records and all(r["run_id"] == "4242.2" for r in records)
     assert all({"tenant", "environment", "stack", "message"} <= set(r) for r in records)
     started = {(r["tenant"], r["environment"], r["stack"]) for r in records if r["message"] == "started"}
-    assert started == {("gold-1", "staging", "gold-1.staging"), ("gold-2", "staging", "gold-2.staging"),
-                       ("plain-1", "staging", "plain-1.staging"), (None, "shared", "shared")}
+    assert started == {
+        ("gold-1", "staging", "gold-1.staging"),
+        ("gold-2", "staging", "gold-2.staging"),
+        ("plain-1", "staging", "plain-1.staging"),
+        (None, "shared", "shared"),
+    }
     # the resource steps of each target are lines of their own, named by the target
     creates = {r["stack"] for r in records if r["message"] != "started" and "create" in json.dumps(r)}
     assert STACKS <= creates, creates
@@ -58,8 +63,11 @@ def test_github_step_summary_holds_the_runs_table(shared_fleet):
     assert lines[0] == "### runner up: 3 succeeded"
     assert "Run `4242.2`, release `r1`" in lines
     assert "| target | status | changes | duration | error |" in lines
-    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1:3] for line in lines if line.startswith("| ")
-            and "." in line.split(" | ")[0] or line.startswith("| shared")}
+    rows = {
+        line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1:3]
+        for line in lines
+        if line.startswith("| ") and "." in line.split(" | ")[0] or line.startswith("| shared")
+    }
     assert rows["shared (shared stack)"][0] == "succeeded"
     for stack in STACKS:
         assert rows[stack] == ["succeeded", "9 create"], rows
@@ -68,8 +76,10 @@ def test_github_step_summary_holds_the_runs_table(shared_fleet):
 def test_notify_slack_posts_one_message_with_the_runs_summary(shared_fleet, hook):
     [message] = hook.received("/slack/deploy")
     header, section = message["blocks"][:2]
-    assert header == {"type": "header", "text": {"type": "plain_text", "emoji": True,
-                                                 "text": ":white_check_mark: runner up: all targets OK"}}
+    assert header == {
+        "type": "header",
+        "text": {"type": "plain_text", "emoji": True, "text": ":white_check_mark: runner up: all targets OK"},
+    }
     assert section["text"]["text"].splitlines()[0] == "*Run* `4242.2` · *Release* `r1` · *Exit code* 0"
     assert "3 succeeded" in section["text"]["text"]
     assert len(message["blocks"]) == 2  # no failure blocks
@@ -78,12 +88,14 @@ def test_notify_slack_posts_one_message_with_the_runs_summary(shared_fleet, hook
 
 # --------------------------------------------------------------------------- read-only commands
 
+
 def test_tenants_list(shared_fleet):
     listed = shared_fleet.run("tenants", "list", "--json")
     assert listed.code == 0, listed.stderr
     assert json.loads(listed.stdout) == [
         {"id": t["id"], "name": t["name"], "environments": ["staging"], "tags": t["tags"], "enabled": True}
-        for t in SHARED_TENANTS]
+        for t in SHARED_TENANTS
+    ]
     table = shared_fleet.run("tenants", "list")
     assert table.code == 0
     row = next(line for line in table.stderr.splitlines() if "gold-2" in line)
@@ -103,14 +115,28 @@ def test_status_json_and_history_limit_read_the_ledger(shared_fleet):
 
 
 def test_tag_selects_the_tenants_with_every_tag_and_runner_notify_sends_a_webhook(shared_fleet, hook):
-    preview = shared_fleet.run("preview", "--tag", "tier=gold", "--tag", "region=us", "--json", "--detailed-exitcode",
-                               env={"RUNNER_NOTIFY": f"webhook:{hook.url('/env/preview')}", "NO_PROXY": "127.0.0.1"})
+    preview = shared_fleet.run(
+        "preview",
+        "--tag",
+        "tier=gold",
+        "--tag",
+        "region=us",
+        "--json",
+        "--detailed-exitcode",
+        env={"RUNNER_NOTIFY": f"webhook:{hook.url('/env/preview')}", "NO_PROXY": "127.0.0.1"},
+    )
     assert preview.code == 0, preview.stderr[-2000:]
     assert set(preview.by_stack()) == {"gold-2.staging"}  # every tag must match
     _no_changes(preview)
     [message] = hook.received("/env/preview")
-    assert message == {"run_id": preview.json["run_id"], "command": "preview", "release": preview.json["release"],
-                       "counts": {"total": 1, "succeeded": 1}, "exit_code": 0, "failures": []}
+    assert message == {
+        "run_id": preview.json["run_id"],
+        "command": "preview",
+        "release": preview.json["release"],
+        "counts": {"total": 1, "succeeded": 1},
+        "exit_code": 0,
+        "failures": [],
+    }
 
 
 def test_exclude_tenant_leaves_it_out(shared_fleet):
@@ -127,8 +153,7 @@ def test_preview_detailed_exitcode_is_3_for_a_config_change_and_names_it(shared_
     doc["tenants"] = changed
     with open(registry, "w") as handle:
         YAML().dump(doc, handle)
-    preview = shared_fleet.run("preview", "--all-tenants", "--registry", str(registry), "--detailed-exitcode",
-                               "--json")
+    preview = shared_fleet.run("preview", "--all-tenants", "--registry", str(registry), "--detailed-exitcode", "--json")
     assert preview.code == 3, preview.stderr[-2000:]
     rows = preview.by_stack()
     assert rows["plain-1.staging"]["changes"].get("update", 0) >= 1, rows["plain-1.staging"]["changes"]
@@ -166,6 +191,7 @@ def test_registry_in_a_postgresql_table(shared_fleet, postgres_server):
 
 
 # --------------------------------------------------------------------------- ups that change nothing
+
 
 def test_wave_runs_one_wave_only(shared_fleet):
     up = shared_fleet.run("up", "--all-tenants", "--release", "r1", "--wave", "gold", "--yes", "--json")

@@ -29,9 +29,17 @@ pytestmark = pytest.mark.e2e
 
 CHROMIUM = os.environ.get("RUNNER_TEST_CHROMIUM", "/usr/bin/chromium")
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-extensions", "--hide-scrollbars", "--mute-audio",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--hide-scrollbars",
+    "--mute-audio",
 )
 ENVS = ("testing", "staging", "production")
 EVIL = '<img src=x onerror="document.title=1"> Evil & Co'
@@ -52,7 +60,9 @@ def run_chromium(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess
     profile.mkdir()
     proc = subprocess.run(
         [chromium(), *FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "HOME": str(profile)},
     )
     assert proc.returncode == 0, f"chromium exited {proc.returncode}:\n{proc.stderr[-3000:]}"
@@ -60,8 +70,9 @@ def run_chromium(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess
 
 
 def tenant(tid, envs, *, name=None, tags=None, enabled=True):
-    return SimpleNamespace(id=tid, name=name or tid.replace("-", " ").title(), environments=tuple(envs),
-                           tags=tags or {}, enabled=enabled)
+    return SimpleNamespace(
+        id=tid, name=name or tid.replace("-", " ").title(), environments=tuple(envs), tags=tags or {}, enabled=enabled
+    )
 
 
 def seed(ledger: Ledger):
@@ -72,8 +83,17 @@ def seed(ledger: Ledger):
         tid, _, env = stack.partition(".")
         at = now - timedelta(hours=hours_ago)
         kw.setdefault("config_snapshot", {"db_password": "never-shown-SECRET"})
-        ledger.record(f"run-{int(hours_ago * 10)}", tid if env else None, env or None, stack, operation,
-                      status, started=at - timedelta(minutes=2), ended=at, **kw)
+        ledger.record(
+            f"run-{int(hours_ago * 10)}",
+            tid if env else None,
+            env or None,
+            stack,
+            operation,
+            status,
+            started=at - timedelta(minutes=2),
+            ended=at,
+            **kw,
+        )
 
     backend = "runner:local:Backend"
     db_urn = "urn:pulumi:x::runner::runner:local:Backend$runner:local:Database::{}-db"
@@ -92,27 +112,60 @@ def seed(ledger: Ledger):
             rec(f"{t.id}.{env}", "up", "succeeded", 30, release="2024.05.1")
     rec("acme.testing", "up", "succeeded", 3, release="2024.05.2")
     rec("acme.staging", "up", "succeeded", 2, release="2024.05.2")
-    rec("acme.staging", "drift", "drifted", 1, release="2024.05.2", details={
-        "drift": [{"name": "acme-db", "component": backend, "op": "update"},
-                  {"name": "acme-site", "component": "runner:local:Frontend", "op": "update"}],
-        "pending": []})
-    rec("acme.production", "up", "failed", 0.5, release="2024.05.2",
-        error="migration 0007_add_index.sql failed: near \"INDEXX\": syntax error",
-        error_resource=db_urn.format("acme"), error_component=backend)
+    rec(
+        "acme.staging",
+        "drift",
+        "drifted",
+        1,
+        release="2024.05.2",
+        details={
+            "drift": [
+                {"name": "acme-db", "component": backend, "op": "update"},
+                {"name": "acme-site", "component": "runner:local:Frontend", "op": "update"},
+            ],
+            "pending": [],
+        },
+    )
+    rec(
+        "acme.production",
+        "up",
+        "failed",
+        0.5,
+        release="2024.05.2",
+        error='migration 0007_add_index.sql failed: near "INDEXX": syntax error',
+        error_resource=db_urn.format("acme"),
+        error_component=backend,
+    )
     rec("globex.testing", "up", "succeeded", 3, release="2024.05.2")
-    rec("globex.staging", "up", "locked", 2, release="2024.05.2",
-        error="still locked by another operation after 300s")
-    rec("globex.production", "drift", "pending", 4, details={
-        "drift": [], "pending": [{"name": "globex-api", "component": backend, "op": "update"}]})
+    rec("globex.staging", "up", "locked", 2, release="2024.05.2", error="still locked by another operation after 300s")
+    rec(
+        "globex.production",
+        "drift",
+        "pending",
+        4,
+        details={"drift": [], "pending": [{"name": "globex-api", "component": backend, "op": "update"}]},
+    )
     rec("initech.staging", "up", "succeeded", 2, release="2024.05.2")
-    rec("initech.production", "up", "blocked", 1, release="2024.05.2",
-        error="release 2024.05.2 has not succeeded in staging for every tenant yet")
+    rec(
+        "initech.production",
+        "up",
+        "blocked",
+        1,
+        release="2024.05.2",
+        error="release 2024.05.2 has not succeeded in staging for every tenant yet",
+    )
     rec("hooli.production", "drift", "in-sync", 5)
     rec("hooli.testing", "destroy", "succeeded", 6)
-    rec("evil-corp.testing", "up", "failed", 1, release="2024.05.2",
-        error='<script>document.title="pwned"</script> "><b>bold</b>', error_component=backend)
-    rec("stark-industries.production", "up", "not-started", 1, release="2024.05.2",
-        error="the shared stack failed")
+    rec(
+        "evil-corp.testing",
+        "up",
+        "failed",
+        1,
+        release="2024.05.2",
+        error='<script>document.title="pwned"</script> "><b>bold</b>',
+        error_component=backend,
+    )
+    rec("stark-industries.production", "up", "not-started", 1, release="2024.05.2", error="the shared stack failed")
     rec("wayne-enterprises.production", "rollback", "succeeded", 8, release="2024.04.9")
     rec("oscorp.production", "up", "succeeded", 48, release="2024.04.1")  # offboarded
     rec("shared", "up", "succeeded", 3, release="2024.05.2")
@@ -204,22 +257,34 @@ def dump(tmp_path: Path, page: Path, fragment: str = "") -> Dom:
     return dom
 
 
-ALL = {"acme", "globex", "initech", "umbrella", "hooli", "evil-corp", "stark-industries",
-       "wayne-enterprises", "cyberdyne"}
+ALL = {
+    "acme",
+    "globex",
+    "initech",
+    "umbrella",
+    "hooli",
+    "evil-corp",
+    "stark-industries",
+    "wayne-enterprises",
+    "cyberdyne",
+}
 
 
-@pytest.mark.parametrize(("fragment", "visible"), [
-    ("", ALL),
-    ("#status=failed", {"acme", "evil-corp"}),
-    ("#tag=tier=premium", {"acme", "globex", "hooli", "stark-industries"}),
-    ("#status=failed&tag=tier=premium", {"acme"}),
-    ("#status=locked,blocked,not-started", {"globex", "initech", "stark-industries"}),
-    ("#status=drifted&status=pending", {"acme", "globex"}),
-    ("#tag=tier=premium&tag=region=us", {"globex", "hooli", "stark-industries"}),
-    ("#status=never", {"cyberdyne"}),
-    ("#q=acme%20corp", {"acme"}),
-    ("#status=destroyed,failed&tag=region=eu", {"acme"}),
-])
+@pytest.mark.parametrize(
+    ("fragment", "visible"),
+    [
+        ("", ALL),
+        ("#status=failed", {"acme", "evil-corp"}),
+        ("#tag=tier=premium", {"acme", "globex", "hooli", "stark-industries"}),
+        ("#status=failed&tag=tier=premium", {"acme"}),
+        ("#status=locked,blocked,not-started", {"globex", "initech", "stark-industries"}),
+        ("#status=drifted&status=pending", {"acme", "globex"}),
+        ("#tag=tier=premium&tag=region=us", {"globex", "hooli", "stark-industries"}),
+        ("#status=never", {"cyberdyne"}),
+        ("#q=acme%20corp", {"acme"}),
+        ("#status=destroyed,failed&tag=region=eu", {"acme"}),
+    ],
+)
 def test_filters_from_the_url_fragment(tmp_path, page, fragment, visible):
     dom = dump(tmp_path, page, fragment)
     assert set(dom.rows) == ALL
@@ -241,8 +306,13 @@ def test_open_cell_details_from_the_fragment(tmp_path, page):
 
 def test_screenshot(tmp_path, page):
     shot = tmp_path / "dashboard.png"
-    run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,900",
-                 "--virtual-time-budget=2000", page.as_uri() + "#open=failed,drifted,locked")
+    run_chromium(
+        tmp_path,
+        f"--screenshot={shot}",
+        "--window-size=1400,900",
+        "--virtual-time-budget=2000",
+        page.as_uri() + "#open=failed,drifted,locked",
+    )
     assert shot.is_file(), "chromium wrote no screenshot"
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -260,8 +330,9 @@ def test_ages_say_when_they_were_computed(tmp_path, page):
     which refreshes them when the page is opened, says so instead."""
     assert "ages as of then" in page.read_text()
     dom = dump(tmp_path, page)
-    assert re.fullmatch(r"ages as of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(when this page was opened\)",
-                        dom.ages_as_of), dom.ages_as_of
+    assert re.fullmatch(
+        r"ages as of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(when this page was opened\)", dom.ages_as_of
+    ), dom.ages_as_of
 
 
 @pytest.mark.xdist_group("shared_fleet")  # with tests/e2e/test_commands_shared.py: one deploy

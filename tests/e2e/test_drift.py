@@ -14,8 +14,11 @@ pytestmark = pytest.mark.e2e
 
 
 def _checksums(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_drift_reports_exactly_what_changed_and_remediation_fixes_it(sandbox):
@@ -39,8 +42,11 @@ def test_drift_reports_exactly_what_changed_and_remediation_fixes_it(sandbox):
     assert _checksums(sandbox.state / "state") == state_before  # the check wrote no state
     found = drift.by_stack()
     assert {s: t["status"] for s, t in found.items()} == {
-        "shop-1.staging": "drifted", "shop-2.staging": "drifted", "shop-3.staging": "pending",
-        "shop-4.staging": "in-sync", "shop-5.staging": "in-sync",
+        "shop-1.staging": "drifted",
+        "shop-2.staging": "drifted",
+        "shop-3.staging": "pending",
+        "shop-4.staging": "in-sync",
+        "shop-5.staging": "in-sync",
     }
     assert [d["name"] for d in found["shop-1.staging"]["details"]["drift"]] == ["frontend-site"]
     assert [d["name"] for d in found["shop-2.staging"]["details"]["drift"]] == ["backend-db"]
@@ -102,7 +108,9 @@ def test_a_staged_rollout_is_not_drift_and_findings_name_their_properties(rollou
     assert drift.code == 3, drift.stderr
     found = drift.by_stack()
     assert {s: t["status"] for s, t in found.items()} == {
-        "shop-1.staging": "in-sync", "shop-2.staging": "drifted", "shop-3.staging": "pending",
+        "shop-1.staging": "in-sync",
+        "shop-2.staging": "drifted",
+        "shop-3.staging": "pending",
         "shop-4.staging": "in-sync",
     }
     # r2 reached only shop-1; the others read the shared stack at r2: reported, not drift
@@ -113,12 +121,14 @@ def test_a_staged_rollout_is_not_drift_and_findings_name_their_properties(rollou
     assert any("behind" in note for note in drift.json["notes"])
     # the drifted resource, with the properties that differ
     assert [(d["name"], d["keys"]) for d in found["shop-2.staging"]["details"]["drift"]] == [
-        ("frontend-site", ["content_hash"])]
+        ("frontend-site", ["content_hash"])
+    ]
     assert "frontend-site [content_hash]" in found["shop-2.staging"]["summary"]
     # pending: the tenant's resources whose inputs change, not the provider's `default` config update
     pending = found["shop-3.staging"]["details"]["pending"]
-    assert pending and all(p["keys"] and not p["urn"].split("::")[2].startswith("pulumi:providers:")
-                           for p in pending), pending
+    assert pending and all(
+        p["keys"] and not p["urn"].split("::")[2].startswith("pulumi:providers:") for p in pending
+    ), pending
     assert "frontend-site" in [p["name"] for p in pending]
     assert "default" not in [p["name"] for p in pending]
     # the summary column holds findings, not only errors

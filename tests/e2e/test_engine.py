@@ -49,8 +49,10 @@ def project(tmp_path, engine_bin, monkeypatch):
     (tmp_path / "prog" / "__main__.py").write_text(PROGRAM)
     (tmp_path / "prog" / "Pulumi.yaml").write_text("name: runner\nruntime: python\n")
     settings = engine.EngineSettings(
-        bin_dir=engine_bin, project_dir=tmp_path / "prog",
-        backend_url=engine.backend_url_for(None, tmp_path), work_root=tmp_path / "state" / "work",
+        bin_dir=engine_bin,
+        project_dir=tmp_path / "prog",
+        backend_url=engine.backend_url_for(None, tmp_path),
+        work_root=tmp_path / "state" / "work",
     )
     engine.prepare_program_dir(settings)
     env = engine.worker_environment(settings, "dev", "test-passphrase")
@@ -72,7 +74,9 @@ def test_up_preview_destroy_through_the_seam(project, tmp_path):
     assert up.outputs == {"path": str(target), "token": engine.SECRET_MASK}
     assert secret not in engine.stack_config_path(project, "dev").read_text()
 
-    again = engine.run_operation(project, stack="dev", operation="preview", config=config, secret_values={"token": secret})
+    again = engine.run_operation(
+        project, stack="dev", operation="preview", config=config, secret_values={"token": secret}
+    )
     assert set(again.changes) == {"same"}
 
     engine.run_operation(project, stack="dev", operation="destroy")
@@ -134,8 +138,7 @@ def test_each_operation_on_a_deployed_stack_runs_one_cli_process(counted, tmp_pa
     engine.run_operation(settings, stack="dev", operation="up", config=config, secret_values=secrets)
     invocations()  # the first deploy creates the stack and sets its secret
     for operation in ("up", "preview", "refresh", "destroy"):
-        result = engine.run_operation(settings, stack="dev", operation=operation, config=config,
-                                      secret_values=secrets)
+        result = engine.run_operation(settings, stack="dev", operation=operation, config=config, secret_values=secrets)
         calls = invocations()
         assert [c.split()[1] for c in calls] == [operation], calls
     assert result.changes.get("delete") == 2

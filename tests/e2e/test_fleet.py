@@ -64,20 +64,28 @@ def test_max_failures_leaves_later_targets_not_started(sandbox):
 
     junit = sandbox.root / "junit.xml"
 
-    result = sandbox.run("up", "--all-tenants", "--yes", "--concurrency", "1", "--max-failures", "1", "--json",
-                         "--junit", str(junit))
+    result = sandbox.run(
+        "up", "--all-tenants", "--yes", "--concurrency", "1", "--max-failures", "1", "--json", "--junit", str(junit)
+    )
 
     assert result.code == 1
     statuses = {s: t["status"] for s, t in result.by_stack().items()}
-    assert statuses == {"shop-1.staging": "failed", "shop-2.staging": "not-started",
-                        "shop-3.staging": "not-started", "shop-4.staging": "not-started"}
+    assert statuses == {
+        "shop-1.staging": "failed",
+        "shop-2.staging": "not-started",
+        "shop-3.staging": "not-started",
+        "shop-4.staging": "not-started",
+    }
     assert "--max-failures 1" in result.by_stack()["shop-3.staging"]["error"]
     # #22.8: not-started targets are skipped test cases, not failures; the shared stack is a
     # labelled row of the summary and its own JSON key, never one of the targets
     suite = ET.parse(junit).getroot()
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("4", "1", "3")
     assert sorted(c.get("name") for c in suite.findall("testcase") if c.find("skipped") is not None) == [
-        "shop-2.staging", "shop-3.staging", "shop-4.staging"]
+        "shop-2.staging",
+        "shop-3.staging",
+        "shop-4.staging",
+    ]
     assert result.json["shared"]["status"] == "succeeded" and "shared" not in result.by_stack()
     assert "shared (shared stack)" in result.stderr
 

@@ -38,8 +38,14 @@ def shell(sandbox: Sandbox, script: str, *selector: str) -> subprocess.Completed
     full = f'set -e; eval "$({RUNNER} env {quoted})"; cd "$1"; {script}'
     env = sandbox.env()
     env["PATH"] = "/usr/bin:/bin"  # nothing of the engine or the virtualenv but what `runner env` adds
-    return subprocess.run(["bash", "-c", full, "bash", where.json["directory"]], capture_output=True, text=True,
-                          cwd=PROJECT_DIR, env=env, timeout=600)
+    return subprocess.run(
+        ["bash", "-c", full, "bash", where.json["directory"]],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_DIR,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_env_prints_the_stack_passphrase_never_the_master(deployed):
@@ -66,8 +72,9 @@ def test_env_prints_the_stack_passphrase_never_the_master(deployed):
 
 
 def test_plain_preview_shows_no_changes_and_stack_ls_lists_the_runners_stacks(deployed):
-    preview = shell(deployed, f"pulumi preview --expect-no-changes -s {STACK}", "--tenant", "plain-1",
-                    "--env", "staging")
+    preview = shell(
+        deployed, f"pulumi preview --expect-no-changes -s {STACK}", "--tenant", "plain-1", "--env", "staging"
+    )
     assert preview.returncode == 0, preview.stdout + preview.stderr
     assert SECRET not in preview.stdout + preview.stderr
     listing = shell(deployed, "pulumi stack ls", "--stack", "shared")
@@ -79,8 +86,9 @@ def test_plain_preview_shows_no_changes_and_stack_ls_lists_the_runners_stacks(de
 def test_plain_up_then_runner_drift_is_in_sync(deployed):
     up = shell(deployed, f"pulumi up --yes --skip-preview -s {STACK}", "--tenant", "plain-1", "--env", "staging")
     assert up.returncode == 0, up.stdout + up.stderr
-    drift = deployed.run("drift", "--tenant", "plain-1", "--env", "staging", "--json",
-                         env={"PLAIN_1_DB_PASSWORD": SECRET})
+    drift = deployed.run(
+        "drift", "--tenant", "plain-1", "--env", "staging", "--json", env={"PLAIN_1_DB_PASSWORD": SECRET}
+    )
     assert drift.code == 0, drift.stderr
     assert drift.by_stack()[STACK]["status"] == "in-sync"
 
@@ -92,8 +100,7 @@ def test_runner_pulumi_runs_the_plain_cli_and_passes_its_exit_code(deployed):
     assert any(urn.endswith("::frontend-site") for urn in urns)
     assert SECRET not in export.stdout
     missing = deployed.run("pulumi", "--tenant", "plain-1", "--env", "staging", "--", "config", "get", "nope")
-    plain = shell(deployed, f"pulumi config get nope -s {STACK} || exit $?", "--tenant", "plain-1",
-                  "--env", "staging")
+    plain = shell(deployed, f"pulumi config get nope -s {STACK} || exit $?", "--tenant", "plain-1", "--env", "staging")
     assert missing.code == plain.returncode != 0
     fleet = deployed.run("pulumi", "--all-tenants", "--", "stack", "ls")
     assert fleet.code == 2 and len(fleet.stderr.strip().splitlines()) == 1
@@ -103,8 +110,15 @@ def test_doctor_passes_on_a_deployed_sandbox_and_names_an_empty_passphrase(deplo
     doctor = deployed.run("doctor")
     assert doctor.code == 0, doctor.stdout + doctor.stderr
     names = [line.split(":", 1)[0].split(None, 1)[1] for line in doctor.stdout.splitlines()]
-    assert names == ["engine", "language host", "backend", "ledger", "master passphrase", "registry",
-                     "postgresql driver"]
+    assert names == [
+        "engine",
+        "language host",
+        "backend",
+        "ledger",
+        "master passphrase",
+        "registry",
+        "postgresql driver",
+    ]
     assert "1 tenant(s)" in doctor.stdout and "v" in doctor.stdout.splitlines()[0]
     master = (deployed.state / "passphrase").read_text().strip()
     assert master not in doctor.stdout + doctor.stderr
@@ -114,5 +128,7 @@ def test_doctor_passes_on_a_deployed_sandbox_and_names_an_empty_passphrase(deplo
     broken = deployed.run("doctor", env={"RUNNER_PASSPHRASE_FILE": str(empty)})
     assert broken.code == 1
     failing = [line for line in broken.stdout.splitlines() if line.startswith("FAIL")]
-    assert failing == [f"FAIL master passphrase: {empty} is empty (restore it from your secret store: "
-                       "every stack's passphrase derives from it)"]
+    assert failing == [
+        f"FAIL master passphrase: {empty} is empty (restore it from your secret store: "
+        "every stack's passphrase derives from it)"
+    ]

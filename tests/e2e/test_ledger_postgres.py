@@ -58,8 +58,10 @@ def test_postgres_specifics(pg_url):
                 conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'operations'")).scalars()
             )
             id_type = conn.execute(
-                text("SELECT data_type FROM information_schema.columns "
-                     "WHERE table_name = 'operations' AND column_name = 'id'")
+                text(
+                    "SELECT data_type FROM information_schema.columns "
+                    "WHERE table_name = 'operations' AND column_name = 'id'"
+                )
             ).scalar()
         assert {"ix_operations_stack_started", "ix_operations_run_id", "ix_operations_stack_id"} <= indexes
         assert id_type == "bigint"

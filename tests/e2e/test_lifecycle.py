@@ -12,12 +12,15 @@ ENVIRONMENTS = [{"name": "testing"}, {"name": "staging"}, {"name": "production",
 
 
 def test_a_release_is_promoted_tenant_by_tenant(sandbox):
-    sandbox.write_registry([
-        tenant("customer-1", ("staging", "production")),
-        tenant("customer-2", ("staging", "production")),
-        tenant("customer-3", ("production",)),
-        tenant("internal-qa", ("testing",)),
-    ], environments=ENVIRONMENTS)
+    sandbox.write_registry(
+        [
+            tenant("customer-1", ("staging", "production")),
+            tenant("customer-2", ("staging", "production")),
+            tenant("customer-3", ("production",)),
+            tenant("internal-qa", ("testing",)),
+        ],
+        environments=ENVIRONMENTS,
+    )
 
     def up(*args):
         result = sandbox.run("up", "--yes", "--json", "--release", "0.0.1", *args)
@@ -44,8 +47,9 @@ def test_a_release_is_promoted_tenant_by_tenant(sandbox):
 
     # Step 4: any tenant in Staging opens Production: Customer-1 and Customer-3 may go,
     # Customer-2 still has to pass through Staging.
-    result, rows = up("--tenant", "customer-1", "--tenant", "customer-2", "--tenant", "customer-3",
-                      "--env", "production")
+    result, rows = up(
+        "--tenant", "customer-1", "--tenant", "customer-2", "--tenant", "customer-3", "--env", "production"
+    )
     assert result.code == 1
     assert rows["customer-1.production"] == ("succeeded", None)
     assert rows["customer-3.production"] == ("succeeded", None)

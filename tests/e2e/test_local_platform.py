@@ -52,8 +52,9 @@ def env(tmp_path_factory, engine_bin):
 
     def stack(name: str, **config: str):
         st = auto.Stack.create_or_select(name, ws)
-        st.set_all_config({"platform_root": auto.ConfigValue(str(root)),
-                           **{k: auto.ConfigValue(v) for k, v in config.items()}})
+        st.set_all_config(
+            {"platform_root": auto.ConfigValue(str(root)), **{k: auto.ConfigValue(v) for k, v in config.items()}}
+        )
         return st
 
     return {"root": root, "stack": stack, "auto": auto}

@@ -39,8 +39,9 @@ def test_app_version_escaping_into_another_tenant_is_refused(sandbox):
     assert "staging/backend/db.sqlite3" in before
     logs_before = sorted(p.name for p in (sandbox.state / "logs").iterdir())
 
-    sandbox.write_registry([tenant("customer-1", config={"app_version": "../../../../customer-2"}),
-                            tenant("customer-2")])
+    sandbox.write_registry(
+        [tenant("customer-1", config={"app_version": "../../../../customer-2"}), tenant("customer-2")]
+    )
     for args in (("tenants", "validate"), ("up", "--all-tenants", "--yes"), ("up", "--tenant", "customer-1", "--yes")):
         result = sandbox.run(*args)
         assert result.code == 2, (args, result.stderr)

@@ -12,9 +12,12 @@ pytestmark = pytest.mark.e2e
 
 def _stacks(sandbox, engine_bin) -> list[str]:
     """The stacks in the sandbox's backend, as the engine lists them."""
-    settings = engine.EngineSettings(bin_dir=engine_bin, project_dir=PROJECT_DIR,
-                                     backend_url=(sandbox.state / "state").resolve().as_uri(),
-                                     work_root=sandbox.state / "work")
+    settings = engine.EngineSettings(
+        bin_dir=engine_bin,
+        project_dir=PROJECT_DIR,
+        backend_url=(sandbox.state / "state").resolve().as_uri(),
+        work_root=sandbox.state / "work",
+    )
     return engine.list_stacks(settings)
 
 

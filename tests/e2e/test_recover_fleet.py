@@ -24,4 +24,6 @@ def test_recover_alone_covers_the_fleet(sandbox):
     assert rows["alpha.staging"]["status"] == "succeeded"
     # never deployed: nothing to recover, and no empty stack created for it
     assert (rows["beta.staging"]["status"], rows["beta.staging"]["error"]) == (
-        "skipped", "never deployed: nothing to recover")
+        "skipped",
+        "never deployed: nothing to recover",
+    )

@@ -36,17 +36,32 @@ def fleet(tmp_path_factory, engine_bin):
     """shop-1 (staging, production) with a secret, shop-2 (staging), shop-3 (staging, broken migration)."""
     box = Sandbox(tmp_path_factory.mktemp("release-fleet"), engine_bin)
     broken = box.broken_migrations()
-    box.write_registry([
-        tenant("shop-1", ("staging", "production"), secrets={"db_password": {"env": "SHOP_1_DB_PASSWORD"}}),
-        tenant("shop-2"),
-        tenant("shop-3", config={"migrations_dir": str(broken)}),
-    ])
-    first = box.run("up", "--all-tenants", "--yes", "--json", "--release", "v1", "--concurrency", "2",
-                    env={"SHOP_1_DB_PASSWORD": SENTINEL})
+    box.write_registry(
+        [
+            tenant("shop-1", ("staging", "production"), secrets={"db_password": {"env": "SHOP_1_DB_PASSWORD"}}),
+            tenant("shop-2"),
+            tenant("shop-3", config={"migrations_dir": str(broken)}),
+        ]
+    )
+    first = box.run(
+        "up",
+        "--all-tenants",
+        "--yes",
+        "--json",
+        "--release",
+        "v1",
+        "--concurrency",
+        "2",
+        env={"SHOP_1_DB_PASSWORD": SENTINEL},
+    )
     assert first.code == 1, first.stderr
     statuses = {s: t["status"] for s, t in first.by_stack().items()}
-    assert statuses == {"shop-1.staging": "succeeded", "shop-1.production": "succeeded",
-                        "shop-2.staging": "succeeded", "shop-3.staging": "failed"}, first.stderr
+    assert statuses == {
+        "shop-1.staging": "succeeded",
+        "shop-1.production": "succeeded",
+        "shop-2.staging": "succeeded",
+        "shop-3.staging": "failed",
+    }, first.stderr
     return box, first
 
 
@@ -68,8 +83,21 @@ def test_skip_unchanged_says_why_it_skips_or_not(fleet):
     box, first = fleet
     run_id = first.json["run_id"]
     env = {"SHOP_1_DB_PASSWORD": SENTINEL}
-    result = box.run("up", "--tenant", "shop-1", "--tenant", "shop-3", "--env", "staging", "--release", "v1",
-                     "--skip-unchanged", "--yes", "--json", env=env)
+    result = box.run(
+        "up",
+        "--tenant",
+        "shop-1",
+        "--tenant",
+        "shop-3",
+        "--env",
+        "staging",
+        "--release",
+        "v1",
+        "--skip-unchanged",
+        "--yes",
+        "--json",
+        env=env,
+    )
     rows = result.by_stack()
     assert rows["shop-1.staging"]["status"] == "skipped", result.stderr
     why = rows["shop-1.staging"]["details"]["skip_unchanged"]
@@ -81,8 +109,9 @@ def test_skip_unchanged_says_why_it_skips_or_not(fleet):
     assert "shop-3.staging: not skipped: never deployed successfully" in result.stderr
 
     # With --max-age 0 the deploy is too old to stand for a drift check; a clean drift check renews it.
-    stale = box.run("up", "--tenant", "shop-2", "--release", "v1", "--skip-unchanged", "--max-age", "0",
-                    "--yes", "--json")
+    stale = box.run(
+        "up", "--tenant", "shop-2", "--release", "v1", "--skip-unchanged", "--max-age", "0", "--yes", "--json"
+    )
     assert stale.code == 0, stale.stderr
     row = stale.by_stack()["shop-2.staging"]
     assert row["status"] == "succeeded"
@@ -92,13 +121,24 @@ def test_skip_unchanged_says_why_it_skips_or_not(fleet):
     assert drift.code == 0, drift.stderr
     fresh = box.run("up", "--tenant", "shop-2", "--release", "v1", "--skip-unchanged", "--yes", "--json")
     assert fresh.by_stack()["shop-2.staging"]["details"]["skip_unchanged"].startswith(
-        f"skipped: unchanged since run {stale.json['run_id']}; in sync ")
+        f"skipped: unchanged since run {stale.json['run_id']}; in sync "
+    )
 
 
 def test_a_run_whose_every_target_is_blocked_leaves_shared_alone(fleet):
     box, _ = fleet
-    result = box.run("up", "--tenant", "shop-1", "--env", "production", "--release", "v2", "--yes", "--json",
-                     env={"SHOP_1_DB_PASSWORD": SENTINEL})
+    result = box.run(
+        "up",
+        "--tenant",
+        "shop-1",
+        "--env",
+        "production",
+        "--release",
+        "v2",
+        "--yes",
+        "--json",
+        env={"SHOP_1_DB_PASSWORD": SENTINEL},
+    )
     assert result.code == 1
     assert result.by_stack()["shop-1.production"]["status"] == "blocked"
     stacks = {row.stack for row in ledger_rows(box, result.json["run_id"])}
@@ -115,8 +155,9 @@ class Project:
         self.repo = root / "project"
         self.box = Sandbox(root, engine_bin)
         self.box.registry_path = self.repo / "stacks" / "tenants.yaml"
-        files = subprocess.run(["git", "ls-files", "-z"], cwd=PROJECT_DIR, capture_output=True, text=True,
-                               check=True).stdout.split("\0")
+        files = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
+        ).stdout.split("\0")
         for name in filter(None, files):
             source = PROJECT_DIR / name
             if source.is_file():
@@ -127,13 +168,24 @@ class Project:
         self.git("commit", "-q", "-m", "the project")
 
     def git(self, *args: str) -> str:
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-                              cwd=self.repo, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+            cwd=self.repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
 
     def run(self, *args: str) -> Result:
         env = self.box.env(PYTHONPATH=str(self.repo))
-        proc = subprocess.run([sys.executable, "-c", "from runner.cli import main; main()", *args],
-                              capture_output=True, text=True, cwd=self.repo, env=env, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-c", "from runner.cli import main; main()", *args],
+            capture_output=True,
+            text=True,
+            cwd=self.repo,
+            env=env,
+            timeout=900,
+        )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def edit_registry(self, tenant_id: str, **config) -> None:
@@ -172,7 +224,10 @@ def test_registry_edits_and_commits_outside_the_program_are_no_new_release(tmp_p
     plan = project.run("sync", "--dry-run", "--json")
     assert plan.code == 0, plan.stderr
     assert {s: t["details"]["plan"] for s, t in plan.by_stack().items()} == {
-        "t-1.staging": "in sync", "t-1.production": "in sync", "t-2.production": "in sync"}
+        "t-1.staging": "in sync",
+        "t-1.production": "in sync",
+        "t-2.production": "in sync",
+    }
 
     # drift --remediate up of new config records what it deployed, under a label of its own.
     project.edit_registry("t-2", app_version="1.0.2")

@@ -43,6 +43,7 @@ MIGRATIONS = len(list((PROJECT_DIR / "stacks" / "migrations").glob("*.sql")))
 
 # --------------------------------------------------------------------------- helpers
 
+
 def stack_doc(sandbox, stack: str) -> dict:
     path = sandbox.state / "state" / ".pulumi" / "stacks" / "runner" / f"{stack}.json"
     return json.loads(path.read_text())
@@ -67,8 +68,16 @@ def write_lock(sandbox, stack: str, pid: int) -> Path:
     lock_dir = sandbox.state / "state" / ".pulumi" / "locks" / "organization" / "runner" / stack
     lock_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_dir / f"{uuid.uuid4()}.json"
-    lock.write_text(json.dumps({"pid": pid, "username": "root", "hostname": socket.gethostname(),
-                                "timestamp": datetime.now().astimezone().isoformat()}))
+    lock.write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "username": "root",
+                "hostname": socket.gethostname(),
+                "timestamp": datetime.now().astimezone().isoformat(),
+            }
+        )
+    )
     return lock
 
 
@@ -78,7 +87,9 @@ def assert_state_clean(sandbox, stacks) -> None:
         latest = stack_doc(sandbox, stack)["checkpoint"]["latest"]
         urns = [r["urn"] for r in latest.get("resources") or []]
         assert urns, f"{stack}: no resources in the state"
-        assert len(urns) == len(set(urns)), f"{stack}: duplicated resources {sorted(u for u in urns if urns.count(u) > 1)}"
+        assert len(urns) == len(set(urns)), (
+            f"{stack}: duplicated resources {sorted(u for u in urns if urns.count(u) > 1)}"
+        )
         assert not latest.get("pending_operations"), f"{stack}: pending operations {latest['pending_operations']}"
     assert lock_files(sandbox) == [], f"locks left: {lock_files(sandbox)}"
 
@@ -143,8 +154,10 @@ def overlaps(a, b) -> bool:
 
 KILL_TENANTS = ["kill-1", "kill-2"]
 NEW_TENANT = "kill-3"  # added at the "first create" point
-BURN_SQL = ("CREATE TABLE burn AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
-            "WHERE x < 3000000) SELECT x FROM c;\n")  # a migration that runs for a second or more
+BURN_SQL = (
+    "CREATE TABLE burn AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+    "WHERE x < 3000000) SELECT x FROM c;\n"
+)  # a migration that runs for a second or more
 
 
 def our_processes(sandbox) -> list[str]:
@@ -175,8 +188,9 @@ class KillPoint:
         self.lines: list[dict] = []
 
     def run(self, timeout: float = 300) -> None:
-        proc = self.sandbox.popen("up", "--all-tenants", "--yes", "--concurrency", "2", "--log-format", "json",
-                                  "--lock-timeout", "60")
+        proc = self.sandbox.popen(
+            "up", "--all-tenants", "--yes", "--concurrency", "2", "--log-format", "json", "--lock-timeout", "60"
+        )
         reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
         reader.start()
         deadline = time.monotonic() + timeout
@@ -208,13 +222,17 @@ def _first_create(point) -> bool:  # the engine reports the first resource of th
 
 
 def _mid_migration(point) -> bool:  # a migration's transaction is open (SQLite's rollback journal exists)
-    return any((point.sandbox.platform / "accounts" / t / "staging" / "backend" / "db.sqlite3-journal").exists()
-               for t in KILL_TENANTS)
+    return any(
+        (point.sandbox.platform / "accounts" / t / "staging" / "backend" / "db.sqlite3-journal").exists()
+        for t in KILL_TENANTS
+    )
 
 
 def _frontend_release(point) -> bool:  # the new frontend release is on disk, `current` not switched yet
-    return any((point.sandbox.platform / "accounts" / t / "staging" / "frontend" / "releases" / "4.3.0").exists()
-               for t in KILL_TENANTS)
+    return any(
+        (point.sandbox.platform / "accounts" / t / "staging" / "frontend" / "releases" / "4.3.0").exists()
+        for t in KILL_TENANTS
+    )
 
 
 def _checkpoint_write(point) -> bool:
@@ -280,8 +298,12 @@ def test_kill_minus_9_at_five_engine_steps_then_recover_and_rerun(sandbox):
         deadline = time.monotonic() + 5
         while our_processes(sandbox) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert our_processes(sandbox) == [], (name, "processes of the killed run survive `runner recover`",
-                                              our_processes(sandbox), cleared)
+        assert our_processes(sandbox) == [], (
+            name,
+            "processes of the killed run survive `runner recover`",
+            our_processes(sandbox),
+            cleared,
+        )
         if left:
             assert any("left running by a dead run" in c for c in cleared), (name, left, cleared)
         if must_clear == "lock":  # an engine held a stack's lock when it was killed: recover removed it
@@ -290,8 +312,11 @@ def test_kill_minus_9_at_five_engine_steps_then_recover_and_rerun(sandbox):
         assert lock_files(sandbox) == [] or name == "config write", (name, lock_files(sandbox), cleared)
 
         again = sandbox.run("up", "--all-tenants", "--yes", "--concurrency", "2", "--json", "--lock-timeout", "60")
-        assert again.code == 0, (name, {s: t["error"] for s, t in again.by_stack().items() if t["error"]},
-                                 again.stderr[-2000:])
+        assert again.code == 0, (
+            name,
+            {s: t["error"] for s, t in again.by_stack().items() if t["error"]},
+            again.stderr[-2000:],
+        )
         with Ledger(f"sqlite:///{sandbox.state / 'ledger.db'}") as ledger:
             rows = ledger.run_operations(again.json["run_id"])
         ups = sorted(r.stack for r in rows if r.operation == "up" and r.status == "succeeded")
@@ -350,16 +375,26 @@ def test_two_runners_on_one_tenant_never_apply_at_once(sandbox):
         for side, path in registries.items():
             sandbox.write_registry([tenant("race-1")], defaults={"app_version": versions[side]})
             sandbox.registry_path.replace(path)
-        procs = {side: sandbox.popen("up", "--registry", str(path), "--tenant", "race-1", "--yes", "--json",
-                                     "--lock-timeout", "120") for side, path in registries.items()}
+        procs = {
+            side: sandbox.popen(
+                "up", "--registry", str(path), "--tenant", "race-1", "--yes", "--json", "--lock-timeout", "120"
+            )
+            for side, path in registries.items()
+        }
         results = {side: p.communicate(timeout=600) for side, p in procs.items()}
         codes = [procs[side].returncode for side in "ab"]
         outcomes.append(codes)
         assert codes == [0, 0], (rep, codes, [results[side][1][-3000:] for side in "ab"])
         runs = {side: json.loads(results[side][0])["run_id"] for side in "ab"}
         with Ledger(ledger_url) as ledger:
-            rows = {side: [row for row in ledger.run_operations(runs[side])
-                           if row.stack == "race-1.staging" and row.operation == "up"] for side in "ab"}
+            rows = {
+                side: [
+                    row
+                    for row in ledger.run_operations(runs[side])
+                    if row.stack == "race-1.staging" and row.operation == "up"
+                ]
+                for side in "ab"
+            }
         # a runner that found the stack locked records that attempt (`locked`), waits, and tries again
         statuses = {side: [row.status for row in rows[side]] for side in "ab"}
         assert all(s[-1] == "succeeded" and set(s[:-1]) <= {"locked"} for s in statuses.values()), (rep, statuses)
@@ -368,8 +403,10 @@ def test_two_runners_on_one_tenant_never_apply_at_once(sandbox):
         for row in (ra, rb):
             assert (row.changes or {}).get("update"), (rep, row.run_id, row.changes)
         if overlaps((ra.started, ra.ended), (rb.started, rb.ended)):
-            ledger_overlaps.append(f"rep {rep}: {ra.started:%H:%M:%S.%f}..{ra.ended:%H:%M:%S.%f} and "
-                                   f"{rb.started:%H:%M:%S.%f}..{rb.ended:%H:%M:%S.%f}")
+            ledger_overlaps.append(
+                f"rep {rep}: {ra.started:%H:%M:%S.%f}..{ra.ended:%H:%M:%S.%f} and "
+                f"{rb.started:%H:%M:%S.%f}..{rb.ended:%H:%M:%S.%f}"
+            )
         last = "a" if ra.ended > rb.ended else "b"
         current = sandbox.platform / "accounts" / "race-1" / "staging" / "backend" / "current"
         assert os.readlink(current) == f"releases/{versions[last]}", (rep, last, os.readlink(current))
@@ -378,7 +415,7 @@ def test_two_runners_on_one_tenant_never_apply_at_once(sandbox):
     for stack in ("race-1.staging", "shared"):
         updates = engine_updates(sandbox, stack)
         assert len(updates) >= 2 * RACE_PAIRS, (stack, len(updates))
-        for x, y in zip(updates, updates[1:]):
+        for x, y in zip(updates, updates[1:], strict=False):
             assert not overlaps(x, y), (stack, x, y)
     sandbox.write_registry([tenant("race-1")], defaults={"app_version": versions[last]})
     preview = sandbox.run("preview", "--tenant", "race-1", "--detailed-exitcode")
@@ -386,8 +423,10 @@ def test_two_runners_on_one_tenant_never_apply_at_once(sandbox):
     assert_state_clean(sandbox, ["shared", "race-1.staging"])
     # a ledger row starts when the engine holds the stack's lock and ends before it releases it:
     # two ups the engine serialized (asserted above from the backend's history) never overlap there
-    assert not ledger_overlaps, ("both ups succeeded with overlapping ledger times although the engine "
-                                 "serialized them: " + "; ".join(ledger_overlaps))
+    assert not ledger_overlaps, (
+        "both ups succeeded with overlapping ledger times although the engine "
+        "serialized them: " + "; ".join(ledger_overlaps)
+    )
 
 
 def test_a_live_holders_lock_is_never_removed_and_a_dead_ones_is(sandbox):
@@ -404,8 +443,11 @@ def test_a_live_holders_lock_is_never_removed_and_a_dead_ones_is(sandbox):
         assert lock.exists(), f"`runner recover` removed a live holder's lock: {recover.stderr[-1000:]}"
         # #15.8: what a runner's worker records of the engines it starts (host, PID namespace,
         # boot, pid and start time) is the proof that the holder ran here and, later, that it is dead
-        recovery.write_holder_record(recovery.holders_dir(sandbox.state / "work"), "lock-1.staging",
-                                     {holder.pid: recovery.start_time(holder.pid)})
+        recovery.write_holder_record(
+            recovery.holders_dir(sandbox.state / "work"),
+            "lock-1.staging",
+            {holder.pid: recovery.start_time(holder.pid)},
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -432,8 +474,11 @@ def test_a_checkpoint_read_during_a_live_write_waits_as_for_a_lock(sandbox):
     holder = start_pulumi_holder()
     try:
         lock = write_lock(sandbox, "ckpt-1.staging", holder.pid)
-        recovery.write_holder_record(recovery.holders_dir(sandbox.state / "work"), "ckpt-1.staging",
-                                     {holder.pid: recovery.start_time(holder.pid)})  # a holder that ran here
+        recovery.write_holder_record(
+            recovery.holders_dir(sandbox.state / "work"),
+            "ckpt-1.staging",
+            {holder.pid: recovery.start_time(holder.pid)},
+        )  # a holder that ran here
         attrs.write_bytes(b"")  # the holder is between truncating and writing the sidecar
         during = sandbox.run("up", "--tenant", "ckpt-1", "--yes", "--json", "--lock-timeout", "3")
         row = during.by_stack()["ckpt-1.staging"]
@@ -471,6 +516,7 @@ def test_a_lock_whose_holder_is_not_provably_dead_is_kept_with_the_command_that_
 
 # --------------------------------------------------------------------------- isolation
 
+
 def _environ(pid: int) -> dict[str, str] | None:
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes()
@@ -492,10 +538,12 @@ def _pids() -> list[int]:
 
 def test_each_worker_environment_holds_only_its_own_target(sandbox):
     secret_a, secret_b = f"ISO-A-{uuid.uuid4().hex}", f"ISO-B-{uuid.uuid4().hex}"
-    sandbox.write_registry([
-        tenant("iso-a", secrets={"db_password": {"env": "ISO_A_DB_PASSWORD"}}),
-        tenant("iso-b", secrets={"db_password": {"env": "ISO_B_DB_PASSWORD"}}),
-    ])
+    sandbox.write_registry(
+        [
+            tenant("iso-a", secrets={"db_password": {"env": "ISO_A_DB_PASSWORD"}}),
+            tenant("iso-b", secrets={"db_password": {"env": "ISO_B_DB_PASSWORD"}}),
+        ]
+    )
     backend = (sandbox.state / "state").resolve().as_uri()
     workers: dict[str, dict[str, str]] = {}  # stack -> environ of its worker
     engine_envs: list[tuple[int, str, dict]] = []  # every process of ours below the runner
@@ -521,8 +569,15 @@ def test_each_worker_environment_holds_only_its_own_target(sandbox):
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
     try:
-        proc = sandbox.popen("up", "--all-tenants", "--yes", "--concurrency", "2", "--json",
-                             env={"ISO_A_DB_PASSWORD": secret_a, "ISO_B_DB_PASSWORD": secret_b})
+        proc = sandbox.popen(
+            "up",
+            "--all-tenants",
+            "--yes",
+            "--concurrency",
+            "2",
+            "--json",
+            env={"ISO_A_DB_PASSWORD": secret_a, "ISO_B_DB_PASSWORD": secret_b},
+        )
         runner_pid["pid"] = proc.pid
         out, err = proc.communicate(timeout=600)
     finally:
@@ -572,6 +627,7 @@ def test_each_worker_environment_holds_only_its_own_target(sandbox):
 
 # --------------------------------------------------------------------------- protected data
 
+
 def test_destroy_without_purge_keeps_the_tenant_database(sandbox):
     sandbox.write_registry([tenant("keep-1")])
     assert sandbox.run("up", "--tenant", "keep-1", "--yes").code == 0
@@ -595,6 +651,7 @@ def test_destroy_without_purge_keeps_the_tenant_database(sandbox):
 
 
 # --------------------------------------------------------------------------- load
+
 
 def test_one_hundred_tenants_end_to_end(sandbox):
     ids = [f"load-{i:03d}" for i in range(100)]

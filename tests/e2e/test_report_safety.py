@@ -27,8 +27,17 @@ def test_an_error_with_markup_and_a_control_character_still_writes_every_report(
     sandbox.write_registry(tenants)
     junit, report_json, step = (sandbox.root / name for name in ("junit.xml", "report.json", "step.md"))
 
-    result = sandbox.run("up", "--all-tenants", "--yes", "--json", "--junit", str(junit),
-                         "--report-json", str(report_json), env={"GITHUB_STEP_SUMMARY": str(step)})
+    result = sandbox.run(
+        "up",
+        "--all-tenants",
+        "--yes",
+        "--json",
+        "--junit",
+        str(junit),
+        "--report-json",
+        str(report_json),
+        env={"GITHUB_STEP_SUMMARY": str(step)},
+    )
 
     assert result.code == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -50,19 +59,33 @@ def _export(sandbox, stack: str) -> dict:
     """The stack's state, exported by the engine itself."""
     home = sandbox.root / "export-home"
     home.mkdir(exist_ok=True)
-    env = {"PATH": f"{sandbox.engine_bin}:/usr/bin:/bin", "PULUMI_HOME": str(home),
-           "PULUMI_BACKEND_URL": (sandbox.state / "state").resolve().as_uri(),
-           "PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_CONFIG_PASSPHRASE": ""}
-    proc = subprocess.run(["pulumi", "stack", "export", "--stack", f"organization/runner/{stack}"],
-                          capture_output=True, text=True, env=env, cwd=sandbox.root, timeout=120)
+    env = {
+        "PATH": f"{sandbox.engine_bin}:/usr/bin:/bin",
+        "PULUMI_HOME": str(home),
+        "PULUMI_BACKEND_URL": (sandbox.state / "state").resolve().as_uri(),
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_CONFIG_PASSPHRASE": "",
+    }
+    proc = subprocess.run(
+        ["pulumi", "stack", "export", "--stack", f"organization/runner/{stack}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=sandbox.root,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["deployment"]
 
 
-@pytest.mark.parametrize("send", [
-    lambda pid: os.killpg(pid, signal.SIGINT),  # what Ctrl-C at a terminal does: the whole group
-    lambda pid: os.kill(pid, signal.SIGTERM),  # CI cancelling a job, Kubernetes stopping a pod: the runner only
-], ids=["sigint-to-group", "sigterm-to-runner"])
+@pytest.mark.parametrize(
+    "send",
+    [
+        lambda pid: os.killpg(pid, signal.SIGINT),  # what Ctrl-C at a terminal does: the whole group
+        lambda pid: os.kill(pid, signal.SIGTERM),  # CI cancelling a job, Kubernetes stopping a pod: the runner only
+    ],
+    ids=["sigint-to-group", "sigterm-to-runner"],
+)
 def test_ctrl_c_to_the_process_group_cancels_engines_gracefully_and_a_rerun_completes(sandbox, send):
     sandbox.write_registry([tenant(f"shop-{i}") for i in range(1, 5)])
     proc = sandbox.popen("up", "--all-tenants", "--yes", "--json", "--log-format", "json", "--concurrency", "1")
@@ -131,12 +154,15 @@ def test_postgres_state_locks_are_kept_unless_provably_dead_and_removed_when_the
     holder.wait()
     database = pg_backend.split("?")[0].rsplit("/", 1)[1]  # the engine prefixes its keys with the URL's path
     key = f"{database}/.pulumi/locks/organization/runner/pg-1.staging/{uuid.uuid4()}.json"
-    content = json.dumps({"pid": holder.pid, "username": "root", "hostname": socket.gethostname(),
-                          "timestamp": "2026-11-27T12:00:00Z"}).encode()
+    content = json.dumps(
+        {"pid": holder.pid, "username": "root", "hostname": socket.gethostname(), "timestamp": "2026-11-27T12:00:00Z"}
+    ).encode()
     url = pg_backend.split("?")[0]
     with psycopg.connect(url) as conn:
-        conn.execute("INSERT INTO pulumi_state (key, data) VALUES (%s, %s)",
-                     (key, json.dumps({"data": base64.b64encode(content).decode()})))
+        conn.execute(
+            "INSERT INTO pulumi_state (key, data) VALUES (%s, %s)",
+            (key, json.dumps({"data": base64.b64encode(content).decode()})),
+        )
 
     def lock_rows() -> list:
         with psycopg.connect(url) as conn:
@@ -150,12 +176,12 @@ def test_postgres_state_locks_are_kept_unless_provably_dead_and_removed_when_the
     assert lock_rows()
 
     # what a worker of this runner would have recorded of the engine it started
-    recovery.write_holder_record(recovery.holders_dir(sandbox.state / "work"), "pg-1.staging",
-                                 {holder.pid: started})
-    recovered = sandbox.run("up", "--tenant", "pg-1", "--yes", "--json", "--backend", pg_backend,
-                            "--lock-timeout", "2")
+    recovery.write_holder_record(recovery.holders_dir(sandbox.state / "work"), "pg-1.staging", {holder.pid: started})
+    recovered = sandbox.run("up", "--tenant", "pg-1", "--yes", "--json", "--backend", pg_backend, "--lock-timeout", "2")
 
     assert recovered.code == 0, recovered.stderr[-2000:]
     assert not lock_rows()
-    assert any(f"dead pid {holder.pid}" in line
-               for line in recovered.by_stack()["pg-1.staging"]["details"].get("recovered", []))
+    assert any(
+        f"dead pid {holder.pid}" in line
+        for line in recovered.by_stack()["pg-1.staging"]["details"].get("recovered", [])
+    )

@@ -166,8 +166,9 @@ def test_a_secret_changed_after_the_review_makes_that_target_stale(fleet, tmp_pa
     manifest = fleet.preview(plans)
     assert [s for s, t in _targets(manifest).items() if t["has_changes"]] == ["r-1.staging"]
 
-    applied = fleet.sandbox.run("up", "--plans", str(plans), "--yes", "--json",
-                                env={"REVIEW_DB_PASSWORD": SENTINEL + "-rotated"})
+    applied = fleet.sandbox.run(
+        "up", "--plans", str(plans), "--yes", "--json", env={"REVIEW_DB_PASSWORD": SENTINEL + "-rotated"}
+    )
 
     assert applied.code == 1, applied.stdout or applied.stderr
     row = applied.by_stack()["r-1.staging"]

@@ -16,8 +16,11 @@ pytestmark = pytest.mark.e2e
 def _tree(path: Path) -> dict[str, str]:
     """Every file under `path` (links resolved) with its content hash."""
     root = path.resolve()
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _outputs(sandbox, stack_tenant: str) -> dict:
@@ -53,8 +56,12 @@ def test_rollback_returns_a_tenant_to_the_last_good_release(sandbox):
 
     history = sandbox.run("history", "--tenant", "acme", "--env", "staging", "--json")
     rows = [(r["operation"], r["release"], r["status"]) for r in reversed(json.loads(history.stdout))]
-    assert rows == [("up", "v1", "succeeded"), ("up", "v2", "succeeded"), ("up", "v3", "failed"),
-                    ("rollback", "v2", "succeeded")]
+    assert rows == [
+        ("up", "v1", "succeeded"),
+        ("up", "v2", "succeeded"),
+        ("up", "v3", "failed"),
+        ("rollback", "v2", "succeeded"),
+    ]
 
 
 def test_on_failure_rollback_returns_only_the_broken_tenant(sandbox):
@@ -65,8 +72,9 @@ def test_on_failure_rollback_returns_only_the_broken_tenant(sandbox):
     tenants = [tenant(f"shop-{i}", config={"app_version": "2.0.0"}) for i in range(1, 5)]
     tenants[2]["config"]["migrations_dir"] = str(sandbox.broken_migrations())
     sandbox.write_registry(tenants)
-    result = sandbox.run("up", "--all-tenants", "--yes", "--release", "r2", "--on-failure", "rollback",
-                         "--concurrency", "2", "--json")
+    result = sandbox.run(
+        "up", "--all-tenants", "--yes", "--release", "r2", "--on-failure", "rollback", "--concurrency", "2", "--json"
+    )
 
     assert result.code == 1
     rows = [(t["stack"], t["operation"], t["status"]) for t in result.json["targets"]]
@@ -97,8 +105,9 @@ def fleet_at_c1(tmp_path_factory, engine_bin):
     root = tmp_path_factory.mktemp("commits")
     sandbox = Sandbox(root, engine_bin)
     sandbox.project = project_clone(root)
-    sandbox.write_registry([tenant("shop-1"), tenant("shop-2"), tenant("shop-3")],
-                           defaults={"platform_root": ".runner/platform"})
+    sandbox.write_registry(
+        [tenant("shop-1"), tenant("shop-2"), tenant("shop-3")], defaults={"platform_root": ".runner/platform"}
+    )
     c1 = sandbox.release()
     deployed = sandbox.run("up", "--all-tenants", "--yes", "--json", "--concurrency", "2")
     assert deployed.code == 0, deployed.stderr
@@ -134,8 +143,11 @@ def _assert_at_release(sandbox, stack: str, release: str, not_release: str) -> N
 def _history(sandbox, tenant_id: str) -> list[tuple]:
     history = sandbox.run("history", "--tenant", tenant_id, "--env", "staging", "--json")
     assert history.code == 0, history.stderr
-    return [(r["operation"], r["release"], r["status"]) for r in reversed(json.loads(history.stdout))
-            if r["operation"] in ("up", "rollback")]
+    return [
+        (r["operation"], r["release"], r["status"])
+        for r in reversed(json.loads(history.stdout))
+        if r["operation"] in ("up", "rollback")
+    ]
 
 
 def _assert_in_sync(sandbox, *tenants: str) -> dict:
@@ -161,8 +173,11 @@ def test_on_failure_rollback_across_a_committed_broken_migration(fleet):
     assert back["details"]["rollback_to"] == fleet.c1
     assert Path(back["details"]["program"]["dir"]).name.startswith(fleet.c1)  # the earlier commit's own tree (full id)
     _assert_at_release(fleet, "shop-2.staging", fleet.c1, c2)
-    assert _history(fleet, "shop-2")[-3:] == [("up", fleet.c1, "succeeded"), ("up", c2, "failed"),
-                                              ("rollback", fleet.c1, "succeeded")]
+    assert _history(fleet, "shop-2")[-3:] == [
+        ("up", fleet.c1, "succeeded"),
+        ("up", c2, "failed"),
+        ("rollback", fleet.c1, "succeeded"),
+    ]
     # The project is at c2, which no tenant runs: every tenant is in sync with its own release.
     rows = _assert_in_sync(fleet)
     assert rows["shop-1.staging"]["details"]["behind"], "the newer commit is reported as behind, not as drift"
@@ -170,8 +185,13 @@ def test_on_failure_rollback_across_a_committed_broken_migration(fleet):
 
 def test_runner_rollback_across_a_committed_program_change_that_raises(fleet):
     program = fleet.project / "stacks" / "program.py"
-    program.write_text(program.read_text().replace(
-        "    t = deployment.target\n", "    t = deployment.target\n    raise RuntimeError('a broken program change')\n", 1))
+    program.write_text(
+        program.read_text().replace(
+            "    t = deployment.target\n",
+            "    t = deployment.target\n    raise RuntimeError('a broken program change')\n",
+            1,
+        )
+    )
     template = fleet.project / "stacks" / "app" / "frontend" / "index.html"
     template.write_text(template.read_text() + "<!-- c2 -->\n")
     c2 = fleet.commit("a program change that raises")
@@ -187,8 +207,11 @@ def test_runner_rollback_across_a_committed_program_change_that_raises(fleet):
     assert (row["operation"], row["status"], row["details"]["rollback_to"]) == ("rollback", "succeeded", fleet.c1)
     _assert_at_release(fleet, "shop-1.staging", fleet.c1, c2)
     assert "<!-- c2 -->" not in (Path(fleet.good["shop-1.staging"]["site_dir"]) / "index.html").read_text()
-    assert _history(fleet, "shop-1")[-3:] == [("up", fleet.c1, "succeeded"), ("up", c2, "failed"),
-                                              ("rollback", fleet.c1, "succeeded")]
+    assert _history(fleet, "shop-1")[-3:] == [
+        ("up", fleet.c1, "succeeded"),
+        ("up", c2, "failed"),
+        ("rollback", fleet.c1, "succeeded"),
+    ]
     _assert_in_sync(fleet, "shop-1")
 
 

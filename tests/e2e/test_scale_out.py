@@ -56,8 +56,15 @@ class Proc:
         self.err = box.root / f"{name}.stderr"
         self.started = time.monotonic()
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen([RUNNER, *args], stdout=out, stderr=err, cwd=PROJECT_DIR,
-                                         env=box.env(**ENV), start_new_session=True, text=True)
+            self.proc = subprocess.Popen(
+                [RUNNER, *args],
+                stdout=out,
+                stderr=err,
+                cwd=PROJECT_DIR,
+                env=box.env(**ENV),
+                start_new_session=True,
+                text=True,
+            )
         self.elapsed: float | None = None
 
     def wait(self, timeout: float) -> int:
@@ -66,7 +73,7 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"{self.name} still running after {timeout}s:\n{self.stderr[-3000:]}")
+            raise AssertionError(f"{self.name} still running after {timeout}s:\n{self.stderr[-3000:]}") from None
         self.elapsed = self.elapsed or time.monotonic() - self.started
         return code
 
@@ -115,11 +122,19 @@ def _hold_lock(backend: str, stack: str, pid: int) -> str:
 
     url = backend.split("?")[0]
     key = f"{url.rsplit('/', 1)[1]}/.pulumi/locks/organization/runner/{stack}/{uuid.uuid4()}.json"
-    content = json.dumps({"pid": pid, "username": "root", "hostname": socket.gethostname(),
-                          "timestamp": datetime.now().astimezone().isoformat()}).encode()
+    content = json.dumps(
+        {
+            "pid": pid,
+            "username": "root",
+            "hostname": socket.gethostname(),
+            "timestamp": datetime.now().astimezone().isoformat(),
+        }
+    ).encode()
     with psycopg.connect(url) as conn:
-        conn.execute("INSERT INTO pulumi_state (key, data) VALUES (%s, %s)",
-                     (key, json.dumps({"data": base64.b64encode(content).decode()})))
+        conn.execute(
+            "INSERT INTO pulumi_state (key, data) VALUES (%s, %s)",
+            (key, json.dumps({"data": base64.b64encode(content).decode()})),
+        )
     return key
 
 
@@ -139,9 +154,27 @@ def test_three_shards_share_postgres_state_and_ledger(sandbox, pg_urls, tmp_path
 
     started = time.monotonic()
     shards = [
-        Proc(machine(sandbox, f"shard-{i}"), f"shard-{i}", "up", "--all-tenants", "--shard", f"{i}/{SHARDS}",
-             "--run-id", run_id, "--release", RELEASE, "--concurrency", "2", "--lock-timeout", "300",
-             "--yes", "--json", "--log-format", "json", *common)
+        Proc(
+            machine(sandbox, f"shard-{i}"),
+            f"shard-{i}",
+            "up",
+            "--all-tenants",
+            "--shard",
+            f"{i}/{SHARDS}",
+            "--run-id",
+            run_id,
+            "--release",
+            RELEASE,
+            "--concurrency",
+            "2",
+            "--lock-timeout",
+            "300",
+            "--yes",
+            "--json",
+            "--log-format",
+            "json",
+            *common,
+        )
         for i in range(SHARDS)
     ]
 
@@ -152,19 +185,38 @@ def test_three_shards_share_postgres_state_and_ledger(sandbox, pg_urls, tmp_path
     owner = 0
     contested = sorted(select_shard(sorted(stacks), owner, SHARDS, key=lambda s: s))[-1].split(".")[0]
     assert _wait_for_running_tenant(ledger_url, run_id), "no shard started a tenant: " + "\n".join(
-        p.stderr[-2000:] for p in shards)
+        p.stderr[-2000:] for p in shards
+    )
     holder = subprocess.Popen(["sleep", "600"])
     try:
         lock_key = _hold_lock(backend, f"{contested}.staging", holder.pid)
         intruder_box = machine(sandbox, "intruder")
-        intruder = Proc(intruder_box, "intruder", "up", "--tenant", contested, "--run-id", f"{run_id}-intruder",
-                        "--release", RELEASE, "--lock-timeout", "3", "--yes", "--json", *common)
+        intruder = Proc(
+            intruder_box,
+            "intruder",
+            "up",
+            "--tenant",
+            contested,
+            "--run-id",
+            f"{run_id}-intruder",
+            "--release",
+            RELEASE,
+            "--lock-timeout",
+            "3",
+            "--yes",
+            "--json",
+            *common,
+        )
         intruder_code = intruder.wait(timeout=300)
         # the owning shard reaches the locked tenant and waits for it before we let it go
         with Ledger(ledger_url) as ledger:
             deadline = time.monotonic() + 300
-            while not any(r.stack == f"{contested}.staging" and r.status == "locked"
-                          for r in ledger.run_operations(run_id)) and time.monotonic() < deadline:
+            while (
+                not any(
+                    r.stack == f"{contested}.staging" and r.status == "locked" for r in ledger.run_operations(run_id)
+                )
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.5)
         _release_lock(backend, lock_key)
     finally:
@@ -177,8 +229,9 @@ def test_three_shards_share_postgres_state_and_ledger(sandbox, pg_urls, tmp_path
 
     codes = [p.wait(timeout=420) for p in shards]
     wall = time.monotonic() - started
-    assert codes == [0] * SHARDS, "\n\n".join(f"{p.name} exit {c}:\n{p.stderr[-4000:]}"
-                                               for p, c in zip(shards, codes))
+    assert codes == [0] * SHARDS, "\n\n".join(
+        f"{p.name} exit {c}:\n{p.stderr[-4000:]}" for p, c in zip(shards, codes, strict=False)
+    )
 
     # Everything below is checked and reported together: one run costs minutes.
     problems: list[str] = []
@@ -205,20 +258,26 @@ def test_three_shards_share_postgres_state_and_ledger(sandbox, pg_urls, tmp_path
         run = ledger.run(run_id)
     ups = Counter(r.stack for r in rows if r.operation == "up" and r.status == "succeeded")
     tenant_ups = {s: n for s, n in ups.items() if s != "shared"}
-    check(tenant_ups == {s: 1 for s in stacks},
-          f"succeeded tenant ups other than once each: { {s: tenant_ups.get(s, 0) for s in stacks if tenant_ups.get(s) != 1} }")
+    check(
+        tenant_ups == {s: 1 for s in stacks},
+        f"succeeded tenant ups other than once each: { {s: tenant_ups.get(s, 0) for s in stacks if tenant_ups.get(s) != 1} }",
+    )
     shared_rows = [(r.operation, r.status, r.pid, r.error) for r in rows if r.stack == "shared"]
     check(ups["shared"] == 1, f"{ups['shared']} succeeded shared ups in the run: {shared_rows}")
     tenant_rows = [r for r in rows if r.stack != "shared" and r.status != "locked"]
     check(len(tenant_rows) == TENANTS, f"tenant rows: {Counter((r.operation, r.status) for r in tenant_rows)}")
     # (shards also wait for each other on the shared stack: not counted here)
     waits = [r for r in rows if r.status == "locked" and r.stack != "shared"]
-    check(waits and {r.stack for r in waits} == {f"{contested}.staging"},
-          f"the owning shard recorded no wait on the held lock, or waited on another tenant: "
-          f"{[(r.stack, r.error) for r in waits]}")
+    check(
+        waits and {r.stack for r in waits} == {f"{contested}.staging"},
+        f"the owning shard recorded no wait on the held lock, or waited on another tenant: "
+        f"{[(r.stack, r.error) for r in waits]}",
+    )
     check(run is not None and run.status == "finished", f"run: {run}")
-    check(run is not None and {p.part for p in run.parts} == {f"{i}/{SHARDS}" for i in range(SHARDS)},
-          f"run parts: {run and run.parts}")
+    check(
+        run is not None and {p.part for p in run.parts} == {f"{i}/{SHARDS}" for i in range(SHARDS)},
+        f"run parts: {run and run.parts}",
+    )
 
     # --- the merged report of the run, read back from the ledger on another machine
     reader = machine(sandbox, "reporter")
@@ -226,18 +285,25 @@ def test_three_shards_share_postgres_state_and_ledger(sandbox, pg_urls, tmp_path
     merged = reader.run("report", "--run-id", run_id, "--json", "--junit", str(junit), *common, env=ENV)
     assert merged.code == 0, f"runner report exit {merged.code}: {merged.stderr[-2000:]}"
     counts = merged.json["counts"]
-    check(counts == {"total": TENANTS, "succeeded": TENANTS}, f"merged counts {counts}; non-tenant rows: "
-          f"{[(t['stack'], t['operation'], t['status']) for t in merged.json['targets'] if t['stack'] not in stacks]}")
+    check(
+        counts == {"total": TENANTS, "succeeded": TENANTS},
+        f"merged counts {counts}; non-tenant rows: "
+        f"{[(t['stack'], t['operation'], t['status']) for t in merged.json['targets'] if t['stack'] not in stacks]}",
+    )
     check({t["stack"] for t in merged.json["targets"]} >= stacks, "the merged report misses tenants")
     suite = ET.parse(junit).getroot()
-    check((suite.get("tests"), suite.get("failures")) == (str(TENANTS), "0"),
-          f"JUnit tests={suite.get('tests')} failures={suite.get('failures')}")
+    check(
+        (suite.get("tests"), suite.get("failures")) == (str(TENANTS), "0"),
+        f"JUnit tests={suite.get('tests')} failures={suite.get('failures')}",
+    )
 
     # --- the state is valid after the intruder, seen from a machine without the stack config files
     fresh = machine(sandbox, "fresh")
     for target in sorted({contested, SECRET_TENANT}):
         preview = fresh.run("preview", "--tenant", target, "--detailed-exitcode", "--json", *common, env=ENV)
-        check(preview.code == 0, f"preview {target} from a fresh machine: exit {preview.code}: {preview.stderr[-2000:]}")
+        check(
+            preview.code == 0, f"preview {target} from a fresh machine: exit {preview.code}: {preview.stderr[-2000:]}"
+        )
         if preview.code == 0:
             changes = preview.by_stack()[f"{target}.staging"]["changes"]
             check(set(changes) == {"same"}, f"preview {target}: {changes}")
@@ -258,15 +324,26 @@ def test_three_shards_share_postgres_state_and_ledger(sandbox, pg_urls, tmp_path
 
     durations = sorted(r.duration for r in tenant_rows if r.operation == "up" and r.duration)
     metrics = {
-        "tenants": TENANTS, "shards": SHARDS, "concurrency_per_shard": 2, "cpus": os.cpu_count(),
-        "wall_s": round(wall, 1), "per_target_mean_s": round(sum(durations) / len(durations), 2),
+        "tenants": TENANTS,
+        "shards": SHARDS,
+        "concurrency_per_shard": 2,
+        "cpus": os.cpu_count(),
+        "wall_s": round(wall, 1),
+        "per_target_mean_s": round(sum(durations) / len(durations), 2),
         "per_target_median_s": round(durations[len(durations) // 2], 2),
         "per_target_max_s": round(durations[-1], 2),
         "throughput_targets_per_min": round(TENANTS / wall * 60, 1),
-        "shard_wall_s": [round((datetime.fromisoformat(p.json["ended"])
-                                - datetime.fromisoformat(p.json["started"])).total_seconds(), 1) for p in shards],
-        "intruder": {"tenant": contested, "exit": intruder_code,
-                     "results": [(t["stack"], t["operation"], t["status"]) for t in blocked]},
+        "shard_wall_s": [
+            round(
+                (datetime.fromisoformat(p.json["ended"]) - datetime.fromisoformat(p.json["started"])).total_seconds(), 1
+            )
+            for p in shards
+        ],
+        "intruder": {
+            "tenant": contested,
+            "exit": intruder_code,
+            "results": [(t["stack"], t["operation"], t["status"]) for t in blocked],
+        },
     }
     print("\nscale-out metrics:", json.dumps(metrics))
     if out := os.environ.get("SCALE_OUT_METRICS"):

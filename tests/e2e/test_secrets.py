@@ -125,12 +125,36 @@ def test_a_secret_value_appears_in_no_output_file_or_command_line(sandbox, webho
         return result
 
     try:
-        run("up", "--all-tenants", "--yes", "--concurrency", "2", "--json", "--log-format", "json",
-            "--report-json", str(out / "up.json"), "--junit", str(out / "up.xml"), "--notify", f"webhook:{url}")
-        run("preview", "--tenant", "sec-1", "--json", "--log-format", "json", "--report-json", str(out / "preview.json"))
+        run(
+            "up",
+            "--all-tenants",
+            "--yes",
+            "--concurrency",
+            "2",
+            "--json",
+            "--log-format",
+            "json",
+            "--report-json",
+            str(out / "up.json"),
+            "--junit",
+            str(out / "up.xml"),
+            "--notify",
+            f"webhook:{url}",
+        )
+        run(
+            "preview", "--tenant", "sec-1", "--json", "--log-format", "json", "--report-json", str(out / "preview.json")
+        )
         run("preview", "--tenant", "sec-1", "--detailed-exitcode")
-        run("drift", "--all-tenants", "--json", "--junit", str(out / "drift.xml"), "--notify", f"webhook:{url}",
-            expect=(0, 3))
+        run(
+            "drift",
+            "--all-tenants",
+            "--json",
+            "--junit",
+            str(out / "drift.xml"),
+            "--notify",
+            f"webhook:{url}",
+            expect=(0, 3),
+        )
         run("refresh", "--tenant", "sec-1", "--yes", "--json")
         run("outputs", "--tenant", "sec-1", "--env", "staging", "--json")
         run("outputs", "--tenant", "sec-1", "--env", "staging")
@@ -142,8 +166,21 @@ def test_a_secret_value_appears_in_no_output_file_or_command_line(sandbox, webho
         # a failing up of the tenant holding the secret (broken migration), with a new secret-bearing config
         secret_tenant["config"] = {"migrations_dir": str(sandbox.broken_migrations())}
         sandbox.write_registry([secret_tenant, tenant("sec-2")], defaults={"app_version": "1.1.0"})
-        failed = run("up", "--all-tenants", "--yes", "--json", "--log-format", "json", "--notify", f"webhook:{url}",
-                     "--report-json", str(out / "failed.json"), "--junit", str(out / "failed.xml"), expect=(1,))
+        failed = run(
+            "up",
+            "--all-tenants",
+            "--yes",
+            "--json",
+            "--log-format",
+            "json",
+            "--notify",
+            f"webhook:{url}",
+            "--report-json",
+            str(out / "failed.json"),
+            "--junit",
+            str(out / "failed.xml"),
+            expect=(1,),
+        )
         assert failed.by_stack()["sec-1.staging"]["status"] == "failed"
         run("report", "--json", expect=(1,))
         run("rollback", "--tenant", "sec-1", "--yes", "--json", expect=(0, 1))
@@ -167,15 +204,16 @@ def test_a_secret_value_appears_in_no_output_file_or_command_line(sandbox, webho
     assert os.readlink(env_file.parent) == "releases/1.2.0"
     app = subprocess.run([sys.executable, "app.py"], cwd=env_file.parent, capture_output=True, text=True, check=True)
     assert json.loads(app.stdout)["database_password"] == "set" and sentinel not in app.stdout  # the app reads it
-    holders = sorted(str(p.relative_to(sandbox.platform)) for p in _files(sandbox.platform)
-                     if needle in p.read_bytes())
+    holders = sorted(str(p.relative_to(sandbox.platform)) for p in _files(sandbox.platform) if needle in p.read_bytes())
     # every release written while the secret was configured holds it; nothing else on the platform
-    assert holders and all(h.startswith("accounts/sec-1/staging/backend/releases/") and h.endswith("/backend.env")
-                           for h in holders), holders
+    assert holders and all(
+        h.startswith("accounts/sec-1/staging/backend/releases/") and h.endswith("/backend.env") for h in holders
+    ), holders
     assert not list((sandbox.platform / "accounts" / "sec-2").rglob("backend.env"))
     # encrypted in the state: the Release's env is a secret (a ciphertext) in its inputs and outputs
-    checkpoint = json.loads(next((sandbox.state / "state" / ".pulumi" / "stacks").rglob("sec-1.staging.json"))
-                            .read_text())["checkpoint"]["latest"]
+    checkpoint = json.loads(
+        next((sandbox.state / "state" / ".pulumi" / "stacks").rglob("sec-1.staging.json")).read_text()
+    )["checkpoint"]["latest"]
     release = [r for r in checkpoint["resources"] if r["urn"].endswith("::backend-app")]
     assert len(release) == 1, [r["urn"] for r in checkpoint["resources"]]
     for side in ("inputs", "outputs"):

@@ -31,10 +31,20 @@ def _pulumi(box: Sandbox, *args: str) -> str:
     project.mkdir(exist_ok=True)
     (project / "Pulumi.yaml").write_text("name: runner\nruntime: python\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
-    env.update(PULUMI_BACKEND_URL=(box.state / "state").resolve().as_uri(), PULUMI_CONFIG_PASSPHRASE="scratch",
-               PULUMI_HOME=str(project / ".home"), PULUMI_SKIP_UPDATE_CHECK="true")
-    proc = subprocess.run([str(box.engine_bin / "pulumi"), *args, "--non-interactive"], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env.update(
+        PULUMI_BACKEND_URL=(box.state / "state").resolve().as_uri(),
+        PULUMI_CONFIG_PASSPHRASE="scratch",
+        PULUMI_HOME=str(project / ".home"),
+        PULUMI_SKIP_UPDATE_CHECK="true",
+    )
+    proc = subprocess.run(
+        [str(box.engine_bin / "pulumi"), *args, "--non-interactive"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -59,8 +69,10 @@ def test_sharded_sync_never_decides_what_is_offboarded(fleet):
     fleet.write_registry([t for t in FLEET if t["id"] != "beta"])  # beta left: the one real orphan
     before = stacks(fleet)
     shard = {"JOB_COMPLETION_INDEX": "1", "JOB_COMPLETION_COUNT": "2"}
-    for args, env in ((("sync", "--prune", "--release", "r1"), shard),
-                      (("sync", "--prune", "--yes", "--release", "r1", "--shard", "0/2"), None)):
+    for args, env in (
+        (("sync", "--prune", "--release", "r1"), shard),
+        (("sync", "--prune", "--yes", "--release", "r1", "--shard", "0/2"), None),
+    ):
         refused = fleet.run(*args, env=env)
         assert refused.code == 2, refused.stderr
         errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
@@ -92,12 +104,18 @@ def test_an_empty_registry_prunes_nothing(fleet):
 
 
 def test_dry_run_shows_the_plan_in_the_table(fleet):
-    fleet.write_registry([tenant("alpha", config={"domain": "alpha.example.org"}),
-                          tenant("gamma", envs=("staging", "production")), tenant("delta")])
+    fleet.write_registry(
+        [
+            tenant("alpha", config={"domain": "alpha.example.org"}),
+            tenant("gamma", envs=("staging", "production")),
+            tenant("delta"),
+        ]
+    )
     plan = fleet.run("sync", "--release", "r1", "--dry-run")
     assert plan.code == 0, plan.stderr
-    rows = {line.split()[1]: line for line in plan.stderr.splitlines()
-            if line.startswith("│") and len(line.split()) > 1}
+    rows = {
+        line.split()[1]: line for line in plan.stderr.splitlines() if line.startswith("│") and len(line.split()) > 1
+    }
     assert "update" in rows["alpha.staging"], plan.stderr
     assert "create" in rows["delta.staging"], plan.stderr
     assert "in sync" in rows["gamma.staging"] and "in sync" in rows["gamma.production"], plan.stderr

@@ -10,8 +10,10 @@ from tests.e2e.conftest import tenant
 
 pytestmark = pytest.mark.e2e
 
-ROLLOUT = {"waves": [{"name": "canary", "tags": {"tier": "canary"}}, {"name": "early", "max": "25%"},
-                     {"name": "rest"}], "failure_tolerance": 0}
+ROLLOUT = {
+    "waves": [{"name": "canary", "tags": {"tier": "canary"}}, {"name": "early", "max": "25%"}, {"name": "rest"}],
+    "failure_tolerance": 0,
+}
 
 
 def _tenants(**config_for):
@@ -28,14 +30,17 @@ def test_waves_run_in_order_and_halt_on_a_broken_canary(sandbox):
     assert good.code == 0, good.stderr
     waves = good.json["waves"]
     assert [(w["wave"], w["targets"]) for w in waves] == [("canary", 1), ("early", 3), ("rest", 5)]
-    for earlier, later in zip(waves, waves[1:]):
+    for earlier, later in zip(waves, waves[1:], strict=False):
         assert datetime.fromisoformat(later["started"]) >= datetime.fromisoformat(earlier["ended"])
     assert good.by_stack()["canary-1.staging"]["details"]["wave"] == "canary"
 
-    sandbox.write_registry(_tenants(**{"canary-1": {"migrations_dir": str(sandbox.broken_migrations()),
-                                                     "app_version": "2.0.0"}}), rollout=ROLLOUT)
-    bad = sandbox.run("up", "--all-tenants", "--yes", "--json", "--release", "r2", "--on-failure", "rollback",
-                      "--concurrency", "2")
+    sandbox.write_registry(
+        _tenants(**{"canary-1": {"migrations_dir": str(sandbox.broken_migrations()), "app_version": "2.0.0"}}),
+        rollout=ROLLOUT,
+    )
+    bad = sandbox.run(
+        "up", "--all-tenants", "--yes", "--json", "--release", "r2", "--on-failure", "rollback", "--concurrency", "2"
+    )
     assert bad.code == 1
     rows = [(t["stack"], t["operation"], t["status"]) for t in bad.json["targets"]]
     assert rows[:2] == [("canary-1.staging", "up", "failed"), ("canary-1.staging", "rollback", "succeeded")]

@@ -39,8 +39,12 @@ def computed(typ: str, name: str, inputs: dict) -> tuple[str, dict]:
         outs["arn"] = f"arn:aws:secretsmanager:::{name}"
     elif typ == "aws:acm/certificate:Certificate":
         outs["domainValidationOptions"] = [
-            {"domainName": inputs["domainName"], "resourceRecordName": f"_x.{inputs['domainName']}.",
-             "resourceRecordType": "CNAME", "resourceRecordValue": "_y.acm-validations.aws."}
+            {
+                "domainName": inputs["domainName"],
+                "resourceRecordName": f"_x.{inputs['domainName']}.",
+                "resourceRecordType": "CNAME",
+                "resourceRecordValue": "_y.acm-validations.aws.",
+            }
         ]
     return rid, outs
 

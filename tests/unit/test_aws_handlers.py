@@ -30,15 +30,28 @@ def cloudfront(monkeypatch):
         monkeypatch.setenv(var, "testing")
     with mock_aws():
         client = boto3.client("cloudfront")
-        dist = client.create_distribution(DistributionConfig={
-            "CallerReference": "site",
-            "Comment": "acme staging",
-            "Enabled": True,
-            "Origins": {"Quantity": 1, "Items": [{"Id": "site", "DomainName": "site.s3.amazonaws.com",
-                                                  "S3OriginConfig": {"OriginAccessIdentity": ""}}]},
-            "DefaultCacheBehavior": {"TargetOriginId": "site", "ViewerProtocolPolicy": "redirect-to-https",
-                                     "CachePolicyId": "658327ea-f89d-4fab-a63d-7e88639e58f6"},
-        })["Distribution"]["Id"]
+        dist = client.create_distribution(
+            DistributionConfig={
+                "CallerReference": "site",
+                "Comment": "acme staging",
+                "Enabled": True,
+                "Origins": {
+                    "Quantity": 1,
+                    "Items": [
+                        {
+                            "Id": "site",
+                            "DomainName": "site.s3.amazonaws.com",
+                            "S3OriginConfig": {"OriginAccessIdentity": ""},
+                        }
+                    ],
+                },
+                "DefaultCacheBehavior": {
+                    "TargetOriginId": "site",
+                    "ViewerProtocolPolicy": "redirect-to-https",
+                    "CachePolicyId": "658327ea-f89d-4fab-a63d-7e88639e58f6",
+                },
+            }
+        )["Distribution"]["Id"]
         yield client, dist
 
 
@@ -51,8 +64,10 @@ def test_rollback_a_b_a_issues_three_invalidations(cloudfront):
         event = {"distribution_id": dist, "paths": ["/*"], "reference": hashlib.sha256(page.encode()).hexdigest()}
         ids.append(handler(event, SimpleNamespace(aws_request_id=f"req-{n}"))["invalidation_id"])
     listed = client.list_invalidations(DistributionId=dist)["InvalidationList"].get("Items", [])
-    refs = [client.get_invalidation(DistributionId=dist, Id=i)["Invalidation"]["InvalidationBatch"]["CallerReference"]
-            for i in ids]
+    refs = [
+        client.get_invalidation(DistributionId=dist, Id=i)["Invalidation"]["InvalidationBatch"]["CallerReference"]
+        for i in ids
+    ]
     assert len(set(ids)) == 3 and len(listed) == 3
     assert len(set(refs)) == 3, f"CallerReference repeated: {refs}"
     batch = client.get_invalidation(DistributionId=dist, Id=ids[0])["Invalidation"]["InvalidationBatch"]

@@ -40,8 +40,24 @@ from runner.cli import main as runner_main
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
-HOSTILE_IDS = ["../x", "..", "--force", "-s", "a/b", "org/p/s", "a" * 300, "ünïcode", "Cust-1", "x", "a.b",
-               "/etc/passwd", "~root", "$(touch pwned)", "a b", "cust-"]
+HOSTILE_IDS = [
+    "../x",
+    "..",
+    "--force",
+    "-s",
+    "a/b",
+    "org/p/s",
+    "a" * 300,
+    "ünïcode",
+    "Cust-1",
+    "x",
+    "a.b",
+    "/etc/passwd",
+    "~root",
+    "$(touch pwned)",
+    "a b",
+    "cust-",
+]
 
 GOOD_REGISTRY = """\
 defaults: {{platform: local, app_version: "1.0.0", platform_root: {platform}}}
@@ -80,24 +96,34 @@ def cli(tmp_path, engine_bin):
             before_root = _tree(tmp_path)
             before_tmp = set(os.listdir("/tmp"))
             env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "PULUMI_", "GITHUB_"))}
-            env.update(RUNNER_STATE_DIR=str(state), RUNNER_REGISTRY=str(registry),
-                       RUNNER_PULUMI_ROOT=str(fake_root), PATH=f"{fake_root / 'bin'}:{env.get('PATH', '')}",
-                       RUNNER_PLATFORM_ROOTS=str(work), **(extra_env or {}))
+            env.update(
+                RUNNER_STATE_DIR=str(state),
+                RUNNER_REGISTRY=str(registry),
+                RUNNER_PULUMI_ROOT=str(fake_root),
+                PATH=f"{fake_root / 'bin'}:{env.get('PATH', '')}",
+                RUNNER_PLATFORM_ROOTS=str(work),
+                **(extra_env or {}),
+            )
             proc = run_forked(list(args), env=env, cwd=PROJECT_DIR, timeout=120)
             created = _tree(tmp_path) - before_root - {str(record)}
             problems = []
             if record.exists():
                 problems.append(f"the engine was started: {record.read_text().strip()!r}")
                 record.unlink()
-            problems += [f"created outside the state dir: {p}" for p in sorted(created)
-                         if not p.startswith(str(state))]
+            problems += [f"created outside the state dir: {p}" for p in sorted(created) if not p.startswith(str(state))]
             # the ledger db may be opened; no backend state, no logs, no work areas, no generated program
-            problems += [f"created in the state dir: {p}" for p in sorted(created)
-                         if p.startswith(tuple(str(state / d) for d in ("state", "logs", "work", "program")))]
+            problems += [
+                f"created in the state dir: {p}"
+                for p in sorted(created)
+                if p.startswith(tuple(str(state / d) for d in ("state", "logs", "work", "program")))
+            ]
             # other test workers create /tmp entries concurrently: only look for names we could have caused
-            new_tmp = {n for n in set(os.listdir("/tmp")) - before_tmp
-                       if any(bad in n for bad in ("..", "force", "passwd", "pwned", "shop-1", "org"))
-                       and not n.startswith("org.chromium.")}  # the browser test in another worker
+            new_tmp = {
+                n
+                for n in set(os.listdir("/tmp")) - before_tmp
+                if any(bad in n for bad in ("..", "force", "passwd", "pwned", "shop-1", "org"))
+                and not n.startswith("org.chromium.")
+            }  # the browser test in another worker
             problems += [f"created in /tmp: {n}" for n in sorted(new_tmp)]
             assert not problems, f"{args} (exit {proc.returncode}):\n" + "\n".join(problems)
             return proc
@@ -121,8 +147,9 @@ def run_forked(args: list[str], *, env: dict[str, str], cwd: Path, timeout: floa
                 os.dup2(err.fileno(), 2)
                 sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
                 sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
-                sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
-                                              errors="backslashreplace", line_buffering=True)
+                sys.stderr = io.TextIOWrapper(
+                    io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
+                )
                 sys.argv = ["runner", *args]
                 runner_main.main(args=args, prog_name="runner")
                 code = 0
@@ -149,8 +176,9 @@ def run_forked(args: list[str], *, env: dict[str, str], cwd: Path, timeout: floa
             time.sleep(0.01)
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess(["runner", *args], os.waitstatus_to_exitcode(status),
-                                           out.read().decode(), err.read().decode())
+        return subprocess.CompletedProcess(
+            ["runner", *args], os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode()
+        )
 
 
 def _tree(root: Path) -> set[str]:
@@ -176,8 +204,16 @@ def assert_usage_error(proc, *must_contain: str) -> None:
 
 # --------------------------------------------------------------------------- command line
 
-@pytest.mark.parametrize("command,hostile", [("up", h) for h in HOSTILE_IDS] + [
-    (c, h) for c in ("preview", "drift", "destroy", "rollback", "refresh", "recover") for h in ("../x", "--force", "a/b")])
+
+@pytest.mark.parametrize(
+    "command,hostile",
+    [("up", h) for h in HOSTILE_IDS]
+    + [
+        (c, h)
+        for c in ("preview", "drift", "destroy", "rollback", "refresh", "recover")
+        for h in ("../x", "--force", "a/b")
+    ],
+)
 def test_hostile_tenant_on_the_command_line(cli, command, hostile):
     extra = ["--env", "staging", "--yes"] if command == "destroy" else (["--yes"] if command == "up" else [])
     proc = cli.run(command, "--tenant", hostile, *extra)
@@ -201,8 +237,9 @@ def test_hostile_tag_selector(cli, hostile):
     assert_usage_error(cli.run("up", "--all-tenants", "--tag", hostile, "--yes"), "invalid tag selector")
 
 
-@pytest.mark.parametrize("hostile", ["../x", "..", "3/2", "0/0", "-1/2", "a/b", "1", "1/2/3", "org/p/s", "ü/2",
-                                     "9" * 400 + "/2"])
+@pytest.mark.parametrize(
+    "hostile", ["../x", "..", "3/2", "0/0", "-1/2", "a/b", "1", "1/2/3", "org/p/s", "ü/2", "9" * 400 + "/2"]
+)
 def test_hostile_shard(cli, hostile):
     assert_usage_error(cli.run("up", "--all-tenants", "--shard", hostile, "--yes"), "--shard")
 
@@ -227,6 +264,7 @@ def test_report_of_an_unknown_run_is_one_clean_error(cli):
 
 # --------------------------------------------------------------------------- registry
 
+
 def _registry(tenants: str, defaults: str = "{platform: local}") -> str:
     return f"defaults: {defaults}\nenvironments: [{{name: staging}}]\ntenants:\n{tenants}"
 
@@ -237,48 +275,76 @@ BAD_REGISTRIES = {
     "empty": ("", "empty"),
     "a list at top level": ("- a\n- b\n", "error:"),
     "not utf-8": ("tenants: [{id: \xff\xfe}]\n", "error:"),
-    "unknown top-level key": (_registry("  - {id: shop-1, name: S, environments: [staging]}\n") + "bogus: 1\n",
-                              "bogus"),
+    "unknown top-level key": (
+        _registry("  - {id: shop-1, name: S, environments: [staging]}\n") + "bogus: 1\n",
+        "bogus",
+    ),
     "unknown tenant key": (_registry("  - {id: shop-1, name: S, environments: [staging], bogus: 1}\n"), "bogus"),
-    "unknown config key": (_registry("  - {id: shop-1, name: S, environments: [staging], config: {nope: 1}}\n"),
-                           "nope"),
+    "unknown config key": (
+        _registry("  - {id: shop-1, name: S, environments: [staging], config: {nope: 1}}\n"),
+        "nope",
+    ),
     "wrong type name": (_registry("  - {id: shop-1, name: 5, environments: [staging]}\n"), "name"),
     "wrong type environments": (_registry("  - {id: shop-1, name: S, environments: staging}\n"), "environments"),
-    "wrong type enabled": (_registry("  - {id: shop-1, name: S, environments: [staging], enabled: 'yes'}\n"),
-                           "enabled"),
+    "wrong type enabled": (
+        _registry("  - {id: shop-1, name: S, environments: [staging], enabled: 'yes'}\n"),
+        "enabled",
+    ),
     "number for string config": (
-        _registry("  - {id: shop-1, name: S, environments: [staging], config: {app_version: 1.0}}\n"), "app_version"),
+        _registry("  - {id: shop-1, name: S, environments: [staging], config: {app_version: 1.0}}\n"),
+        "app_version",
+    ),
     "plaintext secret": (
         _registry("  - {id: shop-1, name: S, environments: [staging], secrets: {db_password: hunter2-plain}}\n"),
-        "never values"),
+        "never values",
+    ),
     "unknown environment": (_registry("  - {id: shop-1, name: S, environments: [../prod]}\n"), "environment"),
-    "duplicate tenant": (_registry("  - {id: shop-1, name: S, environments: [staging]}\n"
-                                   "  - {id: shop-1, name: T, environments: [staging]}\n"), "shop-1"),
+    "duplicate tenant": (
+        _registry(
+            "  - {id: shop-1, name: S, environments: [staging]}\n  - {id: shop-1, name: T, environments: [staging]}\n"
+        ),
+        "shop-1",
+    ),
     "hostile env var name": (
         _registry("  - {id: shop-1, name: S, environments: [staging], secrets: {db_password: {env: 'A;rm -rf'}}}\n"),
-        "environment variable"),
-    "hostile platform_root type": (_registry("  - {id: shop-1, name: S, environments: [staging]}\n",
-                                             "{platform: local, platform_root: [1]}"), "platform_root"),
+        "environment variable",
+    ),
+    "hostile platform_root type": (
+        _registry("  - {id: shop-1, name: S, environments: [staging]}\n", "{platform: local, platform_root: [1]}"),
+        "platform_root",
+    ),
     # #15.3: values that become paths
-    "path escape app_version": (_registry(
-        "  - {id: shop-1, name: S, environments: [staging], config: {app_version: '../../../../customer-2'}}\n"),
-        "tenants.yaml:4: tenants[0].config.app_version: invalid app_version '../../../../customer-2'"),
-    "path escape platform_root": (_registry("  - {id: shop-1, name: S, environments: [staging]}\n",
-                                            "{platform: local, platform_root: /etc}"),
-                                  "tenants.yaml:1: defaults.platform_root: platform_root '/etc' resolves to /etc"),
-    "path escape migrations_dir": (_registry(
-        "  - {id: shop-1, name: S, environments: [staging], config: {migrations_dir: ../../..}}\n"),
-        "tenants[0].config.migrations_dir: migrations_dir '../../..' resolves to"),
-    "path escape file secret": (_registry(
-        "  - {id: shop-1, name: S, environments: [staging], secrets: {db_password: {file: .runner/passphrase}}}\n"),
-        "tenants[0].secrets.db_password.file: file '.runner/passphrase' is inside the runner's state directory"),
+    "path escape app_version": (
+        _registry(
+            "  - {id: shop-1, name: S, environments: [staging], config: {app_version: '../../../../customer-2'}}\n"
+        ),
+        "tenants.yaml:4: tenants[0].config.app_version: invalid app_version '../../../../customer-2'",
+    ),
+    "path escape platform_root": (
+        _registry("  - {id: shop-1, name: S, environments: [staging]}\n", "{platform: local, platform_root: /etc}"),
+        "tenants.yaml:1: defaults.platform_root: platform_root '/etc' resolves to /etc",
+    ),
+    "path escape migrations_dir": (
+        _registry("  - {id: shop-1, name: S, environments: [staging], config: {migrations_dir: ../../..}}\n"),
+        "tenants[0].config.migrations_dir: migrations_dir '../../..' resolves to",
+    ),
+    "path escape file secret": (
+        _registry(
+            "  - {id: shop-1, name: S, environments: [staging], secrets: {db_password: {file: .runner/passphrase}}}\n"
+        ),
+        "tenants[0].secrets.db_password.file: file '.runner/passphrase' is inside the runner's state directory",
+    ),
 }
 for _i, _hostile in enumerate(["../x", "--force", "a/b", "a" * 300, "ünï", "a\\0b", "a\\nb"]):
     BAD_REGISTRIES[f"hostile tenant id #{_i}"] = (
-        _registry(f'  - {{id: "{_hostile}", name: S, environments: [staging]}}\n'), "invalid tenant id")
+        _registry(f'  - {{id: "{_hostile}", name: S, environments: [staging]}}\n'),
+        "invalid tenant id",
+    )
     BAD_REGISTRIES[f"hostile environment name #{_i}"] = (
         f'defaults: {{platform: local}}\nenvironments: [{{name: "{_hostile}"}}]\n'
-        f'tenants:\n  - {{id: shop-1, name: S, environments: ["{_hostile}"]}}\n', "invalid environment name")
+        f'tenants:\n  - {{id: shop-1, name: S, environments: ["{_hostile}"]}}\n',
+        "invalid environment name",
+    )
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REGISTRIES))
@@ -298,8 +364,10 @@ def test_bad_registry_is_refused_before_anything_runs(cli, case):
 
 
 def test_all_registry_problems_reported_at_once_with_file_and_line(cli):
-    text = _registry("  - {id: '../x', name: S, environments: [staging]}\n"
-                     "  - {id: shop-2, name: 5, environments: [staging], bogus: 1}\n")
+    text = _registry(
+        "  - {id: '../x', name: S, environments: [staging]}\n"
+        "  - {id: shop-2, name: 5, environments: [staging], bogus: 1}\n"
+    )
     proc = cli.run("tenants", "validate", registry_text=text)
     assert_usage_error(proc, "tenants.yaml:4:", "tenants.yaml:5:", "bogus", "'../x'")
 
@@ -314,23 +382,41 @@ def test_missing_secret_variable_is_a_usage_error_naming_the_reference(cli):
     assert_usage_error(proc, "NOPE_PW_VAR")
 
 
-@pytest.mark.parametrize("option,hostile", [("--release", "../../../../customer-2"), ("--release", "a/b"),
-                                            ("--release", ".."), ("--run-id", "../.."), ("--run-id", "../../x"),
-                                            ("--run-id", "a/b"), ("--run-id", "<!channel>")])
+@pytest.mark.parametrize(
+    "option,hostile",
+    [
+        ("--release", "../../../../customer-2"),
+        ("--release", "a/b"),
+        ("--release", ".."),
+        ("--run-id", "../.."),
+        ("--run-id", "../../x"),
+        ("--run-id", "a/b"),
+        ("--run-id", "<!channel>"),
+    ],
+)
 def test_hostile_labels_on_the_command_line(cli, option, hostile):
     """#15.3 / #15.11: --release and --run-id become directory names (releases/, logs/<run id>)."""
     assert_usage_error(cli.run("up", "--all-tenants", option, hostile, "--yes"), f"error: {option}: invalid")
 
 
 def test_hostile_run_id_from_the_environment(cli):
-    assert_usage_error(cli.run("up", "--all-tenants", "--yes", extra_env={"RUNNER_RUN_ID": "../../escape"}),
-                       "invalid run id '../../escape'")
+    assert_usage_error(
+        cli.run("up", "--all-tenants", "--yes", extra_env={"RUNNER_RUN_ID": "../../escape"}),
+        "invalid run id '../../escape'",
+    )
 
 
-@pytest.mark.parametrize("variable,value,message", [
-    ("RUNNER_PASSPHRASE_FILE", "{root}/missing/passphrase", "error: RUNNER_PASSPHRASE_FILE {root}/missing/passphrase does not exist"),
-    ("RUNNER_PASSPHRASE", "", "error: RUNNER_PASSPHRASE is set but empty"),
-])
+@pytest.mark.parametrize(
+    "variable,value,message",
+    [
+        (
+            "RUNNER_PASSPHRASE_FILE",
+            "{root}/missing/passphrase",
+            "error: RUNNER_PASSPHRASE_FILE {root}/missing/passphrase does not exist",
+        ),
+        ("RUNNER_PASSPHRASE", "", "error: RUNNER_PASSPHRASE is set but empty"),
+    ],
+)
 def test_unusable_master_passphrase_is_a_usage_error_not_a_new_master(cli, variable, value, message):
     """#15.5: it used to generate a new master silently (no existing stack readable any more)."""
     proc = cli.run("up", "--all-tenants", "--yes", extra_env={variable: value.format(root=cli.root)})

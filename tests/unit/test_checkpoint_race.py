@@ -27,12 +27,24 @@ STACK = "race-1.staging"
 def test_a_checkpoint_unreadable_while_another_runner_wrote_it_is_waited_for_then_retried(tmp_path, monkeypatch):
     real_popen = subprocess.Popen
     calls = tmp_path / "calls"
-    unreadable = json.dumps({"type": "result", "ok": False, "error": {
-        "kind": "checkpoint", "message": "failed to load checkpoint: EOF", "urn": None, "component": None}})
+    unreadable = json.dumps(
+        {
+            "type": "result",
+            "ok": False,
+            "error": {
+                "kind": "checkpoint",
+                "message": "failed to load checkpoint: EOF",
+                "urn": None,
+                "component": None,
+            },
+        }
+    )
     ok = json.dumps({"type": "result", "ok": True, "changes": {"same": 2}, "outputs": {}})
-    script = (f"import pathlib, sys; sys.stdin.read(); p = pathlib.Path({str(calls)!r}); "
-              f"n = len(p.read_text()) if p.exists() else 0; p.write_text('x' * (n + 1)); "
-              f"print({unreadable!r} if n == 0 else {ok!r})")
+    script = (
+        f"import pathlib, sys; sys.stdin.read(); p = pathlib.Path({str(calls)!r}); "
+        f"n = len(p.read_text()) if p.exists() else 0; p.write_text('x' * (n + 1)); "
+        f"print({unreadable!r} if n == 0 else {ok!r})"
+    )
 
     def fake_worker(args, **kwargs):
         assert args[-2:] == ["-m", "runner.worker"]
@@ -42,8 +54,9 @@ def test_a_checkpoint_unreadable_while_another_runner_wrote_it_is_waited_for_the
     monkeypatch.setattr(protocol.subprocess, "Popen", fake_worker)
     monkeypatch.setattr(engine, "prepare_program_dir", lambda settings: None)
     monkeypatch.setattr(engine, "master_passphrase", lambda state_dir: "master")
-    fleet = Fleet(Path(tmp_path), state_dir=tmp_path / ".runner", bin_dir=tmp_path / "bin",
-                  backend=f"file://{tmp_path / 'state'}")
+    fleet = Fleet(
+        Path(tmp_path), state_dir=tmp_path / ".runner", bin_dir=tmp_path / "bin", backend=f"file://{tmp_path / 'state'}"
+    )
     # the other runner's write has completed: the checkpoint and its sidecar are whole, no lock is left
     stacks = tmp_path / "state" / ".pulumi" / "stacks" / "runner"
     stacks.mkdir(parents=True)

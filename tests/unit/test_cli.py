@@ -16,23 +16,34 @@ from runner import report as rpt
 def _report(*statuses: str, command: str = "up", **kw) -> rpt.Report:
     report = rpt.Report(run_id="run-1", command=command, **kw)
     for i, status in enumerate(statuses):
-        report.add(rpt.TargetResult(f"t-{i}", "staging", f"t-{i}.staging", command, status,
-                                    changes={"update": 1} if status == rpt.SUCCEEDED else {},
-                                    error="boom" if status == rpt.FAILED else None))
+        report.add(
+            rpt.TargetResult(
+                f"t-{i}",
+                "staging",
+                f"t-{i}.staging",
+                command,
+                status,
+                changes={"update": 1} if status == rpt.SUCCEEDED else {},
+                error="boom" if status == rpt.FAILED else None,
+            )
+        )
     return report
 
 
-@pytest.mark.parametrize("statuses,code", [
-    ((rpt.SUCCEEDED, rpt.SKIPPED), 0),
-    ((rpt.SUCCEEDED, rpt.FAILED), 1),
-    ((rpt.SUCCEEDED, rpt.BLOCKED), 1),
-    ((rpt.SUCCEEDED, rpt.NOT_STARTED), 1),
-    ((rpt.IN_SYNC, rpt.DRIFTED), 3),
-    ((rpt.IN_SYNC, rpt.PENDING), 3),
-    ((rpt.SUCCEEDED, rpt.LOCKED), 4),
-    ((rpt.FAILED, rpt.LOCKED, rpt.DRIFTED), 1),
-    ((rpt.LOCKED, rpt.DRIFTED), 4),
-])
+@pytest.mark.parametrize(
+    "statuses,code",
+    [
+        ((rpt.SUCCEEDED, rpt.SKIPPED), 0),
+        ((rpt.SUCCEEDED, rpt.FAILED), 1),
+        ((rpt.SUCCEEDED, rpt.BLOCKED), 1),
+        ((rpt.SUCCEEDED, rpt.NOT_STARTED), 1),
+        ((rpt.IN_SYNC, rpt.DRIFTED), 3),
+        ((rpt.IN_SYNC, rpt.PENDING), 3),
+        ((rpt.SUCCEEDED, rpt.LOCKED), 4),
+        ((rpt.FAILED, rpt.LOCKED, rpt.DRIFTED), 1),
+        ((rpt.LOCKED, rpt.DRIFTED), 4),
+    ],
+)
 def test_exit_code_is_decided_by_the_report(monkeypatch, statuses, code):
     monkeypatch.setattr(ops, "fleet_run", lambda *a, **k: _report(*statuses))
     result = CliRunner().invoke(cli.main, ["up", "--all-tenants", "--yes"])
@@ -53,8 +64,10 @@ def test_detailed_exitcode_and_interrupt(monkeypatch):
 def test_json_stdout_is_one_document_and_human_text_goes_to_stderr(monkeypatch, tmp_path):
     monkeypatch.setattr(ops, "fleet_run", lambda *a, **k: _report(rpt.SUCCEEDED, rpt.FAILED))
     junit = tmp_path / "junit.xml"
-    result = CliRunner().invoke(cli.main, ["up", "--all-tenants", "--yes", "--json", "--junit", str(junit),
-                                           "--report-json", str(tmp_path / "r.json")])
+    result = CliRunner().invoke(
+        cli.main,
+        ["up", "--all-tenants", "--yes", "--json", "--junit", str(junit), "--report-json", str(tmp_path / "r.json")],
+    )
     doc = json.loads(result.stdout)  # nothing else on stdout
     assert {"run_id", "command", "counts", "targets"} <= set(doc)
     assert doc["counts"] == {"total": 2, "succeeded": 1, "failed": 1}
@@ -107,8 +120,9 @@ def test_help_lists_every_exit_code():
             listed[code] += " " + line.strip()
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme.split("### Exit codes", 1)[1].split("\n\n", 2)[2].split("\n\n", 1)[0]
-    documented = {int(m.group(1)): m.group(2).replace("`", "")
-                  for m in re.finditer(r"^\| (\d+) \| (.*?) \|$", table, re.M)}
+    documented = {
+        int(m.group(1)): m.group(2).replace("`", "") for m in re.finditer(r"^\| (\d+) \| (.*?) \|$", table, re.M)
+    }
     assert listed == documented == rpt.EXIT_CODES, (listed, documented)
 
 
@@ -147,8 +161,14 @@ def test_recover_without_selectors_covers_the_whole_fleet(fake_fleet):
     result = CliRunner().invoke(cli.main, ["recover", "--json"])
     assert result.exit_code == 0, result.output
     assert [op for op, _ in fake_fleet] == ["recover"]
-    assert sorted(fake_fleet[0][1]) == ["customer-1.production", "customer-1.staging", "customer-2.production",
-                                        "customer-2.staging", "customer-3.production", "internal-qa.testing"]
+    assert sorted(fake_fleet[0][1]) == [
+        "customer-1.production",
+        "customer-1.staging",
+        "customer-2.production",
+        "customer-2.staging",
+        "customer-3.production",
+        "internal-qa.testing",
+    ]
     assert json.loads(result.stdout)["counts"]["total"] == 6
 
 
@@ -163,13 +183,26 @@ def test_fleet_options_pass_through_to_run_settings_with_one_set_of_defaults(fak
     """#16: click options named like RunSettings fields go through as they are; an option
     not given keeps RunSettings' default (not a second default in the CLI)."""
     seen = []
-    monkeypatch.setattr(ops, "fleet_run", lambda ctx, sel, settings, **k: seen.append(settings) or _report(rpt.SUCCEEDED))
+    monkeypatch.setattr(
+        ops, "fleet_run", lambda ctx, sel, settings, **k: seen.append(settings) or _report(rpt.SUCCEEDED)
+    )
     for command in ("up", "preview", "refresh", "destroy", "drift", "rollback"):
-        args = [command, "--tenant", "customer-1", "--retries", "4", *(["--yes"] if command not in ("preview", "drift") else [])]
+        args = [
+            command,
+            "--tenant",
+            "customer-1",
+            "--retries",
+            "4",
+            *(["--yes"] if command not in ("preview", "drift") else []),
+        ]
         result = CliRunner().invoke(cli.main, args)
         assert result.exit_code == 0, result.output
     assert [s.retries for s in seen] == [4] * 6 and [s.operation for s in seen][0] == "up"
     CliRunner().invoke(cli.main, ["up", "--tenant", "customer-1", "--on-failure", "stop", "--yes"])
     default = ops.RunSettings("up")
     assert (seen[-1].on_failure, seen[-1].retries, seen[-1].concurrency, seen[-1].lock_timeout) == (
-        "stop", default.retries, default.concurrency, default.lock_timeout)
+        "stop",
+        default.retries,
+        default.concurrency,
+        default.lock_timeout,
+    )

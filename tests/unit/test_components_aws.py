@@ -76,8 +76,15 @@ def test_cloud_account_member_account_and_assumed_role_provider(monitor):
     from components.aws import CloudAccount, CloudAccountArgs
 
     account = CloudAccount(
-        "account", CloudAccountArgs(tenant_id="acme", environment="staging", email="aws+acme-staging@example.com",
-                                    name="acme.staging", region="eu-west-1", tags=TAGS)
+        "account",
+        CloudAccountArgs(
+            tenant_id="acme",
+            environment="staging",
+            email="aws+acme-staging@example.com",
+            name="acme.staging",
+            region="eu-west-1",
+            tags=TAGS,
+        ),
     )
 
     def check(args):
@@ -96,9 +103,9 @@ def test_cloud_account_member_account_and_assumed_role_provider(monitor):
         acct = pulumi.runtime.rpc.deserialize_properties(monitor.requests["account-account"][0].object)
         assert acct["tags"] == TAGS and acct["email"] == "aws+acme-staging@example.com"
 
-    return pulumi.Output.all(
-        account.account_id, account.account_dir, account.provider.urn, registered(account)
-    ).apply(lambda a: check(a[:3]))
+    return pulumi.Output.all(account.account_id, account.account_dir, account.provider.urn, registered(account)).apply(
+        lambda a: check(a[:3])
+    )
 
 
 @pulumi.runtime.test
@@ -107,13 +114,19 @@ def test_backend_and_frontend_use_tenant_provider_and_tags(monitor):
 
     provider = aws.Provider("tenant-provider", region="eu-west-1")
     migrations = [Migration("001_a.sql", "CREATE TABLE a(x);"), Migration("002_b.sql", "CREATE TABLE b(x);")]
-    common = dict(provider=provider, tenant_id="acme", environment="staging", release="r1", app_version="1.0.0",
-                  tags=TAGS)
+    common = dict(
+        provider=provider, tenant_id="acme", environment="staging", release="r1", app_version="1.0.0", tags=TAGS
+    )
     backend = Backend("backend", BackendArgs(migrations=migrations, app_files={"app.py": "x"}, **common))
     frontend = Frontend(
         "frontend",
-        FrontendArgs(tenant_name="Acme", domain="acme.example.com", backend_url=backend.backend_url,
-                     schema_version=backend.schema_version, **common),
+        FrontendArgs(
+            tenant_name="Acme",
+            domain="acme.example.com",
+            backend_url=backend.backend_url,
+            schema_version=backend.schema_version,
+            **common,
+        ),
         pulumi.ResourceOptions(depends_on=[backend]),
     )
 
@@ -127,10 +140,15 @@ def test_backend_and_frontend_use_tenant_provider_and_tags(monitor):
         check_tags_and_provider(back, provider_urn)
         check_tags_and_provider(front, provider_urn)
         types = {r.type for r, _ in back}
-        assert {"aws:lambda/function:Function", "aws:apigatewayv2/api:Api", "aws:rds/cluster:Cluster",
-                "aws:lambda/invocation:Invocation"} <= types
+        assert {
+            "aws:lambda/function:Function",
+            "aws:apigatewayv2/api:Api",
+            "aws:rds/cluster:Cluster",
+            "aws:lambda/invocation:Invocation",
+        } <= types
         inv = pulumi.runtime.rpc.deserialize_properties(monitor.requests["backend-migrations"][0].object)
         from components.common import migrations_hash
+
         assert inv["triggers"] == {"migrations": migrations_hash(migrations)}
         # The app goes live after the migrations ran.
         app_req, _ = monitor.requests["backend-app"]
@@ -138,13 +156,19 @@ def test_backend_and_frontend_use_tenant_provider_and_tags(monitor):
         # The database is retained on destroy unless purge_data.
         assert monitor.requests["backend-db"][0].retainOnDelete is True
         ftypes = {r.type for r, _ in front}
-        assert {"aws:s3/bucket:Bucket", "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
-                "aws:cloudfront/originAccessControl:OriginAccessControl",
-                "aws:cloudfront/distribution:Distribution", "aws:lambda/invocation:Invocation"} <= ftypes
+        assert {
+            "aws:s3/bucket:Bucket",
+            "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+            "aws:cloudfront/originAccessControl:OriginAccessControl",
+            "aws:cloudfront/distribution:Distribution",
+            "aws:lambda/invocation:Invocation",
+        } <= ftypes
         dist = pulumi.runtime.rpc.deserialize_properties(monitor.requests["frontend-cdn"][0].object)
         assert dist["origins"][0]["originAccessControlId"] == "frontend-oac-id"
         block = pulumi.runtime.rpc.deserialize_properties(monitor.requests["frontend-site-private"][0].object)
-        assert all(block[k] for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+        assert all(
+            block[k] for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+        )
         inval = pulumi.runtime.rpc.deserialize_properties(monitor.requests["frontend-invalidation"][0].object)
         assert set(inval["triggers"]) == {"content", "release"}
         # Frontend waits for the whole backend: the SDK expands depends_on a
@@ -162,8 +186,18 @@ def test_purge_data_drops_retention(monitor):
     from components.aws import Backend, BackendArgs
 
     provider = aws.Provider("tenant-provider", region="eu-west-1")
-    backend = Backend("backend", BackendArgs(provider=provider, tenant_id="acme", environment="staging",
-                                             release="r1", app_version="1", tags=TAGS, purge_data=True))
+    backend = Backend(
+        "backend",
+        BackendArgs(
+            provider=provider,
+            tenant_id="acme",
+            environment="staging",
+            release="r1",
+            app_version="1",
+            tags=TAGS,
+            purge_data=True,
+        ),
+    )
 
     def check(_):
         assert monitor.requests["backend-db"][0].retainOnDelete is False

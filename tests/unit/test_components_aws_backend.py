@@ -27,9 +27,20 @@ def build(purge_data: bool = False):
         from components.aws import Backend, BackendArgs
 
         provider = aws.Provider("tenant-provider", region="eu-west-1")
-        backend = Backend("backend", BackendArgs(
-            provider=provider, tenant_id="acme", environment="staging", release="r1", app_version="1",
-            tags=TAGS, migrations=MIGRATIONS, app_files={"app.py": "x"}, purge_data=purge_data))
+        backend = Backend(
+            "backend",
+            BackendArgs(
+                provider=provider,
+                tenant_id="acme",
+                environment="staging",
+                release="r1",
+                app_version="1",
+                tags=TAGS,
+                migrations=MIGRATIONS,
+                app_files={"app.py": "x"},
+                purge_data=purge_data,
+            ),
+        )
         urns = [r.urn for r in vars(backend).values() if isinstance(r, pulumi.Resource)]
         return pulumi.Output.all(*urns).apply(lambda _: result.setdefault("done", True))
 
@@ -84,30 +95,46 @@ def test_app_and_migrator_have_separate_least_privilege_roles():
     assert json.dumps(master) not in app_st, "the app must not read the master secret"
     assert mig_st[json.dumps(master)] == ["secretsmanager:GetSecretValue"]
     assert mig_st[json.dumps(app_secret)] == ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"]
-    assert app_st[json.dumps(cluster)] == mig_st[json.dumps(cluster)] == sorted(
-        ["rds-data:ExecuteStatement", "rds-data:BatchExecuteStatement", "rds-data:BeginTransaction",
-         "rds-data:CommitTransaction", "rds-data:RollbackTransaction"])
+    assert (
+        app_st[json.dumps(cluster)]
+        == mig_st[json.dumps(cluster)]
+        == sorted(
+            [
+                "rds-data:ExecuteStatement",
+                "rds-data:BatchExecuteStatement",
+                "rds-data:BeginTransaction",
+                "rds-data:CommitTransaction",
+                "rds-data:RollbackTransaction",
+            ]
+        )
+    )
     # Each function writes logs to its own group only.
     for fn, prefix in (("backend-app", "backend-app"), ("backend-migrate", "backend-migrate")):
         logs = mon.inputs(fn)["loggingConfig"]["logGroup"]
         assert logs == f"{prefix}-logs-1a2b3c", logs
         log_arn = f"arn:aws:mock:::{prefix}-logs"
         assert by_resource(statements(mon, f"{prefix}-policy"))[json.dumps([log_arn, f"{log_arn}:*"])] == [
-            "logs:CreateLogStream", "logs:PutLogEvents"]
+            "logs:CreateLogStream",
+            "logs:PutLogEvents",
+        ]
         assert mon.inputs(f"{prefix}-logs")["retentionInDays"] >= 1
     assert app["environment"]["variables"]["DB_SECRET_ARN"] == app_secret
     inv = json.loads(mon.inputs("backend-migrations")["input"])
     assert inv == {"cluster_arn": cluster, "secret_arn": master, "app_secret_arn": app_secret, "database": "app"}
     assert mon.inputs("backend-migrate")["timeout"] == 900
     trust = json.loads(mon.inputs("backend-app-role")["assumeRolePolicy"])
-    assert trust["Statement"] == [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
-                                   "Action": "sts:AssumeRole"}]
+    assert trust["Statement"] == [
+        {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ]
 
 
 def test_release_tag_only_on_the_app_function():
     mon = build()
-    tagged = {r.name: mon.inputs(r.name).get("tags") for r, _ in mon.requests.values()
-              if r.custom and r.type.startswith("aws:") and "tags" in mon.inputs(r.name)}
+    tagged = {
+        r.name: mon.inputs(r.name).get("tags")
+        for r, _ in mon.requests.values()
+        if r.custom and r.type.startswith("aws:") and "tags" in mon.inputs(r.name)
+    }
     assert tagged.pop("backend-app") == {**TAGS, "release": "r1"}
     assert tagged and all(t == TAGS for t in tagged.values()), tagged
 
@@ -122,8 +149,9 @@ def test_program_packages_the_postgresql_set(platform_dir):
     @pulumi.runtime.test
     def run():
         dep = program.main("acme.staging")
-        return pulumi.Output.all(*[c.urn for c in vars(dep.components["backend"]).values()
-                                   if isinstance(c, pulumi.Resource)])
+        return pulumi.Output.all(
+            *[c.urn for c in vars(dep.components["backend"]).values() if isinstance(c, pulumi.Resource)]
+        )
 
     run()
     code = mon.inputs("backend-migrate")["code"]

@@ -27,15 +27,29 @@ def build(**extra):
         provider = aws.Provider("tenant", region="eu-west-1")
         cert_provider = aws.Provider("tenant-us-east-1", region="us-east-1")
         dns_provider = aws.Provider("management", region="eu-west-1")
-        fe = Frontend("frontend", FrontendArgs(
-            provider=provider, cert_provider=cert_provider, dns_provider=dns_provider, tenant_id="acme",
-            tenant_name="Acme", environment="staging", domain="shop.example.org", release="r1",
-            app_version="1", tags=TAGS, backend_url="https://api", schema_version="002", **extra))
+        fe = Frontend(
+            "frontend",
+            FrontendArgs(
+                provider=provider,
+                cert_provider=cert_provider,
+                dns_provider=dns_provider,
+                tenant_id="acme",
+                tenant_name="Acme",
+                environment="staging",
+                domain="shop.example.org",
+                release="r1",
+                app_version="1",
+                tags=TAGS,
+                backend_url="https://api",
+                schema_version="002",
+                **extra,
+            ),
+        )
         res = [r for r in vars(fe).values() if isinstance(r, pulumi.Resource)]
         res += [r for r in fe.alias_records]
-        return pulumi.Output.all(fe.frontend_url, *[r.urn for r in res],
-                                 provider.urn, cert_provider.urn, dns_provider.urn).apply(
-            lambda a: result.update(url=a[0], providers=a[-3:]))
+        return pulumi.Output.all(
+            fe.frontend_url, *[r.urn for r in res], provider.urn, cert_provider.urn, dns_provider.urn
+        ).apply(lambda a: result.update(url=a[0], providers=a[-3:]))
 
     run()
     return mon, result
@@ -67,14 +81,18 @@ def test_domain_with_zone_certificate_aliases_tls12_and_dns():
     assert mon.inputs("frontend-cert-issued")["validationRecordFqdns"] == ["_x.shop.example.org"]
     dist = mon.inputs("frontend-cdn")
     assert dist["aliases"] == ["shop.example.org"]
-    assert dist["viewerCertificate"] == {"acmCertificateArn": "arn:aws:mock:::frontend-cert",
-                                         "sslSupportMethod": "sni-only", "minimumProtocolVersion": "TLSv1.2_2021"}
+    assert dist["viewerCertificate"] == {
+        "acmCertificateArn": "arn:aws:mock:::frontend-cert",
+        "sslSupportMethod": "sni-only",
+        "minimumProtocolVersion": "TLSv1.2_2021",
+    }
     assert uses(mon, "frontend-cdn", tenant)
     for kind in ("a", "aaaa"):
         alias = mon.inputs(f"frontend-alias-{kind}")
         assert alias["type"] == kind.upper() and alias["name"] == "shop.example.org" and alias["zoneId"] == "Z0123"
-        assert alias["aliases"] == [{"name": "frontend-cdn.cloudfront.net", "zoneId": "Z2FDTNDATAQYW2",
-                                     "evaluateTargetHealth": False}]
+        assert alias["aliases"] == [
+            {"name": "frontend-cdn.cloudfront.net", "zoneId": "Z2FDTNDATAQYW2", "evaluateTargetHealth": False}
+        ]
         assert uses(mon, f"frontend-alias-{kind}", management)
     assert res["url"] == "https://shop.example.org/"
 
@@ -105,7 +123,10 @@ def test_invalidation_function_timeout_logs_and_policy():
 
 def test_release_tag_only_on_the_page():
     mon, _ = build(custom_domain="shop.example.org", hosted_zone_id="Z0123")
-    tagged = {r.name: mon.inputs(r.name)["tags"] for r, _ in mon.requests.values()
-              if r.custom and "tags" in mon.inputs(r.name)}
+    tagged = {
+        r.name: mon.inputs(r.name)["tags"]
+        for r, _ in mon.requests.values()
+        if r.custom and "tags" in mon.inputs(r.name)
+    }
     assert tagged.pop("frontend-index") == {**TAGS, "release": "r1"}
     assert tagged and all(t == TAGS for t in tagged.values()), tagged

@@ -113,14 +113,29 @@ def test_backend_and_frontend_graph(mocks, tmp_path):
     migrations = [Migration("001_a.sql", "CREATE TABLE a(x);"), Migration("002_b.sql", "CREATE TABLE b(x);")]
     backend = Backend(
         "backend",
-        BackendArgs(account_dir=str(tmp_path), tenant_id="acme", environment="staging", release="r1",
-                    app_version="1.2.3", migrations=migrations, app_files={"app.py": "print('$release')"}),
+        BackendArgs(
+            account_dir=str(tmp_path),
+            tenant_id="acme",
+            environment="staging",
+            release="r1",
+            app_version="1.2.3",
+            migrations=migrations,
+            app_files={"app.py": "print('$release')"},
+        ),
     )
     frontend = Frontend(
         "frontend",
-        FrontendArgs(account_dir=str(tmp_path), tenant_id="acme", tenant_name="Acme", environment="staging",
-                     domain="acme.example.com", release="r1", app_version="1.2.3",
-                     backend_url=backend.backend_url, schema_version=backend.schema_version),
+        FrontendArgs(
+            account_dir=str(tmp_path),
+            tenant_id="acme",
+            tenant_name="Acme",
+            environment="staging",
+            domain="acme.example.com",
+            release="r1",
+            app_version="1.2.3",
+            backend_url=backend.backend_url,
+            schema_version=backend.schema_version,
+        ),
         pulumi.ResourceOptions(depends_on=[backend]),
     )
 
@@ -144,7 +159,10 @@ def test_backend_and_frontend_graph(mocks, tmp_path):
         assert mocks.resources["frontend-purge"].inputs["log_path"] == f"{base}/frontend/cache-purges.log"
 
     return pulumi.Output.all(
-        backend.backend_url, backend.database_path, backend.schema_version, frontend.site_dir,
+        backend.backend_url,
+        backend.database_path,
+        backend.schema_version,
+        frontend.site_dir,
         frontend.frontend_url,
         _assert_parented(backend, "runner:local:Backend", "backend"),
         _assert_parented(frontend, "runner:local:Frontend", "frontend"),
@@ -169,8 +187,13 @@ def test_providers_pickle_by_reference():
         "import base64, dill, sys; p = dill.loads(base64.b64decode(sys.argv[1])); "
         "print(type(p).__module__, type(p).__name__)"
     )
-    out = subprocess.run([sys.executable, "-c", code, base64.b64encode(blob).decode()],
-                         capture_output=True, text=True, check=True, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-c", code, base64.b64encode(blob).decode()],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
     assert out.stdout.split() == ["components.local.providers", "DatabaseProvider"]
 
 
@@ -180,13 +203,15 @@ def test_bare_repo_create_read_drift_delete(tmp_path):
     created = prov.create(dict(props))
     repo = Path(props["path"])
     assert (repo / "HEAD").is_file() and not (repo / ".git").exists()
-    readme = subprocess.run(["git", "--git-dir", str(repo), "show", "main:README.md"],
-                            capture_output=True, text=True, check=True).stdout
+    readme = subprocess.run(
+        ["git", "--git-dir", str(repo), "show", "main:README.md"], capture_output=True, text=True, check=True
+    ).stdout
     assert readme == "# backend\n"
     assert created.outs["url"] == repo.as_uri() and created.outs["exists"] is True
     assert prov.diff(created.id, created.outs, props).changes is False
 
     import shutil
+
     shutil.rmtree(repo)
     seen = prov.read(created.id, created.outs)
     assert seen.id == created.id and seen.outs["exists"] is False
@@ -219,8 +244,11 @@ def test_account_dir_mode_and_retained_data(tmp_path):
 
 
 def _db_props(tmp_path, *files: tuple[str, str], purge=False):
-    return {"path": str(tmp_path / "db.sqlite3"),
-            "migrations": [Migration(n, s).as_dict() for n, s in files], "purge_data": purge}
+    return {
+        "path": str(tmp_path / "db.sqlite3"),
+        "migrations": [Migration(n, s).as_dict() for n, s in files],
+        "purge_data": purge,
+    }
 
 
 def test_database_applies_migrations_once_in_order(tmp_path):
@@ -241,7 +269,9 @@ def test_failing_migration_names_file_and_keeps_previous_version(tmp_path):
     prov = P.DatabaseProvider()
     good = ("001_a.sql", "CREATE TABLE a(x);")
     created = prov.create(_db_props(tmp_path, good))
-    broken = _db_props(tmp_path, good, ("002_c.sql", "CREATE TABLE c(x);"), ("003_broken.sql", "CREATE TABLE d(x);\nSELEC 1;"))
+    broken = _db_props(
+        tmp_path, good, ("002_c.sql", "CREATE TABLE c(x);"), ("003_broken.sql", "CREATE TABLE d(x);\nSELEC 1;")
+    )
     with pytest.raises(P.MigrationError, match=r'^migration 003_broken.sql failed: near "SELEC": syntax error$'):
         prov.update(created.id, created.outs, broken)
     seen = prov.read(created.id, created.outs).outs
@@ -273,8 +303,12 @@ def test_database_deleted_out_of_band_is_drift_and_kept_unless_purged(tmp_path):
 
 
 def _release_props(tmp_path, version="1.0.0", text="hello $release", release="r1"):
-    return {"base": str(tmp_path / "frontend"), "app_version": version,
-            "templates": {"index.html": text}, "values": {"release": release}}
+    return {
+        "base": str(tmp_path / "frontend"),
+        "app_version": version,
+        "templates": {"index.html": text},
+        "values": {"release": release},
+    }
 
 
 def test_release_current_link_and_drift(tmp_path):
@@ -307,8 +341,12 @@ def test_release_never_replaces_anything_outside_its_own_releases(tmp_path, vers
     (victim / "staging" / "backend").mkdir(parents=True)
     (victim / "staging" / "backend" / "db.sqlite3").write_text("customer-2 data")
     prov = P.ReleaseProvider()
-    props = {"base": str(accounts / "customer-1" / "staging" / "backend"), "app_version": version,
-             "templates": {"app.json": "{}"}, "values": {}}
+    props = {
+        "base": str(accounts / "customer-1" / "staging" / "backend"),
+        "app_version": version,
+        "templates": {"app.json": "{}"},
+        "values": {},
+    }
     with pytest.raises(ValueError, match="app_version|refusing"):
         prov.create(dict(props))
     assert (victim / "staging" / "backend" / "db.sqlite3").read_text() == "customer-2 data"
@@ -320,8 +358,9 @@ def test_write_files_refuses_a_target_outside_its_root(tmp_path):
     (tmp_path / "keep").mkdir()
     (tmp_path / "keep" / "f").write_text("x")
     with pytest.raises(ValueError, match="outside"):
-        _fs.write_files(tmp_path / "root" / "releases" / ".." / ".." / "keep", {"a": "b"},
-                        within=tmp_path / "root" / "releases")
+        _fs.write_files(
+            tmp_path / "root" / "releases" / ".." / ".." / "keep", {"a": "b"}, within=tmp_path / "root" / "releases"
+        )
     assert (tmp_path / "keep" / "f").read_text() == "x"
 
 
@@ -397,12 +436,15 @@ def test_simulated_throttling_fails_before_changing_anything_and_is_reproducible
     assert 30 <= sum(first) <= 90, f"about 30% of 200 calls throttled, got {sum(first)}"
 
 
-@pytest.mark.parametrize("latency, rate, message", [
-    ("-1", "0", "simulated_latency_ms: expected 0 to 600000"),
-    ("fast", "0", "simulated_latency_ms: expected a whole number"),
-    ("0", "1.5", "simulated_throttle_rate: expected a fraction between 0 and 1"),
-    ("0", "5%", "simulated_throttle_rate: expected a fraction"),
-])
+@pytest.mark.parametrize(
+    "latency, rate, message",
+    [
+        ("-1", "0", "simulated_latency_ms: expected 0 to 600000"),
+        ("fast", "0", "simulated_latency_ms: expected a whole number"),
+        ("0", "1.5", "simulated_throttle_rate: expected a fraction between 0 and 1"),
+        ("0", "5%", "simulated_throttle_rate: expected a fraction"),
+    ],
+)
 def test_invalid_simulation_settings_name_the_key(latency, rate, message):
     with pytest.raises(ValueError, match=message):
         P.simulation_settings(latency, rate)

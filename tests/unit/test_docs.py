@@ -25,8 +25,19 @@ REGISTRY = load_registry(ROOT / "stacks" / "tenants.yaml")
 
 #: Commands that start the engine: they need the backend, the passphrase, the
 #: tenants' secrets and the engine itself. The others read the ledger only.
-ENGINE_COMMANDS = {"up", "preview", "refresh", "destroy", "drift", "rollback", "sync", "recover", "outputs",
-                   "env", "pulumi"}
+ENGINE_COMMANDS = {
+    "up",
+    "preview",
+    "refresh",
+    "destroy",
+    "drift",
+    "rollback",
+    "sync",
+    "recover",
+    "outputs",
+    "env",
+    "pulumi",
+}
 LEDGER_COMMANDS = ENGINE_COMMANDS | {"report", "status", "history"}
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.M | re.S)
 RUNNER_CALL = re.compile(r"(?:^|[\s;&|(`])(?:\S*/)?runner\s+(?P<rest>[^\n;&|`]*)")
@@ -35,8 +46,11 @@ RUNNER_CALL = re.compile(r"(?:^|[\s;&|(`])(?:\S*/)?runner\s+(?P<rest>[^\n;&|`]*)
 def fenced_blocks(path: Path, lang: str | None = None) -> list[tuple[str, str, int]]:
     """(language, text, line number) of each fenced block."""
     text = path.read_text(encoding="utf-8")
-    return [(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1)
-            for m in FENCE.finditer(text) if lang is None or m.group(1) == lang]
+    return [
+        (m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1)
+        for m in FENCE.finditer(text)
+        if lang is None or m.group(1) == lang
+    ]
 
 
 def code_blocks(path: Path) -> list[tuple[str, int]]:
@@ -126,8 +140,15 @@ def jobs() -> list[Job]:
         elif doc.get("kind") == "Job" and "apiVersion" in doc:  # Kubernetes
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 command = "runner " + " ".join(shlex.quote(str(a)) for a in container.get("args", []))
-                found.append(Job(f"{where} container {container['name']}", _flatten_env(container.get("env")),
-                                 [command], [], "kubernetes"))
+                found.append(
+                    Job(
+                        f"{where} container {container['name']}",
+                        _flatten_env(container.get("env")),
+                        [command],
+                        [],
+                        "kubernetes",
+                    )
+                )
         else:  # GitLab CI: top-level keys with a script
             default = doc.get("default", {}) or {}
             for name, job in doc.items():
@@ -139,8 +160,7 @@ def jobs() -> list[Job]:
                 # masked CI/CD variables come from the project's settings: the
                 # job names them in a check that stops it when one is missing
                 env.update({var: "(checked)" for c in commands for var in re.findall(r"\$\{(\w+):\?\}", c)})
-                found.append(Job(f"{where} job {name}", env, commands, [{"gitlab": job, "default": default}],
-                                 "gitlab"))
+                found.append(Job(f"{where} job {name}", env, commands, [{"gitlab": job, "default": default}], "gitlab"))
     return [job for job in found if job.runner_calls]
 
 
@@ -161,13 +181,16 @@ def _option_given(job: Job, option: str) -> bool:
 @pytest.mark.parametrize("job", JOBS, ids=IDS)
 def test_every_ci_job_has_backend_ledger_passphrase_and_secrets(job):
     commands = {call[0] for call in job.runner_calls}
-    assert "RUNNER_LEDGER" in job.env or _option_given(job, "--ledger"), \
+    assert "RUNNER_LEDGER" in job.env or _option_given(job, "--ledger"), (
         f"{job.where}: no ledger (RUNNER_LEDGER): every runner would write its own SQLite ledger"
+    )
     if commands & ENGINE_COMMANDS:
-        assert "RUNNER_BACKEND" in job.env or _option_given(job, "--backend"), \
+        assert "RUNNER_BACKEND" in job.env or _option_given(job, "--backend"), (
             f"{job.where}: no backend (RUNNER_BACKEND): the state would be lost with the CI machine"
-        assert {"RUNNER_PASSPHRASE", "RUNNER_PASSPHRASE_FILE"} & set(job.env), \
+        )
+        assert {"RUNNER_PASSPHRASE", "RUNNER_PASSPHRASE_FILE"} & set(job.env), (
             f"{job.where}: no master passphrase (RUNNER_PASSPHRASE): the stacks' secrets cannot be read"
+        )
         missing = secret_variables() - set(job.env)
         assert not missing, f"{job.where}: the example registry's secrets are not provided: {sorted(missing)}"
 
@@ -181,37 +204,44 @@ def test_ci_jobs_fetch_history_and_cache_the_engine(job):
         checkout = [s for s in job.steps if str(s.get("uses", "")).startswith("actions/checkout@")]
         assert checkout, f"{job.where}: no checkout"
         if uses_rollback:
-            assert (checkout[0].get("with") or {}).get("fetch-depth") == 0, \
+            assert (checkout[0].get("with") or {}).get("fetch-depth") == 0, (
                 f"{job.where}: rollback across commits needs the full history (fetch-depth: 0)"
+            )
         if engine:
             go = [s for s in job.steps if str(s.get("uses", "")).startswith("actions/setup-go@")]
-            assert go and (go[0].get("with") or {}).get("go-version-file") == "tools/go.mod", \
+            assert go and (go[0].get("with") or {}).get("go-version-file") == "tools/go.mod", (
                 f"{job.where}: no Go set-up (actions/setup-go with go-version-file: tools/go.mod)"
+            )
             cache = [s for s in job.steps if str(s.get("uses", "")).startswith("actions/cache@")]
             assert cache, f"{job.where}: the engine build (~6 min) is not cached"
             spec = cache[0].get("with") or {}
             assert "~/.cache/runner" in str(spec.get("path")), f"{job.where}: the cache misses ~/.cache/runner"
             key = str(spec.get("key"))
-            assert "pyproject.toml" in key and "tools/go.sum" in key, \
+            assert "pyproject.toml" in key and "tools/go.sum" in key, (
                 f"{job.where}: the engine cache key must follow the pinned version (pyproject.toml, tools/go.sum)"
+            )
             assert job.steps.index(cache[0]) < min(
-                i for i, s in enumerate(job.steps) if "make" in str(s.get("run", ""))), \
-                f"{job.where}: the cache must be restored before the engine is built"
+                i for i, s in enumerate(job.steps) if "make" in str(s.get("run", ""))
+            ), f"{job.where}: the cache must be restored before the engine is built"
     else:  # GitLab: the checkout is a clone; its depth and the cache are job keys
         spec = {**job.steps[0]["default"], **job.steps[0]["gitlab"]}
         variables = job.env
         if uses_rollback:
-            assert str(variables.get("GIT_DEPTH")) == "0", \
+            assert str(variables.get("GIT_DEPTH")) == "0", (
                 f"{job.where}: rollback across commits needs the full history (GIT_DEPTH: 0)"
+            )
         if engine:
             cache = spec.get("cache") or {}
-            assert variables.get("XDG_CACHE_HOME", "").startswith("$CI_PROJECT_DIR"), \
+            assert variables.get("XDG_CACHE_HOME", "").startswith("$CI_PROJECT_DIR"), (
                 f"{job.where}: GitLab caches only paths in the project: set XDG_CACHE_HOME under $CI_PROJECT_DIR"
-            assert any("runner" in str(p) for p in cache.get("paths", [])), \
+            )
+            assert any("runner" in str(p) for p in cache.get("paths", [])), (
                 f"{job.where}: the engine build (~6 min) is not cached"
+            )
             files = (cache.get("key") or {}).get("files", []) if isinstance(cache.get("key"), dict) else []
-            assert {"pyproject.toml", "tools/go.sum"} <= set(files), \
+            assert {"pyproject.toml", "tools/go.sum"} <= set(files), (
                 f"{job.where}: the engine cache key must follow the pinned version (pyproject.toml, tools/go.sum)"
+            )
             assert "golang" in str(spec.get("image", "")), f"{job.where}: no Go toolchain (image)"
 
 
@@ -279,6 +309,7 @@ def test_docs_point_only_inside_the_repository():
 
 
 # --------------------------------------------------------------------------- Feature -> test (#18)
+
 
 def _feature_table() -> list[tuple[str, list[str]]]:
     """(feature, tests) of each row of the README's "Feature -> test" table."""

@@ -26,14 +26,17 @@ def _failure(name: str) -> tuple[Exception, engine._Collector]:
     return exc, collector
 
 
-@pytest.mark.parametrize("name, error_class, kind", [
-    ("locked", engine.LockedError, "locked"),
-    ("already_exists", engine.LockedError, "locked"),  # another shard created it meanwhile: wait, then select
-    ("checkpoint", engine.CheckpointUnreadable, "checkpoint"),
-    ("not_found", engine.StackNotFound, "not-found"),
-    ("fail", engine.OperationFailed, "failed"),
-    ("throttle", engine.TransientError, "transient"),
-])
+@pytest.mark.parametrize(
+    "name, error_class, kind",
+    [
+        ("locked", engine.LockedError, "locked"),
+        ("already_exists", engine.LockedError, "locked"),  # another shard created it meanwhile: wait, then select
+        ("checkpoint", engine.CheckpointUnreadable, "checkpoint"),
+        ("not_found", engine.StackNotFound, "not-found"),
+        ("fail", engine.OperationFailed, "failed"),
+        ("throttle", engine.TransientError, "transient"),
+    ],
+)
 def test_real_cli_failures_are_classified(name, error_class, kind):
     exc, collector = _failure(name)
     error = engine.classify(exc, collector)
@@ -46,38 +49,47 @@ def test_the_checkpoint_error_keeps_the_cli_reason():
     assert error.message == "getting snapshot: failed to load checkpoint: place 1: unexpected end of JSON input"
 
 
-@pytest.mark.parametrize("name, message", [
-    ("throttle", "Exception: ThrottlingException: Rate exceeded (simulated)"),
-    ("fail", "ValueError: the platform refused: disk full (simulated)"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("throttle", "Exception: ThrottlingException: Rate exceeded (simulated)"),
+        ("fail", "ValueError: the platform refused: disk full (simulated)"),
+    ],
+)
 def test_a_provider_failure_is_attributed_to_its_resource(name, message):
     error = engine.classify(*_failure(name))
     assert error.message == message
     assert error.urn.endswith("pulumi-python:dynamic:Resource::thing")
 
 
-@pytest.mark.parametrize("stderr", [
-    "error: operation error S3: PutObject, https response error StatusCode: 503, api error SlowDown",
-    "error: ThrottlingException: Rate exceeded",
-    "error: 429 Too Many Requests",
-    "error: TooManyRequestsException: too many requests",
-    "error: HTTP 503: service unavailable",
-    "error: read tcp 10.0.0.1:5432: connection reset by peer",
-    "error: dial tcp 10.0.0.2:443: i/o timeout",
-    "error: context deadline exceeded",
-    "error: request timed out after 30s",
-])
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        "error: operation error S3: PutObject, https response error StatusCode: 503, api error SlowDown",
+        "error: ThrottlingException: Rate exceeded",
+        "error: 429 Too Many Requests",
+        "error: TooManyRequestsException: too many requests",
+        "error: HTTP 503: service unavailable",
+        "error: read tcp 10.0.0.1:5432: connection reset by peer",
+        "error: dial tcp 10.0.0.2:443: i/o timeout",
+        "error: context deadline exceeded",
+        "error: request timed out after 30s",
+    ],
+)
 def test_transient_cli_failures(stderr):
     error = engine.classify(create_command_error(CommandResult("", stderr, 1)))
     assert error.kind == "transient", stderr
     assert error.message == stderr.removeprefix("error: ")
 
 
-@pytest.mark.parametrize("stderr", [
-    "error: invalid value for timeout: must be a number",
-    "error: AccessDenied: not authorized to perform s3:PutObject",
-    "error: bucket names must be 3-63 characters; code 4290",
-    "error: the platform refused: disk full",
-])
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        "error: invalid value for timeout: must be a number",
+        "error: AccessDenied: not authorized to perform s3:PutObject",
+        "error: bucket names must be 3-63 characters; code 4290",
+        "error: the platform refused: disk full",
+    ],
+)
 def test_permanent_failures_are_not_transient(stderr):
     assert engine.classify(create_command_error(CommandResult("", stderr, 1))).kind == "failed"

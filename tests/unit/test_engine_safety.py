@@ -16,8 +16,9 @@ PROJECT = Path(__file__).resolve().parents[2]
 def test_generated_pulumi_yaml_keeps_keys_but_not_the_secret_flag(tmp_path):
     """Pulumi >= 3.202 refuses a `secret: true` key left at its default (pulumi/pulumi#21865):
     every stack without a db_password, `shared` included, would fail."""
-    settings = engine.EngineSettings(bin_dir=tmp_path, project_dir=PROJECT, backend_url="file:///x",
-                                     work_root=tmp_path / "work")
+    settings = engine.EngineSettings(
+        bin_dir=tmp_path, project_dir=PROJECT, backend_url="file:///x", work_root=tmp_path / "work"
+    )
     program = engine.prepare_program_dir(settings)
     generated = yaml.safe_load((program / "Pulumi.yaml").read_text())
     assert "db_password" in generated["config"]
@@ -76,13 +77,16 @@ def test_an_empty_passphrase_file_is_an_error(tmp_path, monkeypatch):
     assert (tmp_path / "passphrase").read_text() == "\n", "never silently replaced"
 
 
-@pytest.mark.parametrize("variable,value,message", [
-    ("RUNNER_PASSPHRASE_FILE", "{tmp}/missing", "RUNNER_PASSPHRASE_FILE {tmp}/missing does not exist"),
-    ("RUNNER_PASSPHRASE_FILE", "{tmp}/empty", "RUNNER_PASSPHRASE_FILE {tmp}/empty is empty"),
-    ("RUNNER_PASSPHRASE_FILE", "", "RUNNER_PASSPHRASE_FILE is set but empty"),
-    ("RUNNER_PASSPHRASE", "", "RUNNER_PASSPHRASE is set but empty"),
-    ("RUNNER_PASSPHRASE", "  \n", "RUNNER_PASSPHRASE is set but empty"),
-])
+@pytest.mark.parametrize(
+    "variable,value,message",
+    [
+        ("RUNNER_PASSPHRASE_FILE", "{tmp}/missing", "RUNNER_PASSPHRASE_FILE {tmp}/missing does not exist"),
+        ("RUNNER_PASSPHRASE_FILE", "{tmp}/empty", "RUNNER_PASSPHRASE_FILE {tmp}/empty is empty"),
+        ("RUNNER_PASSPHRASE_FILE", "", "RUNNER_PASSPHRASE_FILE is set but empty"),
+        ("RUNNER_PASSPHRASE", "", "RUNNER_PASSPHRASE is set but empty"),
+        ("RUNNER_PASSPHRASE", "  \n", "RUNNER_PASSPHRASE is set but empty"),
+    ],
+)
 def test_a_configured_but_missing_or_empty_passphrase_is_an_error(tmp_path, monkeypatch, variable, value, message):
     """It used to generate a new master silently: no existing stack could be read any more."""
     monkeypatch.delenv("RUNNER_PASSPHRASE", raising=False)

@@ -19,11 +19,13 @@ def fake_cli(tmp_path) -> tuple[Path, Path]:
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls.log"
     bin_dir.mkdir()
     script = bin_dir / "pulumi"
-    script.write_text(textwrap.dedent(f"""\
+    script.write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         echo "$*" >> {calls}
         case "$*" in *history*) echo '[]' ;; *) echo '{{}}' ;; esac
-        """))
+        """)
+    )
     script.chmod(0o755)
     return bin_dir, calls
 
@@ -33,8 +35,9 @@ def _calls(path: Path) -> list[str]:
 
 
 def _stack(tmp_path, bin_dir, collector, **workspace):
-    settings = engine.EngineSettings(bin_dir=bin_dir, project_dir=tmp_path, backend_url="file:///nowhere",
-                                     work_root=tmp_path / "state" / "work")
+    settings = engine.EngineSettings(
+        bin_dir=bin_dir, project_dir=tmp_path, backend_url="file:///nowhere", work_root=tmp_path / "state" / "work"
+    )
     settings.program_dir.mkdir(parents=True)
     ws = engine._workspace(settings, "dev", **workspace)
     return engine.sdk().Stack("dev", ws, collector)
@@ -75,8 +78,9 @@ def test_an_operation_runs_one_process_when_its_events_carry_the_outputs(fake_cl
 def test_stack_init_modes_are_the_ones_the_factories_use(fake_cli, tmp_path):
     """Stack.Mode is the SDK's private StackInitMode: create runs `stack init`."""
     bin_dir, calls = fake_cli
-    settings = engine.EngineSettings(bin_dir=bin_dir, project_dir=tmp_path, backend_url="file:///nowhere",
-                                     work_root=tmp_path / "state" / "work")
+    settings = engine.EngineSettings(
+        bin_dir=bin_dir, project_dir=tmp_path, backend_url="file:///nowhere", work_root=tmp_path / "state" / "work"
+    )
     settings.program_dir.mkdir(parents=True)
     ws = engine._workspace(settings, "dev")
     Stack = engine.sdk().Stack

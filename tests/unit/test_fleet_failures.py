@@ -62,18 +62,28 @@ def run_all(fleet, ledger, jobs, settings, **plan_options):
 @pytest.fixture
 def fleet(tmp_path, monkeypatch):
     real_popen = subprocess.Popen
-    ok = [json.dumps({"type": "progress", "phase": "begin"}),
-          json.dumps({"type": "result", "ok": True, "changes": {"same": 2}, "outputs": {}})]
-    failed = json.dumps({"type": "result", "ok": False, "error": {
-        "kind": "failed", "message": "boom", "urn": None, "component": None}})
-    throttled = json.dumps({"type": "result", "ok": False, "error": {
-        "kind": "transient", "message": "Throttling: Rate exceeded", "urn": None, "component": None}})
+    ok = [
+        json.dumps({"type": "progress", "phase": "begin"}),
+        json.dumps({"type": "result", "ok": True, "changes": {"same": 2}, "outputs": {}}),
+    ]
+    failed = json.dumps(
+        {"type": "result", "ok": False, "error": {"kind": "failed", "message": "boom", "urn": None, "component": None}}
+    )
+    throttled = json.dumps(
+        {
+            "type": "result",
+            "ok": False,
+            "error": {"kind": "transient", "message": "Throttling: Rate exceeded", "urn": None, "component": None},
+        }
+    )
     # `flaky` stacks are throttled on their first attempt (a marker file remembers it), then succeed
     marker = str(tmp_path / "throttled-once")
-    script = ("import json, os, sys; job = json.load(sys.stdin); stack = job['stack']\n"
-              f"if stack.startswith('flaky') and not os.path.exists({marker!r}):\n"
-              f"    open({marker!r}, 'w').close(); print({throttled!r})\n"
-              f"else:\n    print({failed!r} if stack.startswith('bad') else {chr(10).join(ok)!r})")
+    script = (
+        "import json, os, sys; job = json.load(sys.stdin); stack = job['stack']\n"
+        f"if stack.startswith('flaky') and not os.path.exists({marker!r}):\n"
+        f"    open({marker!r}, 'w').close(); print({throttled!r})\n"
+        f"else:\n    print({failed!r} if stack.startswith('bad') else {chr(10).join(ok)!r})"
+    )
 
     def fake_worker(args, **kwargs):
         assert args[-2:] == ["-m", "runner.worker"]
@@ -83,8 +93,9 @@ def fleet(tmp_path, monkeypatch):
     monkeypatch.setattr(protocol.subprocess, "Popen", fake_worker)
     monkeypatch.setattr(engine, "prepare_program_dir", lambda settings: None)
     monkeypatch.setattr(engine, "master_passphrase", lambda state_dir: "master")
-    return Fleet(Path(tmp_path), state_dir=tmp_path / ".runner", bin_dir=tmp_path / "bin",
-                 backend=f"file://{tmp_path / 'state'}")
+    return Fleet(
+        Path(tmp_path), state_dir=tmp_path / ".runner", bin_dir=tmp_path / "bin", backend=f"file://{tmp_path / 'state'}"
+    )
 
 
 def _jobs(*names):
@@ -96,7 +107,10 @@ def test_a_ledger_error_while_recording_a_result_does_not_abort_the_run(fleet):
     report = run_all(fleet, ledger, _jobs("a", "b", "c"), RunSettings(operation="preview", concurrency=2))
 
     assert [(t.stack, t.status) for t in report.targets] == [
-        ("a.staging", rpt.SUCCEEDED), ("b.staging", rpt.SUCCEEDED), ("c.staging", rpt.SUCCEEDED)]
+        ("a.staging", rpt.SUCCEEDED),
+        ("b.staging", rpt.SUCCEEDED),
+        ("c.staging", rpt.SUCCEEDED),
+    ]
     assert sorted(ledger.ended) == [("a.staging", rpt.SUCCEEDED), ("c.staging", rpt.SUCCEEDED)]
     assert any("ledger" in note and "readonly database" in note and "b.staging" in note for note in report.notes)
     assert report.errors and report.to_dict()["errors"] == report.errors
@@ -114,10 +128,17 @@ def test_a_ledger_error_while_planning_a_rollback_does_not_abort_the_run(fleet):
     def roll_back(job, result):
         raise RuntimeError("(sqlite3.OperationalError) unable to open database file")
 
-    report = run_all(fleet, FlakyLedger("none"), _jobs("bad", "good"),
-                     RunSettings(operation="preview", concurrency=1, on_failure="rollback"), rollback=roll_back)
-    assert [(t.stack, t.status) for t in report.targets] == [("bad.staging", rpt.FAILED),
-                                                             ("good.staging", rpt.SUCCEEDED)]
+    report = run_all(
+        fleet,
+        FlakyLedger("none"),
+        _jobs("bad", "good"),
+        RunSettings(operation="preview", concurrency=1, on_failure="rollback"),
+        rollback=roll_back,
+    )
+    assert [(t.stack, t.status) for t in report.targets] == [
+        ("bad.staging", rpt.FAILED),
+        ("good.staging", rpt.SUCCEEDED),
+    ]
     assert "unable to open database file" in report.targets[0].details["rollback"]
 
 

@@ -17,48 +17,67 @@ RUNNER = str(Path(sys.executable).parent / "runner")
 
 
 def _settings(work_root: Path) -> engine.EngineSettings:
-    return engine.EngineSettings(bin_dir=Path("/opt/engine/bin"), project_dir=PROJECT_DIR,
-                                 backend_url="file:///tmp/state", work_root=work_root)
+    return engine.EngineSettings(
+        bin_dir=Path("/opt/engine/bin"), project_dir=PROJECT_DIR, backend_url="file:///tmp/state", work_root=work_root
+    )
 
 
 def test_the_plain_cli_runs_from_the_generated_program_directory(tmp_path):
     # not the project directory: its Pulumi.yaml marks db_password secret, which the engine
     # enforces on stacks without one (seen: customer-2.staging after `make run`)
-    assert engine.plain_cli_directory(_settings(PROJECT_DIR / ".runner" / "work")) == PROJECT_DIR / ".runner" / "program"
+    assert (
+        engine.plain_cli_directory(_settings(PROJECT_DIR / ".runner" / "work")) == PROJECT_DIR / ".runner" / "program"
+    )
     assert engine.plain_cli_directory(_settings(tmp_path / "state" / "work")) == (tmp_path / "state" / "program")
 
 
 def test_shell_lines_are_quoted_and_eval_to_the_exact_values(tmp_path):
-    odd = "it's $HOME `x` \"q\" ;&|"
-    target = ops.PulumiEnvironment(stack="a-1.staging", directory=tmp_path / "dir with space",
-                                   env={"PULUMI_CONFIG_PASSPHRASE": odd, "PULUMI_BACKEND_URL": "file:///a b"},
-                                   path=[str(tmp_path / "bin dir"), "/venv/bin"])
-    script = "\n".join(target.shell_lines()) + '\nprintf "%s\\n" "$PULUMI_CONFIG_PASSPHRASE" "$PULUMI_BACKEND_URL" ' \
-                                                '"$PATH" "${PULUMI_CONFIG_PASSPHRASE_FILE-unset}"'
+    odd = 'it\'s $HOME `x` "q" ;&|'
+    target = ops.PulumiEnvironment(
+        stack="a-1.staging",
+        directory=tmp_path / "dir with space",
+        env={"PULUMI_CONFIG_PASSPHRASE": odd, "PULUMI_BACKEND_URL": "file:///a b"},
+        path=[str(tmp_path / "bin dir"), "/venv/bin"],
+    )
+    script = (
+        "\n".join(target.shell_lines()) + '\nprintf "%s\\n" "$PULUMI_CONFIG_PASSPHRASE" "$PULUMI_BACKEND_URL" '
+        '"$PATH" "${PULUMI_CONFIG_PASSPHRASE_FILE-unset}"'
+    )
     env = {"PATH": "/usr/bin:/bin", "PULUMI_CONFIG_PASSPHRASE_FILE": "/somewhere"}
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, check=True).stdout
     assert out.splitlines() == [odd, "file:///a b", f"{tmp_path / 'bin dir'}:/venv/bin:/usr/bin:/bin", "unset"]
 
 
 def test_the_child_environment_drops_the_master_passphrase():
-    target = ops.PulumiEnvironment(stack="s", directory=Path("/"), env={"PULUMI_CONFIG_PASSPHRASE": "derived"},
-                                   path=["/engine"])
-    child = target.child_environment({"PATH": "/bin", "RUNNER_PASSPHRASE": "master", "RUNNER_PASSPHRASE_FILE": "/f",
-                                      "PULUMI_CONFIG_PASSPHRASE_FILE": "/g", "HOME": "/root"})
+    target = ops.PulumiEnvironment(
+        stack="s", directory=Path("/"), env={"PULUMI_CONFIG_PASSPHRASE": "derived"}, path=["/engine"]
+    )
+    child = target.child_environment(
+        {
+            "PATH": "/bin",
+            "RUNNER_PASSPHRASE": "master",
+            "RUNNER_PASSPHRASE_FILE": "/f",
+            "PULUMI_CONFIG_PASSPHRASE_FILE": "/g",
+            "HOME": "/root",
+        }
+    )
     assert child == {"PATH": "/engine:/bin", "PULUMI_CONFIG_PASSPHRASE": "derived", "HOME": "/root"}
 
 
-@pytest.mark.parametrize("args", [
-    ["pulumi", "--all-tenants", "--", "stack", "ls"],
-    ["pulumi", "--tag", "tier=premium", "--", "stack", "ls"],
-    ["pulumi", "--tenant", "customer-1", "--tenant", "customer-2", "--env", "staging", "--", "stack", "ls"],
-    ["pulumi", "--shard", "0/2", "--", "stack", "ls"],
-    ["env", "--all-tenants"],
-    ["env", "--tenant", "customer-1"],
-    ["env", "--stack", "shared", "--tenant", "customer-1", "--env", "staging"],
-    ["env", "--tenant", "nobody", "--env", "staging"],
-    ["pulumi", "--tenant", "customer-1", "--env", "staging"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["pulumi", "--all-tenants", "--", "stack", "ls"],
+        ["pulumi", "--tag", "tier=premium", "--", "stack", "ls"],
+        ["pulumi", "--tenant", "customer-1", "--tenant", "customer-2", "--env", "staging", "--", "stack", "ls"],
+        ["pulumi", "--shard", "0/2", "--", "stack", "ls"],
+        ["env", "--all-tenants"],
+        ["env", "--tenant", "customer-1"],
+        ["env", "--stack", "shared", "--tenant", "customer-1", "--env", "staging"],
+        ["env", "--tenant", "nobody", "--env", "staging"],
+        ["pulumi", "--tenant", "customer-1", "--env", "staging"],
+    ],
+)
 def test_one_stack_commands_refuse_fleets_and_bad_selectors_with_one_line(args):
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 2, result.output
@@ -71,8 +90,12 @@ def test_env_help_says_the_output_is_a_secret():
 
 
 def _complete(words: str, registry: Path | None = None) -> list[str]:
-    env = {**os.environ, "_RUNNER_COMPLETE": "bash_complete", "COMP_WORDS": words,
-           "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}
+    env = {
+        **os.environ,
+        "_RUNNER_COMPLETE": "bash_complete",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+    }
     env.pop("RUNNER_REGISTRY", None)
     if registry:
         env["RUNNER_REGISTRY"] = str(registry)

@@ -37,13 +37,37 @@ def _t(minutes: int) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
-def _deploy(lg: Ledger, run_id: str, stack: str, release: str, status: str, *, op: str = "up",
-            minute: int = 0, tenant: str | None = "acme", environment: str = "staging") -> int:
-    op_id = lg.record_start(run_id, tenant, environment, stack, op, release=release,
-                            program_commit=f"commit-{release}", config_fingerprint=f"fp-{release}",
-                            config_snapshot={"app_version": release}, started=_t(minute))
-    lg.record_end(op_id, status, changes={"create": 0, "update": 1, "delete": 0, "same": 3},
-                  error=None if status == "succeeded" else "boom", ended=_t(minute) + timedelta(seconds=30))
+def _deploy(
+    lg: Ledger,
+    run_id: str,
+    stack: str,
+    release: str,
+    status: str,
+    *,
+    op: str = "up",
+    minute: int = 0,
+    tenant: str | None = "acme",
+    environment: str = "staging",
+) -> int:
+    op_id = lg.record_start(
+        run_id,
+        tenant,
+        environment,
+        stack,
+        op,
+        release=release,
+        program_commit=f"commit-{release}",
+        config_fingerprint=f"fp-{release}",
+        config_snapshot={"app_version": release},
+        started=_t(minute),
+    )
+    lg.record_end(
+        op_id,
+        status,
+        changes={"create": 0, "update": 1, "delete": 0, "same": 3},
+        error=None if status == "succeeded" else "boom",
+        ended=_t(minute) + timedelta(seconds=30),
+    )
     return op_id
 
 
@@ -99,13 +123,18 @@ def scenario_history_newest_first(url: str) -> None:
 def scenario_running_then_end(url: str) -> None:
     with Ledger(url) as lg:
         lg.start_run("r1", "up")
-        op_id = lg.record_start("r1", "acme", "staging", "acme.staging", "up", release="R1",
-                                details={"wave": "canary"})
+        op_id = lg.record_start("r1", "acme", "staging", "acme.staging", "up", release="R1", details={"wave": "canary"})
         row = lg.operation(op_id)
         assert row.status == "running" and row.ended is None and row.duration is None
         assert row.details == {"wave": "canary"}
-        lg.record_end(op_id, "failed", error="resource failed", error_resource="urn:pulumi:acme.staging::p::t::db",
-                      error_component="backend", details={"ignore_lifecycle": True})
+        lg.record_end(
+            op_id,
+            "failed",
+            error="resource failed",
+            error_resource="urn:pulumi:acme.staging::p::t::db",
+            error_component="backend",
+            details={"ignore_lifecycle": True},
+        )
         row = lg.operation(op_id)
         assert row.status == "failed" and row.ended is not None
         assert row.error_resource.endswith("::db") and row.error_component == "backend"
@@ -128,7 +157,7 @@ def scenario_last_good_release(url: str) -> None:
         assert lg.last_good_release(s) is None
         _deploy(lg, "r", s, "R1", "succeeded", minute=1)
         r2 = _deploy(lg, "r", s, "R2", "succeeded", minute=2)
-        _deploy(lg, "r", s, "R3", "failed", minute=3)            # failed rows never count
+        _deploy(lg, "r", s, "R3", "failed", minute=3)  # failed rows never count
         lg.record("r", "acme", "production", s, "preview", "succeeded", release="R5")  # not a deploy
         lg.record("r", "acme", "production", "acme.staging", "up", "succeeded", release="R6")  # other stack
         assert lg.last_good_release(s, before_release="R3").id == r2
@@ -193,16 +222,36 @@ def scenario_latest_by_stack_fleet(url: str) -> None:
         # Bulk rows through the engine (this scenario is about the query, not
         # about 3,000 single-row transactions).
         rows = []
-        base = {"run_id": "r", "environment": "production", "release": "R", "program_commit": None,
-                "config_fingerprint": None, "config_snapshot": None, "ended": None, "changes": None,
-                "error": None, "error_resource": None, "error_component": None, "details": None,
-                "host": "h", "pid": 1}
+        base = {
+            "run_id": "r",
+            "environment": "production",
+            "release": "R",
+            "program_commit": None,
+            "config_fingerprint": None,
+            "config_snapshot": None,
+            "ended": None,
+            "changes": None,
+            "error": None,
+            "error_resource": None,
+            "error_component": None,
+            "details": None,
+            "host": "h",
+            "pid": 1,
+        }
         for round_, (op, status) in enumerate([("up", "succeeded"), ("drift", "in-sync"), ("preview", "succeeded")]):
             for i in range(n):
                 if round_ == 1 and i % 2:
                     continue  # half the fleet had no drift check
-                rows.append({**base, "tenant": f"t{i:04d}", "stack": f"t{i:04d}.production", "operation": op,
-                             "status": status, "started": f"2024-05-01T12:{round_:02d}:00.000000+00:00"})
+                rows.append(
+                    {
+                        **base,
+                        "tenant": f"t{i:04d}",
+                        "stack": f"t{i:04d}.production",
+                        "operation": op,
+                        "status": status,
+                        "started": f"2024-05-01T12:{round_:02d}:00.000000+00:00",
+                    }
+                )
         with lg.engine.begin() as conn:
             conn.execute(ledger_mod.operations.insert(), rows)
         statements: list[str] = []
@@ -227,8 +276,15 @@ def scenario_latest_by_stack_fleet(url: str) -> None:
         assert all(r.operation == "preview" for r in lg.latest_by_stack(None).values())
         some = lg.latest_by_stack(("up",), stacks=["t0001.production", "t0002.production"])
         assert sorted(some) == ["t0001.production", "t0002.production"]
-        d = lg.record("r", "t0002", "production", "t0002.production", "drift", "drifted",
-                      details={"resources": [{"urn": "urn:x", "diff": ["tag"]}]})
+        d = lg.record(
+            "r",
+            "t0002",
+            "production",
+            "t0002.production",
+            "drift",
+            "drifted",
+            details={"resources": [{"urn": "urn:x", "diff": ["tag"]}]},
+        )
         assert lg.latest_drift("t0002.production").id == d
         assert lg.latest_drift("t0002.production").details["resources"][0]["urn"] == "urn:x"
         assert lg.latest_drift("t0001.production") is None
@@ -237,10 +293,24 @@ def scenario_latest_by_stack_fleet(url: str) -> None:
 
 def scenario_run_idempotent(url: str) -> None:
     with Ledger(url) as a, Ledger(url) as b:
-        a.start_run("ci-42", "up", argv=["up", "--shard", "0/2"], release="R1", shard="0/2",
-                    options={"concurrency": 4}, started=_t(0))
-        b.start_run("ci-42", "up", argv=["up", "--shard", "1/2"], release="R1", shard="1/2",
-                    options={"concurrency": 8}, started=_t(1))
+        a.start_run(
+            "ci-42",
+            "up",
+            argv=["up", "--shard", "0/2"],
+            release="R1",
+            shard="0/2",
+            options={"concurrency": 4},
+            started=_t(0),
+        )
+        b.start_run(
+            "ci-42",
+            "up",
+            argv=["up", "--shard", "1/2"],
+            release="R1",
+            shard="1/2",
+            options={"concurrency": 8},
+            started=_t(1),
+        )
         a.start_run("ci-42", "up", argv=["up", "--shard", "0/2"], release="R1", shard="0/2", started=_t(2))
         run = a.run("ci-42")
         assert isinstance(run, RunRow)
@@ -277,8 +347,15 @@ def scenario_secrets_stored_verbatim(url: str) -> None:
     argv = ["up", "--tenant", "acme", "--ledger", "postgresql://runner:***@db/ledger"]
     with Ledger(url) as lg:
         lg.start_run("r", "up", argv=argv, options={"tag": ["tier=premium"]})
-        op = lg.record_start("r", "acme", "production", "acme.production", "up",
-                             config_snapshot=snapshot, config_fingerprint="sha256:abc")
+        op = lg.record_start(
+            "r",
+            "acme",
+            "production",
+            "acme.production",
+            "up",
+            config_snapshot=snapshot,
+            config_fingerprint="sha256:abc",
+        )
         lg.record_end(op, "succeeded")
         row = lg.operation(op)
         assert row.config_snapshot == snapshot
@@ -334,6 +411,7 @@ def _open_worker(url: str, barrier, errors) -> None:
             assert lg.schema_version() == SCHEMA_VERSION
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         import traceback
+
         errors.put(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-8)}")
 
 

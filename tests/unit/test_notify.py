@@ -75,29 +75,78 @@ def make_report() -> Report:
     report = Report(run_id="run-42", command="up", release="2024.05.2", started=T, ended=T)
     add = report.add
     add(TargetResult("acme", "production", "acme.production", "up", "succeeded", started=T, ended=T))
-    add(TargetResult("globex", "production", "globex.production", "up", "failed", started=T, ended=T,
-                     error="migration 0007 failed:\n near \"INDEXX\": syntax error",
-                     error_resource="urn:pulumi:x::runner::runner:local:Backend$runner:local:Database::globex-db",
-                     error_component="runner:local:Backend"))
-    add(TargetResult("initech", "production", "initech.production", "up", "blocked",
-                     error="release 2024.05.2 has not succeeded in staging"))
-    add(TargetResult("hooli", "staging", "hooli.staging", "up", "locked",
-                     error="still locked by another operation after 300s"))
-    add(TargetResult("evil", "staging", "evil.staging", "up", "not-started",
-                     error="<!channel> <https://evil.example|click> & `rm`"))
+    add(
+        TargetResult(
+            "globex",
+            "production",
+            "globex.production",
+            "up",
+            "failed",
+            started=T,
+            ended=T,
+            error='migration 0007 failed:\n near "INDEXX": syntax error',
+            error_resource="urn:pulumi:x::runner::runner:local:Backend$runner:local:Database::globex-db",
+            error_component="runner:local:Backend",
+        )
+    )
+    add(
+        TargetResult(
+            "initech",
+            "production",
+            "initech.production",
+            "up",
+            "blocked",
+            error="release 2024.05.2 has not succeeded in staging",
+        )
+    )
+    add(
+        TargetResult(
+            "hooli", "staging", "hooli.staging", "up", "locked", error="still locked by another operation after 300s"
+        )
+    )
+    add(
+        TargetResult(
+            "evil",
+            "staging",
+            "evil.staging",
+            "up",
+            "not-started",
+            error="<!channel> <https://evil.example|click> & `rm`",
+        )
+    )
     add(TargetResult("umbrella", "staging", "umbrella.staging", "up", "skipped"))
     return report
 
 
 EXPECTED_FAILURES = [
-    {"tenant": "globex", "environment": "production", "stack": "globex.production", "status": "failed",
-     "error": "Backend (globex-db): migration 0007 failed: near \"INDEXX\": syntax error"},
-    {"tenant": "initech", "environment": "production", "stack": "initech.production", "status": "blocked",
-     "error": "release 2024.05.2 has not succeeded in staging"},
-    {"tenant": "hooli", "environment": "staging", "stack": "hooli.staging", "status": "locked",
-     "error": "still locked by another operation after 300s"},
-    {"tenant": "evil", "environment": "staging", "stack": "evil.staging", "status": "not-started",
-     "error": "<!channel> <https://evil.example|click> & `rm`"},
+    {
+        "tenant": "globex",
+        "environment": "production",
+        "stack": "globex.production",
+        "status": "failed",
+        "error": 'Backend (globex-db): migration 0007 failed: near "INDEXX": syntax error',
+    },
+    {
+        "tenant": "initech",
+        "environment": "production",
+        "stack": "initech.production",
+        "status": "blocked",
+        "error": "release 2024.05.2 has not succeeded in staging",
+    },
+    {
+        "tenant": "hooli",
+        "environment": "staging",
+        "stack": "hooli.staging",
+        "status": "locked",
+        "error": "still locked by another operation after 300s",
+    },
+    {
+        "tenant": "evil",
+        "environment": "staging",
+        "stack": "evil.staging",
+        "status": "not-started",
+        "error": "<!channel> <https://evil.example|click> & `rm`",
+    },
 ]
 
 
@@ -107,22 +156,26 @@ EXPECTED_FAILURES = [
 
 def test_parse_target():
     assert parse_target("slack:https://hooks.slack.com/services/" + TOKEN) == NotifyTarget(
-        "slack", "https://hooks.slack.com/services/" + TOKEN)
+        "slack", "https://hooks.slack.com/services/" + TOKEN
+    )
     assert parse_target("webhook:http://127.0.0.1:8080/x?y=1") == NotifyTarget("webhook", "http://127.0.0.1:8080/x?y=1")
     assert parse_target(" WEBHOOK:https://ci.example/hook ").kind == "webhook"
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("https://hooks.slack.com/x", "invalid --notify target kind https: expected slack:URL or webhook:URL"),
-    ("teams:https://x.example/", "invalid --notify target kind 'teams'"),
-    ("slack", "expected slack:URL or webhook:URL"),
-    ("slack:", "only http:// and https:// URLs are allowed"),
-    ("webhook:ftp://x.example/hook", "only http:// and https:// URLs are allowed, not ftp://"),
-    ("webhook:file:///etc/passwd", "only http:// and https:// URLs are allowed, not file://"),
-    ("webhook:https:///nohost", "no host"),
-    ("webhook:http://x.example:99999/", "invalid --notify webhook URL"),
-    ("webhook:http://x.example/a b", "contains whitespace"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("https://hooks.slack.com/x", "invalid --notify target kind https: expected slack:URL or webhook:URL"),
+        ("teams:https://x.example/", "invalid --notify target kind 'teams'"),
+        ("slack", "expected slack:URL or webhook:URL"),
+        ("slack:", "only http:// and https:// URLs are allowed"),
+        ("webhook:ftp://x.example/hook", "only http:// and https:// URLs are allowed, not ftp://"),
+        ("webhook:file:///etc/passwd", "only http:// and https:// URLs are allowed, not file://"),
+        ("webhook:https:///nohost", "no host"),
+        ("webhook:http://x.example:99999/", "invalid --notify webhook URL"),
+        ("webhook:http://x.example/a b", "contains whitespace"),
+    ],
+)
 def test_parse_target_errors(spec, message):
     with pytest.raises(NotifyError, match=None) as info:
         parse_target(spec)
@@ -169,8 +222,7 @@ def test_slack_payload_escapes_untrusted_text():
     text = json.dumps(payload)
     assert "<!channel>" not in text and "<https://evil.example" not in text
     evil = payload["blocks"][-1]["text"]["text"]
-    assert evil == ("*evil.staging* `not-started`\n"
-                    "&lt;!channel&gt; &lt;https://evil.example|click&gt; &amp; `rm`")
+    assert evil == ("*evil.staging* `not-started`\n&lt;!channel&gt; &lt;https://evil.example|click&gt; &amp; `rm`")
 
 
 def test_slack_payload_caps_blocks():
@@ -198,8 +250,10 @@ def test_slack_payload_all_good():
 def test_both_payloads_are_delivered():
     report = make_report()
     with Server() as server:
-        targets = [parse_target(f"slack:{server.url('/services/' + TOKEN)}"),
-                   parse_target(f"webhook:{server.url('/ci')}")]
+        targets = [
+            parse_target(f"slack:{server.url('/services/' + TOKEN)}"),
+            parse_target(f"webhook:{server.url('/ci')}"),
+        ]
         outcomes = notify(report, targets, wait=no_wait)
     assert [(o.ok, o.status_code, o.attempts, o.error) for o in outcomes] == [(True, 200, 1, None)] * 2
     assert [r["path"] for r in server.requests] == ["/services/" + TOKEN, "/ci"]
@@ -215,21 +269,48 @@ def test_both_payloads_are_delivered():
     }
     assert server.json(0) == {
         "text": ":x: runner up: 4 targets need attention (run run-42) - "
-                "6 targets: 1 succeeded, 1 failed, 1 skipped, 1 not-started, 1 locked, 1 blocked",
+        "6 targets: 1 succeeded, 1 failed, 1 skipped, 1 not-started, 1 locked, 1 blocked",
         "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": ":x: runner up: 4 targets need attention",
-                                        "emoji": True}},
-            {"type": "section", "text": {"type": "mrkdwn", "text":
-                "*Run* `run-42` · *Release* `2024.05.2` · *Exit code* 1\n"
-                "6 targets: 1 succeeded, 1 failed, 1 skipped, 1 not-started, 1 locked, 1 blocked"}},
-            {"type": "section", "text": {"type": "mrkdwn", "text":
-                "*globex.production* `failed`\nBackend (globex-db): migration 0007 failed: near \"INDEXX\": syntax error"}},
-            {"type": "section", "text": {"type": "mrkdwn", "text":
-                "*initech.production* `blocked`\nrelease 2024.05.2 has not succeeded in staging"}},
-            {"type": "section", "text": {"type": "mrkdwn", "text":
-                "*hooli.staging* `locked`\nstill locked by another operation after 300s"}},
-            {"type": "section", "text": {"type": "mrkdwn", "text":
-                "*evil.staging* `not-started`\n&lt;!channel&gt; &lt;https://evil.example|click&gt; &amp; `rm`"}},
+            {
+                "type": "header",
+                "text": {"type": "plain_text", "text": ":x: runner up: 4 targets need attention", "emoji": True},
+            },
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": "*Run* `run-42` · *Release* `2024.05.2` · *Exit code* 1\n"
+                    "6 targets: 1 succeeded, 1 failed, 1 skipped, 1 not-started, 1 locked, 1 blocked",
+                },
+            },
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": '*globex.production* `failed`\nBackend (globex-db): migration 0007 failed: near "INDEXX": syntax error',
+                },
+            },
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": "*initech.production* `blocked`\nrelease 2024.05.2 has not succeeded in staging",
+                },
+            },
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": "*hooli.staging* `locked`\nstill locked by another operation after 300s",
+                },
+            },
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": "*evil.staging* `not-started`\n&lt;!channel&gt; &lt;https://evil.example|click&gt; &amp; `rm`",
+                },
+            },
         ],
     }
     assert str(outcomes[0]) == f"notified slack:http://127.0.0.1:{server.port}/… (HTTP 200)"

@@ -27,10 +27,17 @@ class FakeExecutor:
 
     def result(self, job: Job) -> rpt.TargetResult:
         status = self.outcomes.get((job.stack, job.operation), self.outcomes.get(job.stack, rpt.SUCCEEDED))
-        return rpt.TargetResult(job.tenant, job.environment, job.stack, job.operation, status,
-                                started=rpt.now(), ended=rpt.now(),
-                                error=None if status == rpt.SUCCEEDED else f"{job.stack} {status}",
-                                details={**job.details, **({"wave": job.wave} if job.wave else {})})
+        return rpt.TargetResult(
+            job.tenant,
+            job.environment,
+            job.stack,
+            job.operation,
+            status,
+            started=rpt.now(),
+            ended=rpt.now(),
+            error=None if status == rpt.SUCCEEDED else f"{job.stack} {status}",
+            details={**job.details, **({"wave": job.wave} if job.wave else {})},
+        )
 
     def run_batch(self, jobs, run, policy):
         if jobs:
@@ -85,8 +92,9 @@ def test_the_shared_stack_first_then_environments_in_promotion_order():
 def test_other_operations_run_in_one_step_without_waves():
     jobs = [job("a", "production"), job("a")]
     settings = RunSettings("refresh", concurrency=1)
-    report, executor = run_plan([Job(j.tenant, j.environment, j.stack, "refresh", {}, {}) for j in jobs],
-                                settings=settings, environments=None)
+    report, executor = run_plan(
+        [Job(j.tenant, j.environment, j.stack, "refresh", {}, {}) for j in jobs], settings=settings, environments=None
+    )
     assert executor.batches == [["a.production", "a.staging"]]
     assert report.waves == []
 
@@ -142,11 +150,16 @@ def test_ignore_lifecycle_is_recorded_on_each_target():
 
 def test_a_wave_over_its_tolerance_halts_the_rollout():
     waves = rollout({"name": "canary", "max": 1}, {"name": "rest"})
-    report, executor = run_plan([job(t) for t in "abc"] + [job("a", "production")], FakeExecutor({"a.staging": rpt.FAILED}),
-                                rollout=waves)
+    report, executor = run_plan(
+        [job(t) for t in "abc"] + [job("a", "production")], FakeExecutor({"a.staging": rpt.FAILED}), rollout=waves
+    )
     assert executor.batches == [["a.staging"]]
-    assert statuses(report) == [("a.staging", "up", rpt.FAILED), ("b.staging", "up", rpt.NOT_STARTED),
-                                ("c.staging", "up", rpt.NOT_STARTED), ("a.production", "up", rpt.NOT_STARTED)]
+    assert statuses(report) == [
+        ("a.staging", "up", rpt.FAILED),
+        ("b.staging", "up", rpt.NOT_STARTED),
+        ("c.staging", "up", rpt.NOT_STARTED),
+        ("a.production", "up", rpt.NOT_STARTED),
+    ]
     assert report.targets[1].error == "rollout halted after wave canary (staging): 1 failure(s), tolerance 0"
     assert report.notes == [report.targets[1].error]
     assert [w["failed"] for w in report.waves] == [1]
@@ -168,17 +181,27 @@ def test_without_a_rollout_a_failure_halts_nothing():
 
 
 def test_on_failure_stop_starts_nothing_new_after_the_first_failure():
-    report, _ = run_plan([job(t) for t in "abc"] + [job("a", "production")], FakeExecutor({"a.staging": rpt.FAILED}),
-                         settings=RunSettings("up", concurrency=1, on_failure="stop"))
-    assert statuses(report) == [("a.staging", "up", rpt.FAILED), ("b.staging", "up", rpt.NOT_STARTED),
-                                ("c.staging", "up", rpt.NOT_STARTED), ("a.production", "up", rpt.NOT_STARTED)]
+    report, _ = run_plan(
+        [job(t) for t in "abc"] + [job("a", "production")],
+        FakeExecutor({"a.staging": rpt.FAILED}),
+        settings=RunSettings("up", concurrency=1, on_failure="stop"),
+    )
+    assert statuses(report) == [
+        ("a.staging", "up", rpt.FAILED),
+        ("b.staging", "up", rpt.NOT_STARTED),
+        ("c.staging", "up", rpt.NOT_STARTED),
+        ("a.production", "up", rpt.NOT_STARTED),
+    ]
     assert report.targets[1].error == "stopped after a failure (--on-failure stop)"
 
 
 def test_max_failures_counts_failures_across_the_run():
     outcomes = {"a.staging": rpt.FAILED, "b.staging": rpt.FAILED}
-    report, _ = run_plan([job(t) for t in "abc"] + [job("a", "production")], FakeExecutor(outcomes),
-                         settings=RunSettings("up", concurrency=1, max_failures=2))
+    report, _ = run_plan(
+        [job(t) for t in "abc"] + [job("a", "production")],
+        FakeExecutor(outcomes),
+        settings=RunSettings("up", concurrency=1, max_failures=2),
+    )
     assert [s for _, _, s in statuses(report)] == [rpt.FAILED, rpt.FAILED, rpt.NOT_STARTED, rpt.NOT_STARTED]
     assert report.targets[2].error == "stopped after 2 failure(s) (--max-failures 2)"
 
@@ -188,14 +211,21 @@ def test_on_failure_rollback_runs_the_rollback_right_after_its_failure():
 
     def rollback(j: Job, failed: rpt.TargetResult) -> Job:
         seen.append(failed.stack)
-        return Job(j.tenant, j.environment, j.stack, "rollback", {"release": "r0"}, {},
-                   details={"rollback_to": "r0"})
+        return Job(j.tenant, j.environment, j.stack, "rollback", {"release": "r0"}, {}, details={"rollback_to": "r0"})
 
-    report, executor = run_plan([job(t) for t in "abc"], FakeExecutor({("b.staging", "up"): rpt.FAILED}),
-                                settings=RunSettings("up", on_failure="rollback"), rollback=rollback)
+    report, executor = run_plan(
+        [job(t) for t in "abc"],
+        FakeExecutor({("b.staging", "up"): rpt.FAILED}),
+        settings=RunSettings("up", on_failure="rollback"),
+        rollback=rollback,
+    )
     assert seen == ["b.staging"]
-    assert statuses(report) == [("a.staging", "up", rpt.SUCCEEDED), ("b.staging", "up", rpt.FAILED),
-                                ("b.staging", "rollback", rpt.SUCCEEDED), ("c.staging", "up", rpt.SUCCEEDED)]
+    assert statuses(report) == [
+        ("a.staging", "up", rpt.SUCCEEDED),
+        ("b.staging", "up", rpt.FAILED),
+        ("b.staging", "rollback", rpt.SUCCEEDED),
+        ("c.staging", "up", rpt.SUCCEEDED),
+    ]
     assert report.waves[0]["failed"] == 1, "the failure counts for the wave, the rollback does not"
 
 
@@ -203,8 +233,12 @@ def test_a_target_with_nothing_to_roll_back_to_says_why():
     def rollback(j: Job, failed: rpt.TargetResult) -> None:
         failed.details["rollback"] = "no good release before 'r1'"
 
-    report, _ = run_plan([job("a")], FakeExecutor({"a.staging": rpt.FAILED}),
-                         settings=RunSettings("up", on_failure="rollback"), rollback=rollback)
+    report, _ = run_plan(
+        [job("a")],
+        FakeExecutor({"a.staging": rpt.FAILED}),
+        settings=RunSettings("up", on_failure="rollback"),
+        rollback=rollback,
+    )
     assert statuses(report) == [("a.staging", "up", rpt.FAILED)]
     assert report.targets[0].details["rollback"] == "no good release before 'r1'"
 
@@ -214,11 +248,16 @@ def test_a_target_with_nothing_to_roll_back_to_says_why():
 
 @pytest.mark.parametrize("shared_status,then", [(rpt.FAILED, rpt.NOT_STARTED), (rpt.LOCKED, rpt.LOCKED)])
 def test_a_failed_shared_stack_starts_no_tenant(shared_status, then):
-    report, executor = run_plan([job("a"), job("b"), job("a", "production")],
-                                FakeExecutor({SHARED_STACK: shared_status}), shared=SHARED)
+    report, executor = run_plan(
+        [job("a"), job("b"), job("a", "production")], FakeExecutor({SHARED_STACK: shared_status}), shared=SHARED
+    )
     assert executor.batches == [[SHARED_STACK]]
-    assert statuses(report) == [(SHARED_STACK, "up", shared_status), ("a.staging", "up", then),
-                                ("b.staging", "up", then), ("a.production", "up", then)]
+    assert statuses(report) == [
+        (SHARED_STACK, "up", shared_status),
+        ("a.staging", "up", then),
+        ("b.staging", "up", then),
+        ("a.production", "up", then),
+    ]
     assert report.targets[1].error == f"the shared stack {shared_status}: shared {shared_status}"
     assert report.exit_code == (rpt.EXIT_LOCKED if shared_status == rpt.LOCKED else rpt.EXIT_FAILED)
 
@@ -232,16 +271,26 @@ def attempts(*outcomes: tuple[str, str | None]):
 
     def attempt() -> rpt.TargetResult:
         status, kind = next(answers)
-        return rpt.TargetResult("a", "staging", "a.staging", "up", status, started=rpt.now(), ended=rpt.now(),
-                                error=None if status == rpt.SUCCEEDED else f"{kind} error", error_kind=kind)
+        return rpt.TargetResult(
+            "a",
+            "staging",
+            "a.staging",
+            "up",
+            status,
+            started=rpt.now(),
+            ended=rpt.now(),
+            error=None if status == rpt.SUCCEEDED else f"{kind} error",
+            error_kind=kind,
+        )
 
     return attempt
 
 
 def test_a_transient_error_is_retried_and_every_attempt_is_in_the_result():
     slept = []
-    result = retry_transient(attempts((rpt.FAILED, "transient"), (rpt.FAILED, "transient"), (rpt.SUCCEEDED, None)),
-                             2, sleep=slept.append)
+    result = retry_transient(
+        attempts((rpt.FAILED, "transient"), (rpt.FAILED, "transient"), (rpt.SUCCEEDED, None)), 2, sleep=slept.append
+    )
     assert result.status == rpt.SUCCEEDED and result.attempts == 3
     assert [a["error"] for a in result.details["attempts"]] == ["transient error", "transient error", None]
     assert len(slept) == 2 and all(s > 0 for s in slept), "backoff between attempts"
@@ -259,6 +308,7 @@ def test_a_permanent_error_is_never_retried():
 
 
 def test_no_retry_after_an_interrupt():
-    result = retry_transient(attempts((rpt.FAILED, "transient"), (rpt.SUCCEEDED, None)), 2,
-                             stopping=lambda: True, sleep=lambda s: None)
+    result = retry_transient(
+        attempts((rpt.FAILED, "transient"), (rpt.SUCCEEDED, None)), 2, stopping=lambda: True, sleep=lambda s: None
+    )
     assert (result.status, result.attempts) == (rpt.FAILED, 1)

@@ -51,21 +51,35 @@ def setup(stack: str, **config: str) -> RecordingMonitor:
 
 def settled(deployment: program.Deployment) -> pulumi.Output:
     """Resolves once every resource of the deployment is registered."""
-    urns = [c.urn for comp in deployment.components.values() for c in vars(comp).values()
-            if isinstance(c, pulumi.Resource)]
+    urns = [
+        c.urn for comp in deployment.components.values() for c in vars(comp).values() if isinstance(c, pulumi.Resource)
+    ]
     urns += [c.urn for c in deployment.components.values()]
     return pulumi.Output.all(*urns)
 
 
 # -- stack names --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["shared", "acme.staging", "customer-1.production", "testing"])
 def test_valid_stack_names(name):
     program.parse_stack(name)
 
 
-@pytest.mark.parametrize("name", ["Acme.staging", "acme.staging.x", "a.staging", "acme-.staging", "acme/staging",
-                                  "acme.", ".staging", "-acme.staging", "acme_x.staging"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Acme.staging",
+        "acme.staging.x",
+        "a.staging",
+        "acme-.staging",
+        "acme/staging",
+        "acme.",
+        ".staging",
+        "-acme.staging",
+        "acme_x.staging",
+    ],
+)
 def test_invalid_stack_names_are_refused(name):
     with pytest.raises(program.StackNameError, match="invalid stack name"):
         program.parse_stack(name)
@@ -84,6 +98,7 @@ def test_relative_platform_root_resolves_against_project_not_cwd(tmp_path, monke
 
 # -- stack references ---------------------------------------------------------
 
+
 @pulumi.runtime.test
 def test_stack_reference_to_another_tenant_is_refused():
     setup("acme.staging")
@@ -94,6 +109,7 @@ def test_stack_reference_to_another_tenant_is_refused():
 
 
 # -- shared -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("platform", ["local", "aws"])
 def test_shared_creates_one_repository_per_service(platform, tmp_path):
@@ -117,10 +133,18 @@ def test_shared_creates_one_repository_per_service(platform, tmp_path):
 
 # -- tenant stacks -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("platform", ["local", "aws"])
 def test_tenant_stack_graph(platform, tmp_path):
-    mon = setup("acme.staging", platform=platform, platform_root=str(tmp_path), release="r9",
-                tenant_name="Acme Corp", app_version="2.0.0", account_email_domain="ops.example.org")
+    mon = setup(
+        "acme.staging",
+        platform=platform,
+        platform_root=str(tmp_path),
+        release="r9",
+        tenant_name="Acme Corp",
+        app_version="2.0.0",
+        account_email_domain="ops.example.org",
+    )
 
     @pulumi.runtime.test
     def run():
@@ -139,11 +163,22 @@ def test_tenant_stack_graph(platform, tmp_path):
             assert git_urls == {"backend": "u-backend", "frontend": "u-frontend"}
             # Frontend after Backend: depends_on the component expands to all its resources.
             backend_urn = mon.requests["backend"][1]
-            backend_children = {u for r, u in mon.requests.values() if getattr(r, "custom", False) and r.parent == backend_urn}
+            backend_children = {
+                u for r, u in mon.requests.values() if getattr(r, "custom", False) and r.parent == backend_urn
+            }
             assert backend_children and backend_children <= set(mon.requests["frontend"][0].dependencies)
             # Backend and Frontend hang off the account (its outputs feed them).
-            assert set(outs) >= {"account_id", "account_dir", "git_urls", "backend_url", "database_path",
-                                 "site_dir", "frontend_url", "release", "health_checks"}
+            assert set(outs) >= {
+                "account_id",
+                "account_dir",
+                "git_urls",
+                "backend_url",
+                "database_path",
+                "site_dir",
+                "frontend_url",
+                "release",
+                "health_checks",
+            }
             assert outs["release"] == "r9" and outs["tenant"] == "acme" and outs["environment"] == "staging"
             kinds = {h["name"]: h for h in health}
             if platform == "local":
@@ -155,11 +190,20 @@ def test_tenant_stack_graph(platform, tmp_path):
                 site = pulumi.runtime.rpc.deserialize_properties(mon.requests["frontend-site"][0].object)
                 assert site["values"]["tenant_name"] == "Acme Corp" and site["app_version"] == "2.0.0"
             else:
-                assert kinds["backend"] == {"name": "backend", "kind": "http", "url": "https://api.example",
-                                            "expect_status": 200}
+                assert kinds["backend"] == {
+                    "name": "backend",
+                    "kind": "http",
+                    "url": "https://api.example",
+                    "expect_status": 200,
+                }
                 provider = mon.requests["account-provider"][1]
-                tenant_resources = [r for r, _ in mon.requests.values()
-                                    if getattr(r, "custom", False) and r.type.startswith("aws:") and r.type != "aws:organizations/account:Account"]
+                tenant_resources = [
+                    r
+                    for r, _ in mon.requests.values()
+                    if getattr(r, "custom", False)
+                    and r.type.startswith("aws:")
+                    and r.type != "aws:organizations/account:Account"
+                ]
                 assert tenant_resources
                 for r in tenant_resources:
                     assert r.provider.startswith(provider + "::"), f"{r.name} not on the tenant provider"

@@ -13,8 +13,22 @@ from tests.unit.aws_mocks import AwsMocks
 from tests.unit.conftest import use_mocks
 
 DOMAIN = "ops.example.org"
-OUTPUTS = {"tenant", "environment", "platform", "app_version", "release", "account_id", "account_dir", "git_urls",
-           "backend_url", "database_path", "schema_version", "site_dir", "frontend_url", "health_checks"}
+OUTPUTS = {
+    "tenant",
+    "environment",
+    "platform",
+    "app_version",
+    "release",
+    "account_id",
+    "account_dir",
+    "git_urls",
+    "backend_url",
+    "database_path",
+    "schema_version",
+    "site_dir",
+    "frontend_url",
+    "health_checks",
+}
 
 
 def run_stack(stack: str, *, preview: bool = False, **config: str):
@@ -29,8 +43,9 @@ def run_stack(stack: str, *, preview: bool = False, **config: str):
     def run():
         dep = program.main(stack)
         result["names"] = set(dep.outputs)
-        urns = [c.urn for comp in dep.components.values() for c in vars(comp).values()
-                if isinstance(c, pulumi.Resource)]
+        urns = [
+            c.urn for comp in dep.components.values() for c in vars(comp).values() if isinstance(c, pulumi.Resource)
+        ]
 
         async def collect(_):
             for key, value in dep.outputs.items():
@@ -43,8 +58,15 @@ def run_stack(stack: str, *, preview: bool = False, **config: str):
     return mon, result
 
 
-STACKS = ["customer-1.staging", "customer-1.production", "customer-2.staging", "testing", "staging",
-          f"{'t' * 40}.{'e' * 40}", f"{'t' * 40}.{'e' * 39}f"]
+STACKS = [
+    "customer-1.staging",
+    "customer-1.production",
+    "customer-2.staging",
+    "testing",
+    "staging",
+    f"{'t' * 40}.{'e' * 40}",
+    f"{'t' * 40}.{'e' * 39}f",
+]
 
 
 def test_one_account_per_tenant_and_environment_without_collisions():
@@ -93,15 +115,17 @@ def test_shared_repositories_on_the_management_provider():
 ADOPTED = '["staging=210987654321", "production=310987654321"]'
 
 
-@pytest.mark.parametrize(("stack", "account"), [("customer-1.staging", "210987654321"),
-                                                ("customer-1.production", "310987654321")])
+@pytest.mark.parametrize(
+    ("stack", "account"), [("customer-1.staging", "210987654321"), ("customer-1.production", "310987654321")]
+)
 def test_adopted_account_per_environment_is_not_created_and_its_role_is_assumed(stack, account):
     mon, outs = run_stack(stack, account_ids=ADOPTED)
     assert not mon.of_type("aws:organizations/account:Account")
     assert outs["account_id"] == account
     for prov in ("account-provider", "account-provider-us-east-1"):
-        assert f'"roleArn":"arn:aws:iam::{account}:role/OrganizationAccountAccessRole"' in \
-            mon.inputs(prov)["assumeRoles"].replace(" ", "")
+        assert f'"roleArn":"arn:aws:iam::{account}:role/OrganizationAccountAccessRole"' in mon.inputs(prov)[
+            "assumeRoles"
+        ].replace(" ", "")
 
 
 def test_environment_without_adopted_account_creates_one():
@@ -109,12 +133,15 @@ def test_environment_without_adopted_account_creates_one():
     assert mon.inputs("account-account")["email"] == "aws+customer-1-testing@ops.example.org"
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"account_email_domain": None}, "account_email_domain is required on the aws platform"),
-    ({"account_email_domain": "x" * 41 + ".org"}, "at most 40 characters"),
-    ({"db_password": "hunter2"}, "db_password is not used on the aws platform"),
-    ({"account_ids": '["staging=12345"]'}, "'staging=12345' is not '<environment>=<12-digit account id>'"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"account_email_domain": None}, "account_email_domain is required on the aws platform"),
+        ({"account_email_domain": "x" * 41 + ".org"}, "at most 40 characters"),
+        ({"db_password": "hunter2"}, "db_password is not used on the aws platform"),
+        ({"account_ids": '["staging=12345"]'}, "'staging=12345' is not '<environment>=<12-digit account id>'"),
+    ],
+)
 def test_aws_config_errors(config, message):
     with pytest.raises(ValueError, match=message):
         run_stack("customer-1.staging", **config)
@@ -122,35 +149,62 @@ def test_aws_config_errors(config, message):
 
 def test_preview_with_unknown_ids_registers_everything():
     """A first preview: every id and computed output is unknown."""
-    mon, outs = run_stack("customer-1.staging", preview=True, domain="shop.example.org",
-                          hosted_zone_id="Z123")
+    mon, outs = run_stack("customer-1.staging", preview=True, domain="shop.example.org", hosted_zone_id="Z123")
     assert outs["names"] == OUTPUTS
     assert outs["backend_url"] is None and outs["frontend_url"] is None and outs["account_id"] is None
     assert outs["tenant"] == "customer-1"
     created = {r.name for r, _ in mon.requests.values()}
-    assert {"account-account", "backend-db", "backend-migrate", "backend-app", "frontend-cdn", "frontend-cert",
-            "frontend-cert-validation", "frontend-cert-issued", "frontend-alias-a", "frontend-alias-aaaa",
-            "frontend-invalidate", "frontend-invalidation", "backend-migrations"} <= created
+    assert {
+        "account-account",
+        "backend-db",
+        "backend-migrate",
+        "backend-app",
+        "frontend-cdn",
+        "frontend-cert",
+        "frontend-cert-validation",
+        "frontend-cert-issued",
+        "frontend-alias-a",
+        "frontend-alias-aaaa",
+        "frontend-invalidate",
+        "frontend-invalidation",
+        "backend-migrations",
+    } <= created
 
 
 def test_exact_resource_types_of_a_tenant_stack():
     """Exact, not a subset: a resource added or lost shows here."""
     mon, _ = run_stack("customer-1.staging")
     types = sorted(r.type for r, _ in mon.requests.values() if r.type.startswith("aws:"))
-    assert types == sorted([
-        "aws:organizations/account:Account",
-        "aws:rds/cluster:Cluster", "aws:rds/clusterInstance:ClusterInstance",
-        "aws:secretsmanager/secret:Secret",
-        "aws:iam/role:Role", "aws:iam/role:Role", "aws:iam/role:Role",
-        "aws:iam/rolePolicy:RolePolicy", "aws:iam/rolePolicy:RolePolicy", "aws:iam/rolePolicy:RolePolicy",
-        "aws:cloudwatch/logGroup:LogGroup", "aws:cloudwatch/logGroup:LogGroup", "aws:cloudwatch/logGroup:LogGroup",
-        "aws:lambda/function:Function", "aws:lambda/function:Function", "aws:lambda/function:Function",
-        "aws:lambda/invocation:Invocation", "aws:lambda/invocation:Invocation",
-        "aws:lambda/permission:Permission", "aws:apigatewayv2/api:Api",
-        "aws:s3/bucket:Bucket", "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
-        "aws:s3/bucketPolicy:BucketPolicy", "aws:s3/bucketObjectv2:BucketObjectv2",
-        "aws:cloudfront/originAccessControl:OriginAccessControl", "aws:cloudfront/distribution:Distribution",
-    ])
+    assert types == sorted(
+        [
+            "aws:organizations/account:Account",
+            "aws:rds/cluster:Cluster",
+            "aws:rds/clusterInstance:ClusterInstance",
+            "aws:secretsmanager/secret:Secret",
+            "aws:iam/role:Role",
+            "aws:iam/role:Role",
+            "aws:iam/role:Role",
+            "aws:iam/rolePolicy:RolePolicy",
+            "aws:iam/rolePolicy:RolePolicy",
+            "aws:iam/rolePolicy:RolePolicy",
+            "aws:cloudwatch/logGroup:LogGroup",
+            "aws:cloudwatch/logGroup:LogGroup",
+            "aws:cloudwatch/logGroup:LogGroup",
+            "aws:lambda/function:Function",
+            "aws:lambda/function:Function",
+            "aws:lambda/function:Function",
+            "aws:lambda/invocation:Invocation",
+            "aws:lambda/invocation:Invocation",
+            "aws:lambda/permission:Permission",
+            "aws:apigatewayv2/api:Api",
+            "aws:s3/bucket:Bucket",
+            "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+            "aws:s3/bucketPolicy:BucketPolicy",
+            "aws:s3/bucketObjectv2:BucketObjectv2",
+            "aws:cloudfront/originAccessControl:OriginAccessControl",
+            "aws:cloudfront/distribution:Distribution",
+        ]
+    )
     providers = sorted(r.name for r, _ in mon.requests.values() if r.type == "pulumi:providers:aws")
     assert providers == ["account-provider", "account-provider-us-east-1", "management"]
 

@@ -10,8 +10,15 @@ import time
 
 from runner.protocol import WorkerProcess, WorkerRequest, WorkerResult, session_processes
 
-REQUEST = WorkerRequest(bin_dir="/nowhere", project_dir="/nowhere", backend_url="file:///nowhere",
-                        work_root="/nowhere", stack="dev", operation="up", secret_values={"token": "s3cr3t"})
+REQUEST = WorkerRequest(
+    bin_dir="/nowhere",
+    project_dir="/nowhere",
+    backend_url="file:///nowhere",
+    work_root="/nowhere",
+    stack="dev",
+    operation="up",
+    secret_values={"token": "s3cr3t"},
+)
 
 # A stand-in for runner.worker: reads the request, starts a "plugin" in a process
 # group of its own (as the engine does, Go's Setpgid) that outlives it, and an
@@ -107,9 +114,15 @@ def test_a_warm_worker_is_forked_with_its_own_session_environment_cwd_and_pipes(
     """runner.pool: the real worker forked from the warm parent; the engine is
     missing here, so the operation fails fast and the answer is a classified error."""
     monkeypatch.setenv("RUNNER_WARM_WORKERS", "1")
-    request = WorkerRequest(bin_dir=str(tmp_path / "no-engine"), project_dir=str(tmp_path),
-                            backend_url="file:///nowhere", work_root=str(tmp_path / "work"), stack="dev",
-                            operation="outputs", secret_values={"token": "s3cr3t"})
+    request = WorkerRequest(
+        bin_dir=str(tmp_path / "no-engine"),
+        project_dir=str(tmp_path),
+        backend_url="file:///nowhere",
+        work_root=str(tmp_path / "work"),
+        stack="dev",
+        operation="outputs",
+        secret_values={"token": "s3cr3t"},
+    )
     env = {"PATH": "/usr/bin:/bin", "PULUMI_CONFIG_PASSPHRASE": "stack-phrase", "MARK": "mine"}
     with open(tmp_path / "worker.log", "wb") as log:
         proc = WorkerProcess(request, env=env, cwd=tmp_path, log=log)
@@ -122,6 +135,7 @@ def test_a_warm_worker_is_forked_with_its_own_session_environment_cwd_and_pipes(
     assert "No such file or directory" in result.error["message"]
     # the warm parent itself holds none of the target's environment
     from runner import pool
+
     parent_env = open(f"/proc/{pool._client.proc.pid}/environ", "rb").read()
     assert b"stack-phrase" not in parent_env and b"MARK" not in parent_env
 

@@ -28,8 +28,16 @@ def _lock(backend: str, pid: int, hostname: str | None = None) -> Path:
     directory = recovery.lock_dir(backend, STACK)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{uuid.uuid4()}.json"
-    path.write_text(json.dumps({"pid": pid, "username": "root", "hostname": hostname or socket.gethostname(),
-                                "timestamp": "2026-11-27T12:00:00Z"}))
+    path.write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "username": "root",
+                "hostname": hostname or socket.gethostname(),
+                "timestamp": "2026-11-27T12:00:00Z",
+            }
+        )
+    )
     return path
 
 
@@ -88,8 +96,9 @@ def test_a_live_holder_keeps_its_lock_and_a_reused_pid_does_not(backend, tmp_pat
         assert recovery.remove_dead_locks(backend, STACK, tmp_path / "holders") == []
         assert lock.exists() and "is running" in recovery.kept_locks_hint(backend, STACK, tmp_path / "holders")
         # the same pid number with another start time: the recorded holder exited, the pid was reused
-        record.write_text(json.dumps({**json.loads(record.read_text()),
-                                      "pids": {str(live.pid): recovery.start_time(live.pid) - 1}}))
+        record.write_text(
+            json.dumps({**json.loads(record.read_text()), "pids": {str(live.pid): recovery.start_time(live.pid) - 1}})
+        )
         assert len(recovery.remove_dead_locks(backend, STACK, tmp_path / "holders")) == 1
         assert not lock.exists()
     finally:

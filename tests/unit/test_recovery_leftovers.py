@@ -16,8 +16,9 @@ STACK = "t-1.staging"
 def _record(holders, worker: int, pids: dict[int, int]) -> None:
     path = holders / STACK / f"{worker}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**recovery.identity(), "stack": STACK,
-                                "pids": {str(p): t for p, t in {**pids}.items()}}))
+    path.write_text(
+        json.dumps({**recovery.identity(), "stack": STACK, "pids": {str(p): t for p, t in {**pids}.items()}})
+    )
 
 
 def _exited(proc: subprocess.Popen) -> bool:
@@ -47,8 +48,11 @@ def test_a_live_workers_processes_and_unrecorded_ones_are_kept(tmp_path):
     worker = subprocess.Popen(["sleep", "60"])
     plugin = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        _record(tmp_path, worker.pid, {worker.pid: recovery.start_time(worker.pid),
-                                       plugin.pid: recovery.start_time(plugin.pid)})
+        _record(
+            tmp_path,
+            worker.pid,
+            {worker.pid: recovery.start_time(worker.pid), plugin.pid: recovery.start_time(plugin.pid)},
+        )
         assert recovery.end_leftovers(tmp_path, STACK) == []  # its worker runs: a live operation
         worker.kill()
         worker.wait()

@@ -115,7 +115,10 @@ def test_valid_fixture_defaults_and_table():
 
 
 def test_all_errors_come_at_once_sorted_by_line(tmp_path):
-    errors = errors_of(tmp_path, HEAD + """\
+    errors = errors_of(
+        tmp_path,
+        HEAD
+        + """\
   - id: customer-1
     environments: [staging, prod]
     tags: {tier: 1}
@@ -125,7 +128,8 @@ def test_all_errors_come_at_once_sorted_by_line(tmp_path):
   - id: Customer-2
     environments: [staging]
     enviroments: [staging]
-""")
+""",
+    )
     assert errors == [
         f"tenants.yaml:10: tenants[0].environments[1]: unknown environment 'prod' {KNOWN}",
         'tenants.yaml:11: tenants[0].tags.tier: expected a string, got a number (1); quote it: "1"',
@@ -148,8 +152,10 @@ TENANT_ERRORS = [
     ),
     pytest.param(
         "    environments: [prodution]\n",
-        ["tenants.yaml:10: tenants[0].environments[0]: unknown environment 'prodution' "
-         f"(did you mean 'production'?) {KNOWN}"],
+        [
+            "tenants.yaml:10: tenants[0].environments[0]: unknown environment 'prodution' "
+            f"(did you mean 'production'?) {KNOWN}"
+        ],
         id="unknown-environment-close-match",
     ),
     pytest.param(
@@ -194,8 +200,7 @@ TENANT_ERRORS = [
     ),
     pytest.param(
         "    environments: [staging]\n    enabled: yes\n",
-        ["tenants.yaml:11: tenants[0].enabled: expected true or false, got a string "
-         "(YAML 1.2: write true or false)"],
+        ["tenants.yaml:11: tenants[0].enabled: expected true or false, got a string (YAML 1.2: write true or false)"],
         id="enabled-yes",
     ),
     pytest.param(
@@ -210,8 +215,10 @@ TENANT_ERRORS = [
     ),
     pytest.param(
         "    environments: [staging]\n    secrets: {db_password: hunter2}\n",
-        ["tenants.yaml:11: tenants[0].secrets.db_password: secrets must be references "
-         "{env: VAR} or {file: PATH}, never values"],
+        [
+            "tenants.yaml:11: tenants[0].secrets.db_password: secrets must be references "
+            "{env: VAR} or {file: PATH}, never values"
+        ],
         id="plaintext-secret",
     ),
     pytest.param(
@@ -231,14 +238,15 @@ TENANT_ERRORS = [
     ),
     pytest.param(
         "    environments: [staging]\n    secrets: {db_pasword: {env: A}}\n",
-        ["tenants.yaml:11: tenants[0].secrets.db_pasword: unknown config key 'db_pasword' "
-         "(did you mean 'db_password'?)"],
+        [
+            "tenants.yaml:11: tenants[0].secrets.db_pasword: unknown config key 'db_pasword' "
+            "(did you mean 'db_password'?)"
+        ],
         id="secret-unknown-config-key",
     ),
     pytest.param(
         "    environments: [staging]\n    secrets: {replicas: {env: A}}\n",
-        ["tenants.yaml:11: tenants[0].secrets.replicas: 'replicas' is integer-typed; "
-         "secrets can only set string keys"],
+        ["tenants.yaml:11: tenants[0].secrets.replicas: 'replicas' is integer-typed; secrets can only set string keys"],
         id="secret-non-string-key",
     ),
     pytest.param(
@@ -253,20 +261,26 @@ TENANT_ERRORS = [
     ),
     pytest.param(
         "    environments: [staging]\n    config: {tenant_name: X}\n",
-        ["tenants.yaml:11: tenants[0].config.tenant_name: 'tenant_name' is set by the runner "
-         "and cannot be set in the registry"],
+        [
+            "tenants.yaml:11: tenants[0].config.tenant_name: 'tenant_name' is set by the runner "
+            "and cannot be set in the registry"
+        ],
         id="reserved-tenant-name",
     ),
     pytest.param(
         "    environments: [staging]\n    secrets: {release: {env: A}}\n",
-        ["tenants.yaml:11: tenants[0].secrets.release: 'release' is set by the runner "
-         "and cannot be set in the registry"],
+        [
+            "tenants.yaml:11: tenants[0].secrets.release: 'release' is set by the runner "
+            "and cannot be set in the registry"
+        ],
         id="reserved-release-as-secret",
     ),
     pytest.param(
         "    environments: [staging]\n    config: {app_version: 1.0}\n",
-        ['tenants.yaml:11: tenants[0].config.app_version: app_version expects a string, '
-         'got a number (1.0); quote it: "1.0"'],
+        [
+            "tenants.yaml:11: tenants[0].config.app_version: app_version expects a string, "
+            'got a number (1.0); quote it: "1.0"'
+        ],
         id="number-for-string",
     ),
     pytest.param(
@@ -291,8 +305,10 @@ TENANT_ERRORS = [
     ),
     pytest.param(
         "    environments: [staging]\n    config: {license_key: abc}\n",
-        ["tenants.yaml:11: tenants[0].config.license_key: 'license_key' is declared secret in Pulumi.yaml: "
-         "give it under secrets as {env: VAR} or {file: PATH}"],
+        [
+            "tenants.yaml:11: tenants[0].config.license_key: 'license_key' is declared secret in Pulumi.yaml: "
+            "give it under secrets as {env: VAR} or {file: PATH}"
+        ],
         id="declared-secret-as-plaintext",
     ),
 ]
@@ -304,8 +320,10 @@ def test_tenant_error(tmp_path, tenant, expected):
 
 
 def test_plaintext_secret_value_is_never_echoed(tmp_path):
-    errors = errors_of(tmp_path, HEAD + "  - id: customer-1\n    environments: [staging]\n"
-                       "    secrets: {db_password: hunter2-very-secret}\n")
+    errors = errors_of(
+        tmp_path,
+        HEAD + "  - id: customer-1\n    environments: [staging]\n    secrets: {db_password: hunter2-very-secret}\n",
+    )
     assert "hunter2" not in "\n".join(errors)
 
 
@@ -316,36 +334,46 @@ def test_invalid_tenant_id(tmp_path, bad_id):
 
 
 def test_duplicate_tenant_ids_name_both_lines(tmp_path):
-    errors = errors_of(tmp_path, HEAD + """\
+    errors = errors_of(
+        tmp_path,
+        HEAD
+        + """\
   - id: customer-1
     environments: [staging]
   - id: customer-2
     environments: [staging]
   - id: customer-1
     environments: [production]
-""")
+""",
+    )
     assert errors == ["tenants.yaml:13: tenants[2].id: duplicate tenant id 'customer-1' (first defined at line 9)"]
 
 
 def test_duplicate_environment_names(tmp_path):
-    errors = errors_of(tmp_path, """\
+    errors = errors_of(
+        tmp_path,
+        """\
 environments:
   - name: staging
   - name: production
   - name: staging
 tenants: []
-""")
+""",
+    )
     assert errors == ["tenants.yaml:4: environments[2].name: duplicate environment 'staging' (first defined at line 2)"]
 
 
 def test_unknown_environment_key_and_bad_require_tenant(tmp_path):
-    errors = errors_of(tmp_path, """\
+    errors = errors_of(
+        tmp_path,
+        """\
 environments:
   - name: staging
     require_tenants: true
   - name: production
     require_tenant: 1
-""")
+""",
+    )
     assert errors == [
         "tenants.yaml:3: environments[0].require_tenants: unknown key 'require_tenants' "
         "(did you mean 'require_tenant'?)",
@@ -354,9 +382,7 @@ environments:
 
 
 def test_no_environments(tmp_path):
-    assert errors_of(tmp_path, "environments: []\n") == [
-        "tenants.yaml:1: environments: list at least one environment"
-    ]
+    assert errors_of(tmp_path, "environments: []\n") == ["tenants.yaml:1: environments: list at least one environment"]
     assert errors_of(tmp_path, "tenants: []\n") == ["tenants.yaml:1: missing required key 'environments'"]
 
 
@@ -366,7 +392,9 @@ def test_unknown_top_level_key_suggests(tmp_path):
 
 
 def test_defaults_are_checked_like_tenant_config(tmp_path):
-    errors = errors_of(tmp_path, """\
+    errors = errors_of(
+        tmp_path,
+        """\
 defaults:
   platform: local
   app_version: 1.0
@@ -374,7 +402,8 @@ defaults:
   regoin: eu-west-1
 environments:
   - name: staging
-""")
+""",
+    )
     assert errors == [
         'tenants.yaml:3: defaults.app_version: app_version expects a string, got a number (1.0); quote it: "1.0"',
         "tenants.yaml:4: defaults.release: 'release' is set by the runner and cannot be set in the registry",
@@ -385,7 +414,9 @@ environments:
 def test_required_config_keys_per_tenant(tmp_path):
     schema = load_config_schema(FIXTURES / "required")
     assert schema["domain"].required and not schema["platform"].required
-    errors = errors_of(tmp_path, """\
+    errors = errors_of(
+        tmp_path,
+        """\
 defaults:
   api_token: {}
 environments:
@@ -399,7 +430,9 @@ tenants:
     secrets: {domain: {env: DOMAIN}}
   - id: customer-3
     environments: [staging]
-""".replace("{}", "token"), schema=schema)
+""".replace("{}", "token"),
+        schema=schema,
+    )
     assert errors == [
         "tenants.yaml:12: tenants[2].config: missing required config key 'domain' "
         "(set it in defaults, config or secrets)"
@@ -407,7 +440,10 @@ tenants:
 
 
 def test_rollout_errors(tmp_path):
-    errors = errors_of(tmp_path, HEAD + """\
+    errors = errors_of(
+        tmp_path,
+        HEAD
+        + """\
   - id: customer-1
     environments: [staging]
 rollout:
@@ -419,29 +455,34 @@ rollout:
     - {name: later, max: "0%"}
     - {name: last, max: true, tags: {tier: gold}}
   failure_tolerance: "x%"
-""")
+""",
+    )
     assert errors == [
         'tenants.yaml:13: rollout.waves[0].tags.tier: expected a string, got a number (1); quote it: "1"',
         "tenants.yaml:14: rollout.waves[1].max: max must be > 0, got 0",
         "tenants.yaml:14: rollout.waves[1].name: duplicate wave name 'canary' (first defined at line 13)",
-        'tenants.yaml:16: rollout.waves[3].max: max must be a count or a percentage like "10%" (1-100), got \'101%\'',
-        'tenants.yaml:17: rollout.waves[4].max: max must be a count or a percentage like "10%" (1-100), got \'0%\'',
+        "tenants.yaml:16: rollout.waves[3].max: max must be a count or a percentage like \"10%\" (1-100), got '101%'",
+        "tenants.yaml:17: rollout.waves[4].max: max must be a count or a percentage like \"10%\" (1-100), got '0%'",
         "tenants.yaml:18: rollout.waves[5]: the last wave must take the rest (no tags, no max), or tenants "
         "are left out of the rollout: add a final wave like {name: rest}",
         'tenants.yaml:18: rollout.waves[5].max: max must be a count or a percentage like "10%", got a boolean (true)',
-        'tenants.yaml:19: rollout.failure_tolerance: failure_tolerance must be a count or a percentage '
-        'like "10%" (0-100), got \'x%\'',
+        "tenants.yaml:19: rollout.failure_tolerance: failure_tolerance must be a count or a percentage "
+        "like \"10%\" (0-100), got 'x%'",
     ]
 
 
 def test_rollout_catch_all_wave_allowed_anywhere(tmp_path):
-    registry = load_text(tmp_path, HEAD + """\
+    registry = load_text(
+        tmp_path,
+        HEAD
+        + """\
   - id: customer-1
     environments: [staging]
 rollout:
   waves: [{name: all}, {name: rest}]
   failure_tolerance: 2
-""")
+""",
+    )
     assert [w.takes_rest for w in registry.rollout.waves] == [True, True]
     assert registry.rollout.tolerance(100) == 2
 
@@ -453,7 +494,9 @@ def test_rollout_needs_waves(tmp_path):
 
 
 def test_null_blocks_read_as_empty(tmp_path):
-    registry = load_text(tmp_path, """\
+    registry = load_text(
+        tmp_path,
+        """\
 defaults:
 environments:
   - name: staging
@@ -462,7 +505,8 @@ tenants:
     environments: [staging]
     tags:
     config:
-""")
+""",
+    )
     assert registry.defaults == {} and registry.tenants[0].tags == {}
 
 
@@ -518,14 +562,18 @@ def test_not_utf8(tmp_path):
 
 
 def test_anchors_and_merge_keys(tmp_path):
-    registry = load_text(tmp_path, HEAD + """\
+    registry = load_text(
+        tmp_path,
+        HEAD
+        + """\
   - &base
     id: customer-1
     environments: [staging]
     config: {domain: a.example.com}
   - <<: *base
     id: customer-2
-""")
+""",
+    )
     assert registry.tenant("customer-2").config == {"domain": "a.example.com"}
 
 
@@ -550,8 +598,10 @@ def test_models_are_frozen():
 def test_registry_built_directly_validates_the_same():
     with pytest.raises(ValidationError) as info:
         Registry.model_validate(
-            {"environments": [{"name": "staging"}],
-             "tenants": [{"id": "a-1", "environments": ["prod"]}, {"id": "a-1", "environments": ["staging"]}]},
+            {
+                "environments": [{"name": "staging"}],
+                "tenants": [{"id": "a-1", "environments": ["prod"]}, {"id": "a-1", "environments": ["staging"]}],
+            },
             context={"schema": SCHEMA},
         )
     messages = {e["msg"] for e in info.value.errors()}
@@ -559,8 +609,19 @@ def test_registry_built_directly_validates_the_same():
 
 
 def test_config_schema_from_pulumi_yaml():
-    assert set(SCHEMA) == {"platform", "app_version", "region", "domain", "db_password", "replicas",
-                           "debug", "features", "license_key", "release", "tenant_name"}
+    assert set(SCHEMA) == {
+        "platform",
+        "app_version",
+        "region",
+        "domain",
+        "db_password",
+        "replicas",
+        "debug",
+        "features",
+        "license_key",
+        "release",
+        "tenant_name",
+    }
     assert SCHEMA["replicas"] == ConfigKey(name="replicas", type="integer", default=1, has_default=True)
     assert SCHEMA["license_key"].secret
     assert SCHEMA["features"].items == "string"
@@ -579,8 +640,27 @@ def test_config_schema_errors(tmp_path):
 
 # --- the id pattern as a property -----------------------------------------------
 
-HOSTILE = ["..", ".", "--force", "-s", "a/b", "A", "x" * 101, "", "é", "a\x00b", "org/p/s", "../x",
-           "abc\n", "customer-1 ", " customer-1", "Customer-1", "ab", "a--", "1abc"]
+HOSTILE = [
+    "..",
+    ".",
+    "--force",
+    "-s",
+    "a/b",
+    "A",
+    "x" * 101,
+    "",
+    "é",
+    "a\x00b",
+    "org/p/s",
+    "../x",
+    "abc\n",
+    "customer-1 ",
+    " customer-1",
+    "Customer-1",
+    "ab",
+    "a--",
+    "1abc",
+]
 
 
 def _tenant(tenant_id):
@@ -589,19 +669,19 @@ def _tenant(tenant_id):
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=50), st.from_regex(r"[a-z0-9./\-]{0,45}", fullmatch=True)))
-@example('..')
-@example('.')
-@example('--force')
-@example('-s')
-@example('a/b')
-@example('A')
+@example("..")
+@example(".")
+@example("--force")
+@example("-s")
+@example("a/b")
+@example("A")
 @example("x" * 101)
-@example('')
-@example('é')
-@example('a\x00b')
-@example('org/p/s')
-@example('../x')
-@example('abc\n')
+@example("")
+@example("é")
+@example("a\x00b")
+@example("org/p/s")
+@example("../x")
+@example("abc\n")
 def test_no_id_outside_the_pattern_is_accepted(value):
     import re
 
@@ -641,10 +721,19 @@ def test_hostile_ids_never_pass(value):
 
 def _db_tenants():
     return [
-        {"id": "customer-2", "environments": ["staging", "production"], "tags": {"tier": "standard"},
-         "config": {"domain": "c2.example.com"}},
-        {"id": "customer-1", "name": "Customer One", "environments": ["production"],
-         "secrets": {"db_password": {"env": "C1_DB"}}, "enabled": False},
+        {
+            "id": "customer-2",
+            "environments": ["staging", "production"],
+            "tags": {"tier": "standard"},
+            "config": {"domain": "c2.example.com"},
+        },
+        {
+            "id": "customer-1",
+            "name": "Customer One",
+            "environments": ["production"],
+            "secrets": {"db_password": {"env": "C1_DB"}},
+            "enabled": False,
+        },
     ]
 
 
@@ -678,13 +767,20 @@ def test_database_registry_pages_through_many_rows(tmp_path):
 
 def test_database_registry_errors_name_the_row(tmp_path):
     db = tmp_path / "registry.db"
-    write_registry_table(f"sqlite:///{db}", [
-        {"id": "customer-9", "environments": ["prod"]},
-        {"id": "customer-8", "environments": ["staging"], "tags": "{not json"},
-        {"id": "customer-7", "environments": ["staging"], "config": {"domian": "x"},
-         "secrets": {"db_password": "plain"}},
-        {"id": "Bad_Id", "environments": None},
-    ])
+    write_registry_table(
+        f"sqlite:///{db}",
+        [
+            {"id": "customer-9", "environments": ["prod"]},
+            {"id": "customer-8", "environments": ["staging"], "tags": "{not json"},
+            {
+                "id": "customer-7",
+                "environments": ["staging"],
+                "config": {"domian": "x"},
+                "secrets": {"db_password": "plain"},
+            },
+            {"id": "Bad_Id", "environments": None},
+        ],
+    )
     with pytest.raises(RegistryError) as info:
         load_registry(f"sqlite:///{db}?table=tenants", schema=SCHEMA)
     assert info.value.errors == [
@@ -702,16 +798,25 @@ def test_database_registry_errors_name_the_row(tmp_path):
 def test_database_registry_duplicate_ids_without_primary_key(tmp_path):
     db = tmp_path / "registry.db"
     engine = create_engine(f"sqlite:///{db}")
-    table = Table("tenants", MetaData(), Column("id", Text), Column("environments", Text),
-                  Column("enabled", Integer), Column("updated_at", Text))
+    table = Table(
+        "tenants",
+        MetaData(),
+        Column("id", Text),
+        Column("environments", Text),
+        Column("enabled", Integer),
+        Column("updated_at", Text),
+    )
     table.create(engine)
     with engine.begin() as conn:
-        conn.execute(table.insert(), [
-            {"id": "customer-1", "environments": json.dumps(["staging"]), "enabled": 1},
-            {"id": "customer-1", "environments": json.dumps(["production"]), "enabled": 1},
-            {"id": "customer-2", "environments": json.dumps(["staging"]), "enabled": 2},
-            {"id": None, "environments": "[]", "enabled": 1},
-        ])
+        conn.execute(
+            table.insert(),
+            [
+                {"id": "customer-1", "environments": json.dumps(["staging"]), "enabled": 1},
+                {"id": "customer-1", "environments": json.dumps(["production"]), "enabled": 1},
+                {"id": "customer-2", "environments": json.dumps(["staging"]), "enabled": 2},
+                {"id": None, "environments": "[]", "enabled": 1},
+            ],
+        )
     engine.dispose()
     with pytest.raises(RegistryError) as info:
         load_registry(f"sqlite:///{db}", schema=SCHEMA)
@@ -736,13 +841,18 @@ def test_database_registry_base_errors_use_the_base_file(tmp_path):
         load_registry(f"sqlite:///{db}?base={tenants_in_base}", schema=SCHEMA)
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    ("sqlite:///{tmp}/missing.db", "sqlite:///{tmp}/missing.db: database file not found"),
-    ("sqlite:///{tmp}/registry.db?table=other", "sqlite:///{tmp}/registry.db: table 'other' not found"),
-    ("sqlite:///{tmp}/registry.db?table=x;drop", "sqlite:///{tmp}/registry.db: invalid table name 'x;drop'"),
-    ("mysql://u@h/db", "mysql://...: unsupported registry URL (use a YAML path, sqlite:///PATH or "
-                       "postgresql://USER@HOST/DB)"),
-])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///{tmp}/missing.db", "sqlite:///{tmp}/missing.db: database file not found"),
+        ("sqlite:///{tmp}/registry.db?table=other", "sqlite:///{tmp}/registry.db: table 'other' not found"),
+        ("sqlite:///{tmp}/registry.db?table=x;drop", "sqlite:///{tmp}/registry.db: invalid table name 'x;drop'"),
+        (
+            "mysql://u@h/db",
+            "mysql://...: unsupported registry URL (use a YAML path, sqlite:///PATH or postgresql://USER@HOST/DB)",
+        ),
+    ],
+)
 def test_database_registry_source_errors(tmp_path, url, message):
     write_registry_table(f"sqlite:///{tmp_path}/registry.db", [])
     with pytest.raises(RegistryError) as info:
@@ -762,8 +872,10 @@ def test_postgres_url_is_converted_to_psycopg_and_password_hidden():
 # --- #15.3: values that become paths stay under their roots ------------------
 
 ESCAPE = HEAD + "  - id: customer-1\n    environments: [staging]\n"  # config goes on line 11
-PATH_SCHEMA = {**SCHEMA, **{k: ConfigKey(name=k, type="string", default="", has_default=True)
-                            for k in ("platform_root", "migrations_dir")}}
+PATH_SCHEMA = {
+    **SCHEMA,
+    **{k: ConfigKey(name=k, type="string", default="", has_default=True) for k in ("platform_root", "migrations_dir")},
+}
 
 
 @pytest.fixture
@@ -795,14 +907,18 @@ def test_app_version_escaping_the_tenant_dir_is_refused(confined):
     _, errors, _ = confined
     assert errors(ESCAPE + '    config: {app_version: "../../../../customer-2"}\n') == [
         "tenants.yaml:11: tenants[0].config.app_version: invalid app_version '../../../../customer-2': use "
-        "1-128 characters: letters, digits, '.', '-', '_' and '+', starting with a letter or digit, no '..'"]
+        "1-128 characters: letters, digits, '.', '-', '_' and '+', starting with a letter or digit, no '..'"
+    ]
 
 
-@pytest.mark.parametrize("bad", ["a/b", "..", "1..2", ".hidden", "-rf", "/abs", "a b", "v1\\n", "", "x" * 129,
-                                 "ünï", "a\\\\b", "~root"])
+@pytest.mark.parametrize(
+    "bad", ["a/b", "..", "1..2", ".hidden", "-rf", "/abs", "a b", "v1\\n", "", "x" * 129, "ünï", "a\\\\b", "~root"]
+)
 def test_label_pattern_refuses(confined, bad):
     _, errors, _ = confined
-    lines = errors(f'defaults: {{platform: local, app_version: "{bad}"}}\n' + ESCAPE[len("defaults:\n  platform: local\n"):])
+    lines = errors(
+        f'defaults: {{platform: local, app_version: "{bad}"}}\n' + ESCAPE[len("defaults:\n  platform: local\n") :]
+    )
     assert len(lines) == 1 and lines[0].startswith("tenants.yaml:1: defaults.app_version: invalid app_version"), lines
 
 
@@ -812,21 +928,30 @@ def test_label_pattern_accepts(confined, good):
     assert loads(ESCAPE + f'    config: {{app_version: "{good}"}}\n').tenants[0].config["app_version"] == good
 
 
-@pytest.mark.parametrize("key,value", [
-    ("platform_root", "/etc"), ("platform_root", "../../outside"), ("platform_root", "~"),
-    ("migrations_dir", "/tmp"), ("migrations_dir", "../.."),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("platform_root", "/etc"),
+        ("platform_root", "../../outside"),
+        ("platform_root", "~"),
+        ("migrations_dir", "/tmp"),
+        ("migrations_dir", "../.."),
+    ],
+)
 def test_paths_outside_the_project_are_refused(confined, key, value):
     project, errors, _ = confined
     lines = errors(ESCAPE + f'    config: {{{key}: "{value}"}}\n')
-    assert len(lines) == 1 and lines[0].startswith(f"tenants.yaml:11: tenants[0].config.{key}: {key} '{value}' "
-                                                   "resolves to "), lines
+    assert len(lines) == 1 and lines[0].startswith(
+        f"tenants.yaml:11: tenants[0].config.{key}: {key} '{value}' resolves to "
+    ), lines
     assert "outside the project" in lines[0] and "RUNNER_PLATFORM_ROOTS" in lines[0]
 
 
 def test_paths_in_defaults_are_checked_too(confined):
     _, errors, _ = confined
-    lines = errors('defaults: {platform: local, platform_root: /var}\n' + ESCAPE[len("defaults:\n  platform: local\n"):])
+    lines = errors(
+        "defaults: {platform: local, platform_root: /var}\n" + ESCAPE[len("defaults:\n  platform: local\n") :]
+    )
     assert lines[0].startswith("tenants.yaml:1: defaults.platform_root: platform_root '/var' resolves to")
 
 
@@ -844,21 +969,29 @@ def test_paths_inside_the_project_or_an_allowed_root_pass(confined, tmp_path, mo
     monkeypatch.setenv("RUNNER_PLATFORM_ROOTS", f"/nonexistent-root:{allowed}")
     loads(ESCAPE + f"    config: {{platform_root: {allowed}/a, migrations_dir: {allowed}}}\n")
     assert errors(ESCAPE + f"    config: {{platform_root: {allowed}/../x}}\n")[0].startswith(
-        "tenants.yaml:11: tenants[0].config.platform_root: ")
+        "tenants.yaml:11: tenants[0].config.platform_root: "
+    )
     monkeypatch.setenv("RUNNER_PLATFORM_ROOTS", "relative/root")
     assert errors(ESCAPE + "    config: {platform_root: .runner/platform}\n") == [
         "tenants.yaml:11: tenants[0].config.platform_root: RUNNER_PLATFORM_ROOTS: 'relative/root' is not an "
-        "absolute path"]
+        "absolute path"
+    ]
 
 
-@pytest.mark.parametrize("file,why", [("../.runner/passphrase", "is inside the runner's state directory"),
-                                      ("../../x", "resolves outside the secrets directory"),
-                                      ("/etc/passwd", "resolves outside the secrets directory")])
+@pytest.mark.parametrize(
+    "file,why",
+    [
+        ("../.runner/passphrase", "is inside the runner's state directory"),
+        ("../../x", "resolves outside the secrets directory"),
+        ("/etc/passwd", "resolves outside the secrets directory"),
+    ],
+)
 def test_file_secrets_outside_the_secrets_dir_are_refused(confined, file, why):
     _, errors, _ = confined
     lines = errors(ESCAPE + f'    secrets: {{db_password: {{file: "{file}"}}}}\n')
     assert len(lines) == 1 and lines[0].startswith(
-        f"tenants.yaml:11: tenants[0].secrets.db_password.file: file '{file}' {why}"), lines
+        f"tenants.yaml:11: tenants[0].secrets.db_password.file: file '{file}' {why}"
+    ), lines
 
 
 def test_file_secrets_never_under_the_state_dir(confined, monkeypatch):
@@ -866,8 +999,10 @@ def test_file_secrets_never_under_the_state_dir(confined, monkeypatch):
     project, errors, _ = confined
     monkeypatch.setenv("RUNNER_SECRETS_DIR", str(project))
     lines = errors(ESCAPE + '    secrets: {db_password: {file: "../.runner/passphrase"}}\n')
-    assert lines == ["tenants.yaml:11: tenants[0].secrets.db_password.file: file '../.runner/passphrase' is inside "
-                     f"the runner's state directory {project / '.runner'}"]
+    assert lines == [
+        "tenants.yaml:11: tenants[0].secrets.db_password.file: file '../.runner/passphrase' is inside "
+        f"the runner's state directory {project / '.runner'}"
+    ]
     state = project / "stacks" / "state"
     monkeypatch.setenv("RUNNER_STATE_DIR", str(state))
     assert "state directory" in errors(ESCAPE + '    secrets: {db_password: {file: "state/passphrase"}}\n')[0]
@@ -887,7 +1022,8 @@ def test_file_secrets_under_the_secrets_dir_resolve(confined, tmp_path, monkeypa
     monkeypatch.setenv("RUNNER_SECRETS_DIR", str(vault))
     registry = loads(ESCAPE + f"    secrets: {{db_password: {{file: {vault}/pw}}}}\n")
     assert resolve_secrets(select_targets(registry, all_tenants=True).targets[0], registry.base_dir) == {
-        "db_password": "v"}
+        "db_password": "v"
+    }
     assert "outside the secrets directory" in errors(ESCAPE + "    secrets: {db_password: {file: pw.txt}}\n")[0]
 
 
@@ -911,11 +1047,12 @@ def test_db_password_is_declared_secret_in_the_real_program():
     assert load_config_schema(PROJECT)["db_password"].secret is True
 
 
-@pytest.mark.parametrize("where,line,path", [
-    ("tenant", 11, "tenants[0].config.db_password"), ("defaults", 1, "defaults.db_password")])
+@pytest.mark.parametrize(
+    "where,line,path", [("tenant", 11, "tenants[0].config.db_password"), ("defaults", 1, "defaults.db_password")]
+)
 def test_plaintext_db_password_is_refused_pointing_to_secrets(tmp_path, monkeypatch, where, line, path):
     monkeypatch.chdir(tmp_path)
-    body = HEAD[len("defaults:\n  platform: local\n"):] + "  - id: customer-1\n    environments: [staging]\n"
+    body = HEAD[len("defaults:\n  platform: local\n") :] + "  - id: customer-1\n    environments: [staging]\n"
     if where == "tenant":
         text = "defaults: {platform: local}\n" + body + "    config: {db_password: hunter2-plain}\n"
         line = 10
@@ -926,5 +1063,6 @@ def test_plaintext_db_password_is_refused_pointing_to_secrets(tmp_path, monkeypa
         load_registry("tenants.yaml", project_dir=PROJECT)
     assert info.value.errors == [
         f"tenants.yaml:{line}: {path}: 'db_password' is declared secret in Pulumi.yaml: "
-        "give it under secrets as {env: VAR} or {file: PATH}"]
+        "give it under secrets as {env: VAR} or {file: PATH}"
+    ]
     assert "hunter2" not in str(info.value)

@@ -19,8 +19,13 @@ from runner.ledger import Ledger
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo,
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -81,15 +86,39 @@ STACK = "acme.staging"
 
 
 def job(fingerprint: str = "fp-1", **config) -> Job:
-    return Job("acme", "staging", STACK, "up", {"release": "r1", "app_version": "1.0.0", **config}, {},
-               config_fingerprint=fingerprint)
+    return Job(
+        "acme",
+        "staging",
+        STACK,
+        "up",
+        {"release": "r1", "app_version": "1.0.0", **config},
+        {},
+        config_fingerprint=fingerprint,
+    )
 
 
-def deploy(lg: Ledger, run_id: str, fingerprint: str = "fp-1", *, ago: float = 60, op: str = "up",
-           status: str = "succeeded", config=None) -> None:
+def deploy(
+    lg: Ledger,
+    run_id: str,
+    fingerprint: str = "fp-1",
+    *,
+    ago: float = 60,
+    op: str = "up",
+    status: str = "succeeded",
+    config=None,
+) -> None:
     when = rpt.now() - timedelta(seconds=ago)
-    op_id = lg.record_start(run_id, "acme", "staging", STACK, op, release="r1", config_fingerprint=fingerprint,
-                            config_snapshot=config or {"release": "r1", "app_version": "1.0.0"}, started=when)
+    op_id = lg.record_start(
+        run_id,
+        "acme",
+        "staging",
+        STACK,
+        op,
+        release="r1",
+        config_fingerprint=fingerprint,
+        config_snapshot=config or {"release": "r1", "app_version": "1.0.0"},
+        started=when,
+    )
     lg.record_end(op_id, status, ended=when)
 
 
@@ -129,7 +158,9 @@ def test_a_drift_check_that_found_drift_is_not_skipped(ledger):
     deploy(ledger, "run-1", ago=120)
     deploy(ledger, "run-2", op="drift", status="drifted", ago=60)
     assert ops.skip_decision(ledger, job(), 3600) == (
-        False, "not skipped: the last drift check (run run-2) found it drifted")
+        False,
+        "not skipped: the last drift check (run run-2) found it drifted",
+    )
 
 
 def test_a_changed_config_is_named(ledger):
@@ -161,9 +192,11 @@ def test_remediating_new_config_gets_its_own_release_label(ledger, project):
     assert fixed.config["app_version"] == "1.0.1"
     assert fixed.details["remediation_of"] == "r1"
     assert fixed.config_fingerprint not in ("fp-1", "fp-2abcdef99")
-    again = ops.remediation_job(fake_fleet(project), ledger,
-                                Job("acme", "staging", STACK, "up", {**fixed.config}, {},
-                                    config_fingerprint="fp-3zzzzzzzz"))
+    again = ops.remediation_job(
+        fake_fleet(project),
+        ledger,
+        Job("acme", "staging", STACK, "up", {**fixed.config}, {}, config_fingerprint="fp-3zzzzzzzz"),
+    )
     assert again.config["release"] == "r1.remediated-fp-3zzzz"  # of the release, not of a remediation
 
 

@@ -35,9 +35,21 @@ def test_markup_in_an_error_still_writes_every_report(monkeypatch, tmp_path):
     monkeypatch.setattr("runner.notify.notify", lambda report, targets: sent.append(report) or [])
     step = tmp_path / "step.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
-    result = CliRunner().invoke(cli.main, [
-        "up", "--all-tenants", "--yes", "--json", "--junit", str(tmp_path / "j.xml"),
-        "--report-json", str(tmp_path / "r.json"), "--notify", "webhook:https://hooks.example/x"])
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "up",
+            "--all-tenants",
+            "--yes",
+            "--json",
+            "--junit",
+            str(tmp_path / "j.xml"),
+            "--report-json",
+            str(tmp_path / "r.json"),
+            "--notify",
+            "webhook:https://hooks.example/x",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
     assert json.loads(result.stdout)["counts"]["failed"] == 1
@@ -55,8 +67,19 @@ def test_reports_are_written_even_when_the_terminal_summary_fails(monkeypatch, t
         raise RuntimeError("terminal gone")
 
     monkeypatch.setattr(progress, "print_summary", broken)
-    result = CliRunner().invoke(cli.main, ["up", "--all-tenants", "--yes", "--json", "--junit",
-                                           str(tmp_path / "j.xml"), "--report-json", str(tmp_path / "r.json")])
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "up",
+            "--all-tenants",
+            "--yes",
+            "--json",
+            "--junit",
+            str(tmp_path / "j.xml"),
+            "--report-json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
     assert (tmp_path / "r.json").exists() and (tmp_path / "j.xml").exists()
@@ -65,8 +88,16 @@ def test_reports_are_written_even_when_the_terminal_summary_fails(monkeypatch, t
 
 def test_summary_table_shows_untrusted_text_and_drift_keys_verbatim():
     report = _report("see [/tmp] and [red]")
-    report.add(rpt.TargetResult("t-2", "staging", "t-2.staging", "drift", rpt.DRIFTED, details={
-        "drift": [{"name": "site", "op": "update", "keys": ["domain", "tls"]}]}))
+    report.add(
+        rpt.TargetResult(
+            "t-2",
+            "staging",
+            "t-2.staging",
+            "drift",
+            rpt.DRIFTED,
+            details={"drift": [{"name": "site", "op": "update", "keys": ["domain", "tls"]}]},
+        )
+    )
     text = _render(progress.summary_table(report))
     assert "see [/tmp] and [red]" in text
     assert "site [domain, tls]" in text

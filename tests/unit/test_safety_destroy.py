@@ -30,9 +30,11 @@ def no_engine(monkeypatch):
 
 def _registry(tmp_path, tenants: str) -> str:
     path = tmp_path / "tenants.yaml"
-    path.write_text("defaults: {platform: local}\n"
-                    "environments: [{name: staging}, {name: production, require_tenant: true}]\n"
-                    f"tenants:{tenants}\n")
+    path.write_text(
+        "defaults: {platform: local}\n"
+        "environments: [{name: staging}, {name: production, require_tenant: true}]\n"
+        f"tenants:{tenants}\n"
+    )
     return str(path)
 
 
@@ -61,11 +63,28 @@ def test_sync_prune_on_an_empty_registry_is_refused(no_engine, tmp_path):
 
 def test_only_registry_names_can_be_pruned(tmp_path):
     """#15.2: hand-made stacks (`scratch`, `Foo.bar`, unknown environments) are never pruned."""
-    registry = reg.load_registry(_registry(
-        tmp_path, "\n  - {id: alpha, name: A, environments: [staging]}\n"
-                  "  - {id: gone-off, name: G, environments: [staging], enabled: false}\n"))
-    existing = ["shared", "alpha.staging", "gone-off.staging", "beta.staging", "beta.production", "scratch",
-                "Foo.bar", "Foo.staging", "beta.qa", "staging", "a.staging", "beta.staging.x", "-x.staging"]
+    registry = reg.load_registry(
+        _registry(
+            tmp_path,
+            "\n  - {id: alpha, name: A, environments: [staging]}\n"
+            "  - {id: gone-off, name: G, environments: [staging], enabled: false}\n",
+        )
+    )
+    existing = [
+        "shared",
+        "alpha.staging",
+        "gone-off.staging",
+        "beta.staging",
+        "beta.production",
+        "scratch",
+        "Foo.bar",
+        "Foo.staging",
+        "beta.qa",
+        "staging",
+        "a.staging",
+        "beta.staging.x",
+        "-x.staging",
+    ]
     orphans, unmanaged = ops.offboard_candidates(registry, existing)
     assert orphans == ["beta.production", "beta.staging", "gone-off.staging"]
     assert unmanaged == ["-x.staging", "Foo.bar", "Foo.staging", "a.staging", "beta.qa", "beta.staging.x", "scratch"]
@@ -96,15 +115,17 @@ def test_destroy_lists_its_stacks_and_needs_yes_off_a_terminal(no_engine):
 
 
 def test_destroy_above_max_destroy_is_refused_unless_raised(no_engine):
-    result = CliRunner().invoke(cli.main, ["destroy", "--all-tenants", "--env", "production", "--yes",
-                                           "--max-destroy", "2"])
+    result = CliRunner().invoke(
+        cli.main, ["destroy", "--all-tenants", "--env", "production", "--yes", "--max-destroy", "2"]
+    )
     assert result.exit_code == 2 and "--max-destroy 2" in result.stderr, result.output
     assert "customer-3.production" in result.stderr  # listed before refusing
 
 
 def test_destroy_with_a_shard_is_refused(no_engine):
-    result = CliRunner().invoke(cli.main, ["destroy", "--all-tenants", "--env", "production", "--yes",
-                                           "--shard", "0/2"])
+    result = CliRunner().invoke(
+        cli.main, ["destroy", "--all-tenants", "--env", "production", "--yes", "--shard", "0/2"]
+    )
     assert result.exit_code == 2 and "whole registry" in result.stderr, result.output
 
 

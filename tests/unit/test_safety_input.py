@@ -19,12 +19,25 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 # --- #15.6: secrets in argv are redacted before they are stored --------------
 
-ARGV = ["up", "--all-tenants", "--notify", "slack:https://hooks.slack.com/services/T0/B0/XOXBSECRET1",
-        "--notify=webhook:https://ci.example.com/hook?token=TOKSECRET2&x=1",
-        "--backend", "postgres://runner:PGSECRET3@db.example.com:5432/state",
-        "--ledger=postgresql+psycopg://ledger:PGSECRET4@db/ledger", "--registry",
-        "postgresql://u:PGSECRET5@h/db?table=tenants", "--release", "v1", "--run-id", "r-1",
-        "--report-json", "out.json", "api_key=KEYSECRET6"]
+ARGV = [
+    "up",
+    "--all-tenants",
+    "--notify",
+    "slack:https://hooks.slack.com/services/T0/B0/XOXBSECRET1",
+    "--notify=webhook:https://ci.example.com/hook?token=TOKSECRET2&x=1",
+    "--backend",
+    "postgres://runner:PGSECRET3@db.example.com:5432/state",
+    "--ledger=postgresql+psycopg://ledger:PGSECRET4@db/ledger",
+    "--registry",
+    "postgresql://u:PGSECRET5@h/db?table=tenants",
+    "--release",
+    "v1",
+    "--run-id",
+    "r-1",
+    "--report-json",
+    "out.json",
+    "api_key=KEYSECRET6",
+]
 
 
 def test_redact_argv_removes_every_credential():
@@ -102,10 +115,23 @@ def repo(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("commit", [
-    "--orphan=x", "-b", "HEAD~1", "main", "HEAD", "0" * 40, "deadbeef" * 5, "../../etc", "abc", "g" * 40,
-    "{first}^{{tree}}", "{first}:f",
-])
+@pytest.mark.parametrize(
+    "commit",
+    [
+        "--orphan=x",
+        "-b",
+        "HEAD~1",
+        "main",
+        "HEAD",
+        "0" * 40,
+        "deadbeef" * 5,
+        "../../etc",
+        "abc",
+        "g" * 40,
+        "{first}^{{tree}}",
+        "{first}:f",
+    ],
+)
 def test_rollback_refuses_a_program_commit_that_is_not_a_commit_of_this_repository(repo, tmp_path, commit):
     first = _git("rev-parse", "HEAD~1", cwd=repo)
     state = tmp_path / ".runner"

@@ -39,17 +39,17 @@ def test_all_tenants_in_registry_then_promotion_order(registry):
     selection = select_targets(registry, all_tenants=True)
     # customer-2 lists [production, staging]: targets still follow promotion order
     assert stacks(selection) == [
-        "customer-1.staging", "customer-1.production",
-        "customer-2.staging", "customer-2.production",
+        "customer-1.staging",
+        "customer-1.production",
+        "customer-2.staging",
+        "customer-2.production",
         "internal-qa.testing",
     ]
 
 
 def test_disabled_tenants_are_skipped_with_a_reason(registry):
     selection = select_targets(registry, all_tenants=True)
-    assert [(t.stack, reason) for t, reason in selection.skipped] == [
-        ("customer-3.production", "tenant disabled")
-    ]
+    assert [(t.stack, reason) for t, reason in selection.skipped] == [("customer-3.production", "tenant disabled")]
     named = select_targets(registry, tenants=["customer-3"])
     assert named.targets == [] and [t.stack for t, _ in named.skipped] == ["customer-3.production"]
 
@@ -61,13 +61,16 @@ def test_tenant_selector_and_env(registry):
 
 def test_envs_restrict(registry):
     assert stacks(select_targets(registry, all_tenants=True, envs=["staging", "testing"])) == [
-        "customer-1.staging", "customer-2.staging", "internal-qa.testing",
+        "customer-1.staging",
+        "customer-2.staging",
+        "internal-qa.testing",
     ]
 
 
 def test_tags_all_must_match(registry):
     assert stacks(select_targets(registry, all_tenants=True, tags=["tier=standard"])) == [
-        "customer-2.staging", "customer-2.production",
+        "customer-2.staging",
+        "customer-2.production",
     ]
     assert stacks(select_targets(registry, all_tenants=True, tags=["tier=standard", "region=us"])) == []
     assert stacks(select_targets(registry, all_tenants=True, tags=["tier=premium", "region=eu"])) == []
@@ -81,7 +84,8 @@ def test_invalid_tag_selector(registry, bad):
 
 def test_exclude(registry):
     assert stacks(select_targets(registry, all_tenants=True, exclude=["customer-1", "internal-qa"])) == [
-        "customer-2.staging", "customer-2.production",
+        "customer-2.staging",
+        "customer-2.production",
     ]
 
 
@@ -141,8 +145,13 @@ def test_target_config_merges_defaults_tenant_config_and_name(registry):
         tenant="customer-2",
         environment="staging",
         stack="customer-2.staging",
-        config={"platform": "local", "app_version": "1.0.0", "domain": "customer-2.example.com",
-                "replicas": 2, "tenant_name": "customer-2"},
+        config={
+            "platform": "local",
+            "app_version": "1.0.0",
+            "domain": "customer-2.example.com",
+            "replicas": 2,
+            "tenant_name": "customer-2",
+        },
         secrets={},
         tags={"tier": "standard", "region": "eu"},
     )
@@ -167,10 +176,16 @@ def test_secret_keys_are_not_in_config(tmp_path):
 
 def test_untenanted_deployment(registry):
     selection = select_targets(registry, untenanted=True, envs=["staging"])
-    assert selection.targets == [Target(
-        tenant=None, environment="staging", stack="staging",
-        config={"platform": "local", "app_version": "1.0.0"}, secrets={}, tags={},
-    )]
+    assert selection.targets == [
+        Target(
+            tenant=None,
+            environment="staging",
+            stack="staging",
+            config={"platform": "local", "app_version": "1.0.0"},
+            secrets={},
+            tags={},
+        )
+    ]
     assert selection.skipped == []
 
 
@@ -195,8 +210,7 @@ def test_untenanted_takes_no_tenant_selectors(registry):
 
 
 def _target(secrets: dict[str, SecretRef], tenant: str | None = "customer-1") -> Target:
-    return Target(tenant=tenant, environment="staging", stack="customer-1.staging",
-                  config={}, secrets=secrets, tags={})
+    return Target(tenant=tenant, environment="staging", stack="customer-1.staging", config={}, secrets=secrets, tags={})
 
 
 def test_resolve_env_and_file_secrets(tmp_path, monkeypatch, registry):
@@ -228,12 +242,15 @@ def test_secret_errors_never_contain_a_value(tmp_path, monkeypatch):
     assert str(info.value) == "tenant customer-1: secret 'db_password': environment variable C1_EMPTY is empty"
 
 
-@pytest.mark.parametrize(("setup", "reason"), [
-    (lambda d: None, "file {d}/missing.txt not found"),
-    (lambda d: (d / "missing.txt").mkdir(), "file {d}/missing.txt is a directory"),
-    (lambda d: (d / "missing.txt").write_text("\n"), "file {d}/missing.txt is empty"),
-    (lambda d: (d / "missing.txt").write_bytes(b"\xffpw"), "file {d}/missing.txt is not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (lambda d: None, "file {d}/missing.txt not found"),
+        (lambda d: (d / "missing.txt").mkdir(), "file {d}/missing.txt is a directory"),
+        (lambda d: (d / "missing.txt").write_text("\n"), "file {d}/missing.txt is empty"),
+        (lambda d: (d / "missing.txt").write_bytes(b"\xffpw"), "file {d}/missing.txt is not UTF-8 text"),
+    ],
+)
 def test_file_secret_errors(tmp_path, setup, reason):
     setup(tmp_path)
     with pytest.raises(SecretError) as info:
@@ -258,15 +275,18 @@ def test_a_tag_alone_selects_the_tenants_with_that_tag(registry):
     assert stacks(select_targets(registry, tags=["tier=standard", "region=eu"])) == stacks(selection)
     assert stacks(select_targets(registry, tags=["tier=standard"], exclude=["customer-2"])) == []
     # the same as --all-tenants --tag
-    assert select_targets(registry, tags=["tier=premium"]) == select_targets(registry, all_tenants=True,
-                                                                               tags=["tier=premium"])
+    assert select_targets(registry, tags=["tier=premium"]) == select_targets(
+        registry, all_tenants=True, tags=["tier=premium"]
+    )
 
 
 def test_a_tag_alone_that_no_tenant_has_is_an_error(registry):
     with pytest.raises(SelectionError) as info:
         select_targets(registry, tags=["tier=gold"])
-    assert str(info.value) == "no tenant has the tag tier=gold (known: region=eu, region=us, tier=canary, " \
-                              "tier=premium, tier=standard)"
+    assert (
+        str(info.value) == "no tenant has the tag tier=gold (known: region=eu, region=us, tier=canary, "
+        "tier=premium, tier=standard)"
+    )
 
 
 def test_default_all_tenants_selects_the_fleet_when_nothing_is_named(registry):
@@ -274,9 +294,11 @@ def test_default_all_tenants_selects_the_fleet_when_nothing_is_named(registry):
     everyone = select_targets(registry, default_all_tenants=True)
     assert everyone == select_targets(registry, all_tenants=True)
     assert stacks(select_targets(registry, default_all_tenants=True, envs=["production"])) == [
-        "customer-1.production", "customer-2.production"]
+        "customer-1.production",
+        "customer-2.production",
+    ]
     # a selector given still decides
     assert stacks(select_targets(registry, default_all_tenants=True, tenants=["internal-qa"])) == [
-        "internal-qa.testing"]
-    assert stacks(select_targets(registry, default_all_tenants=True, tags=["tier=canary"])) == [
-        "internal-qa.testing"]
+        "internal-qa.testing"
+    ]
+    assert stacks(select_targets(registry, default_all_tenants=True, tags=["tier=canary"])) == ["internal-qa.testing"]

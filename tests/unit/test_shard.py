@@ -11,9 +11,7 @@ from hypothesis import strategies as st
 
 from runner.shard import format_shard, parse_shard, select_shard, shard_from_env, shard_of
 
-stack_names = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=60
-)
+stack_names = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=60)
 stack_sets = st.lists(stack_names, min_size=0, max_size=60, unique=True)
 counts = st.integers(min_value=1, max_value=8)
 # Timing deadlines make property tests flaky on a loaded CI machine.

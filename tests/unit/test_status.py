@@ -36,9 +36,15 @@ EVIL_ERROR = '"><img src=x onerror=alert(1)> [bold]markup[/bold] failed'
 
 
 def tenant(id, environments, *, name=None, tags=None, enabled=True):
-    return SimpleNamespace(id=id, name=name or id, environments=tuple(environments),
-                           tags=tags or {}, enabled=enabled,
-                           config={"domain": "x.example"}, secrets={"db_password": {"env": "X"}})
+    return SimpleNamespace(
+        id=id,
+        name=name or id,
+        environments=tuple(environments),
+        tags=tags or {},
+        enabled=enabled,
+        config={"domain": "x.example"},
+        secrets={"db_password": {"env": "X"}},
+    )
 
 
 def registry(tenants, environments=ENVS):
@@ -56,8 +62,17 @@ def rec(ledger, stack, operation, status, at, **kw):
     if not env:
         tenant_id, env = None, None
     kw.setdefault("config_snapshot", {"db_password": SECRET, "domain": "x.example"})
-    return ledger.record("run-" + at.strftime("%H%M%S"), tenant_id, env, stack, operation, status,
-                         started=at, ended=at + timedelta(seconds=30), **kw)
+    return ledger.record(
+        "run-" + at.strftime("%H%M%S"),
+        tenant_id,
+        env,
+        stack,
+        operation,
+        status,
+        started=at,
+        ended=at + timedelta(seconds=30),
+        **kw,
+    )
 
 
 DB_URN = "urn:pulumi:customer-1.production::runner::runner:local:Backend$runner:local:Database::customer-1-db"
@@ -68,22 +83,47 @@ def seed_fleet(ledger):
     h = timedelta(hours=1)
     # customer-1: staging deployed and drifted; production failed after a success
     rec(ledger, "customer-1.staging", "up", "succeeded", T0 + h, release="v2", changes={"create": 3})
-    rec(ledger, "customer-1.staging", "drift", "drifted+pending", T0 + 2 * h, release="v2", details={
-        "drift": [{"urn": "urn:x", "name": "customer-1-db", "component": "runner:local:Backend", "op": "update"}],
-        "pending": [{"urn": "urn:y", "name": "customer-1-site", "component": "runner:local:Frontend", "op": "update"}],
-    })
+    rec(
+        ledger,
+        "customer-1.staging",
+        "drift",
+        "drifted+pending",
+        T0 + 2 * h,
+        release="v2",
+        details={
+            "drift": [{"urn": "urn:x", "name": "customer-1-db", "component": "runner:local:Backend", "op": "update"}],
+            "pending": [
+                {"urn": "urn:y", "name": "customer-1-site", "component": "runner:local:Frontend", "op": "update"}
+            ],
+        },
+    )
     rec(ledger, "customer-1.production", "up", "succeeded", T0, release="v1")
-    rec(ledger, "customer-1.production", "up", "failed", T0 + 3 * h, release="v2",
-        error="migration 0003 failed:\n  syntax error", error_resource=DB_URN,
-        error_component="runner:local:Backend")
+    rec(
+        ledger,
+        "customer-1.production",
+        "up",
+        "failed",
+        T0 + 3 * h,
+        release="v2",
+        error="migration 0003 failed:\n  syntax error",
+        error_resource=DB_URN,
+        error_component="runner:local:Backend",
+    )
     rec(ledger, "customer-1.production", "drift", "in-sync", T0 + 1 * h, release="v1")
     # customer-1 is not connected to testing any more: an orphaned stack
     rec(ledger, "customer-1.testing", "up", "succeeded", T0, release="v0")
     # customer-2: testing ok, staging only previewed (never deployed), production locked
     rec(ledger, "customer-2.testing", "up", "succeeded", T0 + 4 * h, release="v2")
     rec(ledger, "customer-2.staging", "preview", "succeeded", T0 + 4 * h, release="v2")
-    rec(ledger, "customer-2.production", "up", "locked", T0 + 5 * h, release="v2",
-        error="still locked by another operation after 60s")
+    rec(
+        ledger,
+        "customer-2.production",
+        "up",
+        "locked",
+        T0 + 5 * h,
+        release="v2",
+        error="still locked by another operation after 60s",
+    )
     # customer-3: disabled, rolled back
     rec(ledger, "customer-3.production", "up", "failed", T0, release="v2", error="boom")
     rec(ledger, "customer-3.production", "rollback", "succeeded", T0 + h, release="v1")
@@ -94,12 +134,14 @@ def seed_fleet(ledger):
     # offboarded tenant, and the shared stack
     rec(ledger, "gone-tenant.production", "up", "succeeded", T0, release="v1")
     rec(ledger, "shared", "up", "succeeded", T0 + h, release="v2")
-    return registry([
-        tenant("customer-1", ["staging", "production"], name="Customer One", tags={"tier": "premium"}),
-        tenant("customer-2", ENVS, tags={"tier": "standard"}),
-        tenant("customer-3", ["production"], enabled=False, tags={"tier": "standard"}),
-        tenant("evil-corp", ["testing", "production"], name=EVIL_NAME, tags={"tier": "premium", "x": "<b>"}),
-    ])
+    return registry(
+        [
+            tenant("customer-1", ["staging", "production"], name="Customer One", tags={"tier": "premium"}),
+            tenant("customer-2", ENVS, tags={"tier": "standard"}),
+            tenant("customer-3", ["production"], enabled=False, tags={"tier": "standard"}),
+            tenant("evil-corp", ["testing", "production"], name=EVIL_NAME, tags={"tier": "premium", "x": "<b>"}),
+        ]
+    )
 
 
 @pytest.fixture
@@ -220,8 +262,15 @@ def test_empty_ledger_and_registry(ledger):
 
 def test_drift_error_surfaces_when_newer_than_the_deployment(ledger):
     rec(ledger, "customer-1.staging", "up", "succeeded", T0, release="v1")
-    rec(ledger, "customer-1.staging", "drift", "error", T0 + timedelta(hours=1),
-        error="refresh failed", error_component="runner:local:Frontend")
+    rec(
+        ledger,
+        "customer-1.staging",
+        "drift",
+        "error",
+        T0 + timedelta(hours=1),
+        error="refresh failed",
+        error_component="runner:local:Frontend",
+    )
     fleet = fleet_status(ledger, registry([tenant("customer-1", ["staging"])]), now=NOW)
     c = fleet.cell("customer-1", "staging")
     assert c.status == "succeeded"
@@ -267,15 +316,29 @@ def _bulk_seed(ledger, n: int):
     tenants = []
 
     def row(tenant_id, env, operation, status, at, *, release=None, error=None, details=None):
-        rows.append({
-            "run_id": f"run-{at.timestamp():.0f}", "tenant": tenant_id, "environment": env,
-            "stack": f"{tenant_id}.{env}", "operation": operation, "release": release,
-            "program_commit": None, "config_fingerprint": None,
-            "config_snapshot": _dumps({"db_password": SECRET}), "status": status,
-            "started": _ts(at), "ended": _ts(at + timedelta(seconds=5)), "changes": None,
-            "error": error, "error_resource": None, "error_component": None,
-            "details": _dumps(details) if details else None, "host": "h", "pid": 1,
-        })
+        rows.append(
+            {
+                "run_id": f"run-{at.timestamp():.0f}",
+                "tenant": tenant_id,
+                "environment": env,
+                "stack": f"{tenant_id}.{env}",
+                "operation": operation,
+                "release": release,
+                "program_commit": None,
+                "config_fingerprint": None,
+                "config_snapshot": _dumps({"db_password": SECRET}),
+                "status": status,
+                "started": _ts(at),
+                "ended": _ts(at + timedelta(seconds=5)),
+                "changes": None,
+                "error": error,
+                "error_resource": None,
+                "error_component": None,
+                "details": _dumps(details) if details else None,
+                "host": "h",
+                "pid": 1,
+            }
+        )
 
     for i in range(n):
         tid = f"tenant-{i:04d}"
@@ -294,14 +357,28 @@ def _bulk_seed(ledger, n: int):
             # an older, different row first: the newest must win
             row(tid, env, "up", "failed", T0, release="r-old", error="old failure")
             if drift:
-                row(tid, env, "drift", "drifted" if drift == "drifted" else "in-sync", T0 + timedelta(minutes=1),
+                row(
+                    tid,
+                    env,
+                    "drift",
+                    "drifted" if drift == "drifted" else "in-sync",
+                    T0 + timedelta(minutes=1),
                     details={"drift": [{"name": f"{tid}-db", "component": "runner:local:Backend"}]}
-                    if drift == "drifted" else None)
+                    if drift == "drifted"
+                    else None,
+                )
             if status == DESTROYED:
                 row(tid, env, "destroy", "succeeded", T0 + timedelta(minutes=2))
             else:
-                row(tid, env, "up", status, T0 + timedelta(minutes=2), release=release,
-                    error=f"{tid} {env} broke" if status == "failed" else None)
+                row(
+                    tid,
+                    env,
+                    "up",
+                    status,
+                    T0 + timedelta(minutes=2),
+                    release=release,
+                    error=f"{tid} {env} broke" if status == "failed" else None,
+                )
         tenants.append(tenant(tid, envs, tags={"tier": ("premium", "standard")[i % 2]}, enabled=i % 50 != 0))
     with ledger.engine.begin() as conn:
         conn.execute(operations_table.insert(), rows)
@@ -460,10 +537,16 @@ def _css_rules(html: str) -> list[tuple[list[set[str]], dict[str, str]]]:
     css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
     rules = []
     for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css):
-        decls = dict((k.strip(), v.replace("!important", "").strip())
-                     for k, _, v in (d.partition(":") for d in body.split(";")) if v.strip())
-        sets = [set(re.findall(r"\.([\w-]+)", s)) for s in selectors.split(",")
-                if re.fullmatch(r"\s*(td)?(\.[\w-]+)+\s*", s)]
+        decls = dict(
+            (k.strip(), v.replace("!important", "").strip())
+            for k, _, v in (d.partition(":") for d in body.split(";"))
+            if v.strip()
+        )
+        sets = [
+            set(re.findall(r"\.([\w-]+)", s))
+            for s in selectors.split(",")
+            if re.fullmatch(r"\s*(td)?(\.[\w-]+)+\s*", s)
+        ]
         rules.append((sets, decls))
     return rules
 
@@ -530,6 +613,9 @@ def test_html_says_when_ages_were_computed(fleet):
     """Ages are computed when the page is generated: the page says so (and the
     script, which refreshes them when the page is opened, says so too)."""
     html = render_html(fleet)
-    assert re.search(r"Generated at <time datetime=\"2024-05-02T12:00:00\+00:00\">2024-05-02 12:00:00 UTC</time>; "
-                     r"<span id=\"ages-as-of\">ages as of then</span>", html), html[:3000]
+    assert re.search(
+        r"Generated at <time datetime=\"2024-05-02T12:00:00\+00:00\">2024-05-02 12:00:00 UTC</time>; "
+        r"<span id=\"ages-as-of\">ages as of then</span>",
+        html,
+    ), html[:3000]
     assert 'getElementById("ages-as-of")' in html

@@ -29,9 +29,15 @@ def run(tmp_path, monkeypatch):
     monkeypatch.setenv("RUNNER_PLATFORM_ROOTS", str(tmp_path))
 
     def invoke(*args: str, ledger: str | None = None, backend: str | None = None, env: dict | None = None):
-        argv = [*args, "--registry", str(registry),
-                "--ledger", ledger or f"sqlite:///{tmp_path / 'ledger.db'}",
-                "--backend", backend or (tmp_path / "state").as_uri()]
+        argv = [
+            *args,
+            "--registry",
+            str(registry),
+            "--ledger",
+            ledger or f"sqlite:///{tmp_path / 'ledger.db'}",
+            "--backend",
+            backend or (tmp_path / "state").as_uri(),
+        ]
         result = CliRunner().invoke(cli.main, argv, env=env)
         # An exception other than SystemExit is what a user would see as a traceback.
         assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
@@ -44,10 +50,13 @@ def run(tmp_path, monkeypatch):
     return invoke
 
 
-@pytest.mark.parametrize("url, message", [
-    ("foo://x", "unsupported ledger URL scheme 'foo'"),
-    ("postgresql+psycopg2://h/db", "unsupported PostgreSQL driver in ledger URL 'postgresql+psycopg2'"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("foo://x", "unsupported ledger URL scheme 'foo'"),
+        ("postgresql+psycopg2://h/db", "unsupported PostgreSQL driver in ledger URL 'postgresql+psycopg2'"),
+    ],
+)
 def test_bad_ledger_url(run, url, message):
     code, line = run("up", "--all-tenants", "--yes", ledger=url)
     assert code == rpt.EXIT_FAILED and line.startswith("error: ledger: ") and message in line
@@ -66,9 +75,11 @@ def test_bad_backend_url(run, url):
 
 
 def test_bad_backend_url_from_the_environment(run, tmp_path):
-    result = CliRunner().invoke(cli.main, ["status", "--registry", str(tmp_path / "tenants.yaml"),
-                                           "--ledger", f"sqlite:///{tmp_path / 'l.db'}"],
-                                env={"RUNNER_BACKEND": "foo://x"})
+    result = CliRunner().invoke(
+        cli.main,
+        ["status", "--registry", str(tmp_path / "tenants.yaml"), "--ledger", f"sqlite:///{tmp_path / 'l.db'}"],
+        env={"RUNNER_BACKEND": "foo://x"},
+    )
     assert result.exit_code == rpt.EXIT_USAGE, result.stderr
     assert result.stderr.startswith("error: RUNNER_BACKEND") and len(result.stderr.strip().splitlines()) == 1
 
@@ -77,13 +88,20 @@ def test_engine_unavailable(run, tmp_path):
     """No pulumi at the pinned version on PATH or in the cache, no Go, no curl: one line, exit 1."""
     empty = tmp_path / "empty-path"
     empty.mkdir()
-    code, line = run("outputs", "--tenant", "shop-1", "--env", "staging",
-                     env={"PATH": str(empty), "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    code, line = run(
+        "outputs",
+        "--tenant",
+        "shop-1",
+        "--env",
+        "staging",
+        env={"PATH": str(empty), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
     assert code == rpt.EXIT_FAILED and line.startswith("error: engine: ")
 
 
 def test_engine_error_outside_a_target(run, monkeypatch):
     """The backend refuses to list stacks before any target runs (e.g. `--backend s3://`)."""
+
     def refuse(*args, **kwargs):
         raise engine.OperationFailed('stderr: error: unable to open bucket "s3://":\nbucketName is required')
 

@@ -89,7 +89,9 @@ def split_statements(sql: str) -> list[str]:
                 raise MigrationError("unterminated /* comment")
             continue
         if c in ("'", '"'):
-            escapes = c == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] == "_"))
+            escapes = (
+                c == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] == "_"))
+            )
             j = i + 1
             while True:
                 if j >= n:
@@ -110,10 +112,10 @@ def split_statements(sql: str) -> list[str]:
             k = i + 1
             while k < n and (sql[k].isalnum() or sql[k] == "_"):
                 k += 1
-            tag_ok = k < n and sql[k] == "$" and not sql[i + 1:k][:1].isdigit()
+            tag_ok = k < n and sql[k] == "$" and not sql[i + 1 : k][:1].isdigit()
             preceded = i > 0 and (sql[i - 1].isalnum() or sql[i - 1] == "_")
             if tag_ok and not preceded:
-                tag = sql[i:k + 1]
+                tag = sql[i : k + 1]
                 end = sql.find(tag, k + 1)
                 if end < 0:
                     raise MigrationError(f"unterminated dollar quote {tag}")

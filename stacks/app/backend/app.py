@@ -29,8 +29,9 @@ def handler(_event=None, _context=None):
     return {
         "statusCode": 200,
         "headers": {"content-type": "application/json"},
-        "body": json.dumps({"status": "ok", "database_password": "set" if database_password() else "unset",
-                            **release_info()}),
+        "body": json.dumps(
+            {"status": "ok", "database_password": "set" if database_password() else "unset", **release_info()}
+        ),
     }
 
 
