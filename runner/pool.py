@@ -19,6 +19,7 @@ Orchestrator side: :func:`spawn` (used by runner.protocol.WorkerProcess).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -101,6 +102,20 @@ class _Client:
 
 _client: _Client | None = None
 _client_lock = threading.Lock()
+
+
+@atexit.register
+def _shutdown() -> None:
+    """When the orchestrator exits: the warm parent sees end of file and exits once its children have;
+    wait for it, so no process of the run outlives the runner (and its CPU counts in the runner's)."""
+    client = _client
+    if client is None:
+        return
+    try:
+        client.sock.shutdown(socket.SHUT_RDWR)
+        client.proc.wait(timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def spawn(*, env: Mapping[str, str], cwd: Path, stdin: int, stdout: int, stderr: int) -> tuple[int, Future]:
