@@ -29,29 +29,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.worker import descendants  # the /proc walk the worker's holder records use
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc/<pid>/task/*/children). The
-    bench measures the runner from outside, so it has its own walker."""
-    found, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        try:
-            tasks = os.listdir(f"/proc/{current}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
-            except OSError:
-                continue
-            for child in map(int, children):
-                found.append(child)
-                queue.append(child)
-    return found
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
