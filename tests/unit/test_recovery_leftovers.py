@@ -30,8 +30,12 @@ def _exited(proc: subprocess.Popen) -> bool:
 
 
 def test_a_dead_workers_leftover_plugin_is_ended(tmp_path):
-    worker = subprocess.Popen(["true"])
+    # the worker must be running when its start time is read: a `true` may already be a zombie,
+    # which start_time reports as not running (this made the test flaky under load)
+    worker = subprocess.Popen(["sleep", "60"])
     worker_started = recovery.start_time(worker.pid)
+    assert worker_started is not None
+    worker.kill()
     worker.wait()  # the worker (and its engine) died with the runner
     plugin = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a plugin in a group of its own
     try:
