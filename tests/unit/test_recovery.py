@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -152,3 +153,26 @@ def test_a_zombie_holder_is_dead_though_not_yet_reaped(tmp_path):
         assert recovery.start_time(proc.pid) is None
     finally:
         proc.wait()
+
+
+def test_the_worker_records_the_processes_its_children_start(tmp_path):
+    """The plugins below the CLI (started by it, in groups of their own) are recorded too:
+    recovery ends them after a kill -9 (runner.recovery.end_leftovers)."""
+    recorder = HolderRecorder(tmp_path / "holders", STACK)
+    spawn = "import subprocess, sys, time; subprocess.Popen(['sleep', '30'], start_new_session=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", spawn])
+    try:
+        for _ in range(500):
+            record = json.loads(recorder.path.read_text())
+            grandchildren = [int(p) for p in record["pids"] if int(p) not in (os.getpid(), child.pid)]
+            if grandchildren:
+                break
+            time.sleep(0.02)
+        assert grandchildren and recovery._cmdline(grandchildren[0]).startswith("sleep 30")
+        assert record["pids"][str(child.pid)] == recovery.start_time(child.pid)
+    finally:
+        for pid in grandchildren:
+            os.kill(pid, signal.SIGKILL)
+        child.kill()
+        child.wait()
+        recorder.close()
