@@ -1,11 +1,19 @@
-"""Pulumi mocks shared by the component and program unit tests: a monitor that
-records every registered (or read) resource, and the one `set_mocks` call."""
+"""Shared by the unit tests: Pulumi mocks for the component and program tests (a
+monitor that records every registered (or read) resource, and the one
+`set_mocks` call), and a Fleet whose workers are replaced by a script."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pulumi
+import pytest
 from pulumi.runtime.mocks import MockMonitor
 
+from runner import engine, protocol
+from runner.fleet import Fleet
 from runner.names import PROJECT
 
 
@@ -40,3 +48,28 @@ def use_mocks(mocks: pulumi.runtime.Mocks, stack: str = "acme.staging", *, previ
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
     return monitor
+
+
+@pytest.fixture
+def fleet_with_worker(tmp_path, monkeypatch):
+    """A Fleet whose every worker is `python -c SCRIPT` (it reads the request on stdin and
+    prints the worker's JSON lines): what is under test is the orchestrator's side."""
+    real_popen = subprocess.Popen
+
+    def make(script: str) -> Fleet:
+        def fake_worker(args, **kwargs):
+            assert args[-2:] == ["-m", "runner.worker"]
+            return real_popen([sys.executable, "-c", script], **kwargs)
+
+        monkeypatch.setenv("RUNNER_WARM_WORKERS", "0")  # the worker is replaced: a new process, never forked
+        monkeypatch.setattr(protocol.subprocess, "Popen", fake_worker)
+        monkeypatch.setattr(engine, "prepare_program_dir", lambda settings: None)
+        monkeypatch.setattr(engine, "master_passphrase", lambda state_dir: "master")
+        return Fleet(
+            Path(tmp_path),
+            state_dir=tmp_path / ".runner",
+            bin_dir=tmp_path / "bin",
+            backend=f"file://{tmp_path / 'state'}",
+        )
+
+    return make

@@ -11,21 +11,16 @@ engine's checkpoint error, then success): what is under test is Fleet.run_job.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-from runner import engine, protocol
 from runner import report as rpt
-from runner.fleet import Fleet, Job, RunSettings
+from runner.fleet import Job, RunSettings
 from runner.plan import RunPlan
 from runner.run import Run
 
 STACK = "race-1.staging"
 
 
-def test_a_checkpoint_unreadable_while_another_runner_wrote_it_is_waited_for_then_retried(tmp_path, monkeypatch):
-    real_popen = subprocess.Popen
+def test_a_checkpoint_unreadable_while_another_runner_wrote_it_is_waited_for_then_retried(tmp_path, fleet_with_worker):
     calls = tmp_path / "calls"
     unreadable = json.dumps(
         {
@@ -46,17 +41,7 @@ def test_a_checkpoint_unreadable_while_another_runner_wrote_it_is_waited_for_the
         f"print({unreadable!r} if n == 0 else {ok!r})"
     )
 
-    def fake_worker(args, **kwargs):
-        assert args[-2:] == ["-m", "runner.worker"]
-        return real_popen([sys.executable, "-c", script], **kwargs)
-
-    monkeypatch.setenv("RUNNER_WARM_WORKERS", "0")  # the worker is replaced: a new process, never forked
-    monkeypatch.setattr(protocol.subprocess, "Popen", fake_worker)
-    monkeypatch.setattr(engine, "prepare_program_dir", lambda settings: None)
-    monkeypatch.setattr(engine, "master_passphrase", lambda state_dir: "master")
-    fleet = Fleet(
-        Path(tmp_path), state_dir=tmp_path / ".runner", bin_dir=tmp_path / "bin", backend=f"file://{tmp_path / 'state'}"
-    )
+    fleet = fleet_with_worker(script)
     # the other runner's write has completed: the checkpoint and its sidecar are whole, no lock is left
     stacks = tmp_path / "state" / ".pulumi" / "stacks" / "runner"
     stacks.mkdir(parents=True)

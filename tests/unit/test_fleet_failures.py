@@ -7,16 +7,12 @@ handling of the ledger, not the engine (tests/e2e drive the real one)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-from runner import engine, protocol
 from runner import report as rpt
-from runner.fleet import Fleet, Job, RunSettings
+from runner.fleet import Job, RunSettings
 from runner.plan import RunPlan
 from runner.run import Run
 
@@ -60,8 +56,7 @@ def run_all(fleet, ledger, jobs, settings, **plan_options):
 
 
 @pytest.fixture
-def fleet(tmp_path, monkeypatch):
-    real_popen = subprocess.Popen
+def fleet(tmp_path, fleet_with_worker):
     ok = [
         json.dumps({"type": "progress", "phase": "begin"}),
         json.dumps({"type": "result", "ok": True, "changes": {"same": 2}, "outputs": {}}),
@@ -85,17 +80,7 @@ def fleet(tmp_path, monkeypatch):
         f"else:\n    print({failed!r} if stack.startswith('bad') else {chr(10).join(ok)!r})"
     )
 
-    def fake_worker(args, **kwargs):
-        assert args[-2:] == ["-m", "runner.worker"]
-        return real_popen([sys.executable, "-c", script], **kwargs)
-
-    monkeypatch.setenv("RUNNER_WARM_WORKERS", "0")  # the worker is replaced: a new process, never forked
-    monkeypatch.setattr(protocol.subprocess, "Popen", fake_worker)
-    monkeypatch.setattr(engine, "prepare_program_dir", lambda settings: None)
-    monkeypatch.setattr(engine, "master_passphrase", lambda state_dir: "master")
-    return Fleet(
-        Path(tmp_path), state_dir=tmp_path / ".runner", bin_dir=tmp_path / "bin", backend=f"file://{tmp_path / 'state'}"
-    )
+    return fleet_with_worker(script)
 
 
 def _jobs(*names):
