@@ -649,7 +649,8 @@ def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any], se
 
     from ruamel.yaml import YAML
 
-    yaml = YAML()
+    yaml = YAML(typ="safe")  # the C parser and emitter: ~1 ms, where a round trip cost ~30 ms a target (#17)
+    yaml.default_flow_style = False
     path = stack_config_path(settings, stack.name)
     sidecar = path.with_name(f".{path.name}.secrets")
     key = os.environ.get("PULUMI_CONFIG_PASSPHRASE", "").encode()
@@ -669,9 +670,9 @@ def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any], se
         values = {f"{PROJECT}:{k}": v for k, v in sorted(config.items())}
         values.update({f"{PROJECT}:{k}": old_values[f"{PROJECT}:{k}"] for k in sorted(unchanged)})
         wanted["config"] = values
-        buffer = StringIO()
-        yaml.dump(wanted, buffer)
-        if not path.exists() or path.read_text() != buffer.getvalue():
+        if current != wanted:
+            buffer = StringIO()
+            yaml.dump(wanted, buffer)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_text(buffer.getvalue())
             tmp.replace(path)
@@ -697,7 +698,8 @@ def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any], se
             )
             if proc.returncode != 0:
                 raise OperationFailed(f"could not set secret config {name!r}: {_clean(proc.stderr)}")
-        sidecar.write_text(json.dumps(digests))
+        if digests != old_digests:
+            sidecar.write_text(json.dumps(digests))
 
 
 def _clear_pending_operations(handle) -> list[Step]:

@@ -165,6 +165,8 @@ def _child(message: dict, fds: list[int], ready: int) -> None:
 
 
 def serve(sock: socket.socket) -> None:
+    import ruamel.yaml  # noqa: F401  the worker's stack config (~40 ms a target when imported there)
+
     from runner import engine, worker  # noqa: F401  the point of this process: imported once, before forking
 
     engine.sdk()  # pulumi.automation and the engine's classes (no thread, channel or server is created)
