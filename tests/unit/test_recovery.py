@@ -161,10 +161,11 @@ def test_the_worker_records_the_processes_its_children_start(tmp_path):
     recorder = HolderRecorder(tmp_path / "holders", STACK)
     spawn = "import subprocess, sys, time; subprocess.Popen(['sleep', '30'], start_new_session=True); time.sleep(30)"
     child = subprocess.Popen([sys.executable, "-c", spawn])
+    grandchildren = []
     try:
         for _ in range(500):
             record = json.loads(recorder.path.read_text())
-            grandchildren = [int(p) for p in record["pids"] if int(p) not in (os.getpid(), child.pid)]
+            grandchildren = [int(p) for p in record["pids"] if _parent(int(p)) == child.pid]
             if grandchildren:
                 break
             time.sleep(0.02)
@@ -176,3 +177,10 @@ def test_the_worker_records_the_processes_its_children_start(tmp_path):
         child.kill()
         child.wait()
         recorder.close()
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
