@@ -502,7 +502,11 @@ def classify(exc: Exception, collector: _Collector | None = None) -> EngineError
     # create_or_select is `stack select`, then `stack init` when not found: another
     # process (a shard starting at the same time) created the stack in between.
     # A concurrent operation, not a failure: the lock wait retries, and selects it.
-    if re.search(r"error: stack '[^']*' already exists", text):
+    # On a postgres:// backend the race can also surface while `stack init` lists the stacks:
+    # a row listed is gone when read (seen with three shards creating `shared` at once).
+    if re.search(r"error: stack '[^']*' already exists", text) or re.search(
+        r"could not create stack: could not list bucket: .*\(code=NotFound\)", text
+    ):
         return LockedError("the stack is being created by another operation")
     if "failed to load checkpoint" in text:
         return CheckpointUnreadable(_clean(_cli_stderr(exc)).removeprefix("error: "))

@@ -93,3 +93,14 @@ def test_transient_cli_failures(stderr):
 )
 def test_permanent_failures_are_not_transient(stderr):
     assert engine.classify(create_command_error(CommandResult("", stderr, 1))).kind == "failed"
+
+
+def test_a_stack_created_by_another_shard_while_listing_is_a_lock_wait():
+    """Seen in test_three_shards_share_postgres_state_and_ledger under load: three shards create
+    the shared stack at once on a postgres:// backend; `stack init` lists the stacks while another
+    shard writes them and a listed row is gone when read. A concurrent creation, not a failure: wait
+    as for a lock, then select the stack (as for "already exists")."""
+    stderr = "error: could not create stack: could not list bucket: blob (code=NotFound): sql: no rows in result set"
+    error = engine.classify(create_command_error(CommandResult("", stderr, 1)))
+    assert error.kind == "locked", error.message
+    assert "created by another operation" in error.message
