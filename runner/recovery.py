@@ -77,6 +77,32 @@ def holders_dir(work_root: Path) -> Path:
     return Path(work_root) / "_holders"
 
 
+#: Set in each worker's environment (runner.worker): every process its engine starts (the CLI,
+#: the language host, the providers) inherits it, so a process the holder record has not caught
+#: yet is still provably that worker's. The value: boot id, worker pid and its start time.
+WORKER_MARK = "RUNNER_WORKER_MARK"
+
+
+def worker_mark(boot_id: str | None, pid: int, started: int | None) -> str:
+    return f"{boot_id}:{pid}:{started}"
+
+
+def _marked(mark: str) -> list[int]:
+    """The processes whose environment holds `WORKER_MARK=mark` (readable for this user's processes)."""
+    needle = f"{WORKER_MARK}={mark}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry))
+    return found
+
+
 def write_holder_record(holders_dir: Path, stack: str, pids: dict[int, int]) -> Path:
     """Record (atomically) that this process and `pids` ({pid: start time}) run on
     this host, PID namespace and boot, for `stack`. Written by the worker."""
@@ -259,9 +285,10 @@ def end_leftovers(holders_dir: Path | None, stack: str) -> list[str]:
     """Kill the processes a dead run left running: the engine starts its plugins
     (language host, dynamic provider) in process groups of their own, so a
     kill -9 of the runner's process group leaves them running. A process is
-    ended only when it is provably ours and its run is dead: a holder record of
-    this host, PID namespace and boot names it with its start time, and the
-    worker that wrote the record (the record's file name) has exited."""
+    ended only when it is provably ours and its run is dead: the worker that
+    wrote a holder record of this host, PID namespace and boot (the record's file
+    name) has exited, and the record names the process with its start time, or
+    the process carries that worker's mark (WORKER_MARK) in its environment."""
     me = identity()
     ended = []
     for path, record in _holder_records(holders_dir, stack):
@@ -275,7 +302,8 @@ def end_leftovers(holders_dir: Path | None, stack: str) -> list[str]:
         worker = int(path.stem) if path.stem.isdigit() else None
         if worker is None or worker not in pids or start_time(worker) == pids[worker]:
             continue  # not a worker's record, or its worker still runs: a live operation
-        for pid, started in pids.items():
+        marked = {pid: start_time(pid) for pid in _marked(worker_mark(record.get("boot_id"), worker, pids[worker]))}
+        for pid, started in {**pids, **marked}.items():
             if start_time(pid) != started:
                 continue  # exited (or the pid was reused)
             command = _cmdline(pid)

@@ -110,6 +110,10 @@ def run(job: WorkerRequest) -> WorkerResult:
         sys.stderr.write(text.rstrip("\n") + "\n")
         sys.stderr.flush()
 
+    # inherited by every process the engine starts: recovery can prove them this worker's
+    os.environ[recovery.WORKER_MARK] = recovery.worker_mark(
+        recovery.identity()["boot_id"], os.getpid(), recovery.start_time(os.getpid())
+    )
     recorder = HolderRecorder(recovery.holders_dir(Path(job.work_root)), job.stack)
     try:
         result = engine.run_operation(

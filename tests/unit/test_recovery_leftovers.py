@@ -5,6 +5,7 @@ time) and the worker that wrote the record has exited (#18)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
@@ -66,5 +67,33 @@ def test_a_live_workers_processes_and_unrecorded_ones_are_kept(tmp_path):
         assert plugin.poll() is None
     finally:
         for proc in (worker, plugin):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_plugin_the_record_missed_is_ended_by_its_workers_mark(tmp_path):
+    """A plugin started just before the kill may not be in the holder record yet (the tree is
+    walked every 100 ms): it carries its worker's mark in its environment (inherited from the
+    worker through the engine), which proves it is that worker's. A process with another
+    worker's mark is kept (failed in a kill -9 loop under load before the mark existed)."""
+    worker = subprocess.Popen(["sleep", "60"])
+    worker_started = recovery.start_time(worker.pid)
+    assert worker_started is not None
+    boot = recovery.identity()["boot_id"]
+    ours = recovery.worker_mark(boot, worker.pid, worker_started)
+    theirs = recovery.worker_mark(boot, worker.pid, worker_started + 1)
+    worker.kill()
+    worker.wait()
+    env = dict(os.environ)
+    plugin = subprocess.Popen(["sleep", "61"], start_new_session=True, env={**env, recovery.WORKER_MARK: ours})
+    other = subprocess.Popen(["sleep", "62"], start_new_session=True, env={**env, recovery.WORKER_MARK: theirs})
+    try:
+        _record(tmp_path, worker.pid, {worker.pid: worker_started})  # the plugin is not in it
+        done = recovery.end_leftovers(tmp_path, STACK)
+        assert _exited(plugin)
+        assert done == [f"ended process {plugin.pid} (sleep 61) left running by a dead run"]
+        assert other.poll() is None
+    finally:
+        for proc in (plugin, other):
             proc.kill()
             proc.wait()
