@@ -31,7 +31,8 @@ class HolderRecorder:
     the operation): while no such child runs, that thread's children are read
     every 5 ms (one small file). While one runs, the recorder sleeps on its pidfd
     (woken when it exits) and walks the whole tree every 100 ms for the plugins
-    below it (recorded so recovery can end them). Walking the tree every 5 ms cost
+    below it, recorded so recovery can end them (one started since the last walk
+    carries the worker's mark, recovery.WORKER_MARK). Walking the tree every 5 ms cost
     ~0.3 CPU-s per second of engine time: a file per thread of every engine
     process, and a wake-up costs ~0.1 ms here (#17)."""
 
