@@ -6,7 +6,10 @@
   the ``getrusage(RUSAGE_CHILDREN)`` delta, which holds every waited-for
   descendant (a process's rusage includes the children it waited for).
 * ``peak_rss_mb``: the peak of the summed RSS of the tree, sampled every
-  ``interval`` (shared pages are counted once per process: an upper bound).
+  ``interval`` (shared pages are counted once per process: an upper bound,
+  which counts a forked worker's pages shared with its warm parent again);
+* ``peak_pss_mb``: the same for the PSS (``/proc/<pid>/smaps_rollup``: each
+  shared page divided among the processes sharing it), the tree's memory;
 * ``cpu_by_class``: that CPU split by who spent it, from the same samples:
   each process's last seen ``utime + stime`` (``/proc/<pid>/stat``), classed
   as ``engine`` (a ``pulumi`` CLI and everything under it: language host,
@@ -52,6 +55,17 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def _pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 def _argv(pid: int) -> list[str]:
     try:
         return [a for a in Path(f"/proc/{pid}/cmdline").read_text(errors="replace").split("\0") if a]
@@ -79,7 +93,7 @@ class TreeSampler(threading.Thread):
     def __init__(self, pid: int, interval: float = 0.05):
         super().__init__(daemon=True)
         self.root, self.interval = pid, interval
-        self.peak_rss = 0
+        self.peak_rss = self.peak_pss = 0
         self.peak_engines = 0
         self.parent: dict[int, int] = {}
         self.cpu: dict[int, float] = {}
@@ -87,7 +101,7 @@ class TreeSampler(threading.Thread):
         self._stop_event = threading.Event()
 
     def sample(self) -> None:
-        rss, engines = 0, 0
+        rss, pss, engines = 0, 0, 0
         for pid in [self.root, *descendants(self.root)]:
             stat = _stat(pid)
             if stat is None:
@@ -96,9 +110,11 @@ class TreeSampler(threading.Thread):
                 self.argv[pid] = _argv(pid)  # a forked child may exec later: looked at again while empty
             self.parent[pid], self.cpu[pid] = stat
             rss += _rss(pid)
+            pss += _pss(pid)
             if is_engine_cli(self.argv[pid]) and not is_engine_cli(self.argv.get(stat[0], [])):
                 engines += 1
         self.peak_rss = max(self.peak_rss, rss)
+        self.peak_pss = max(self.peak_pss, pss)
         self.peak_engines = max(self.peak_engines, engines)
 
     def run(self) -> None:
@@ -136,6 +152,7 @@ class Measured:
     wall_s: float
     cpu_s: float
     peak_rss_mb: float
+    peak_pss_mb: float
     peak_engines: int
     cpu_by_class: dict[str, float] = field(default_factory=dict)
     stdout: str = ""
@@ -174,6 +191,7 @@ def run_measured(
         wall_s=wall,
         cpu_s=total,
         peak_rss_mb=sampler.peak_rss / 2**20,
+        peak_pss_mb=sampler.peak_pss / 2**20,
         peak_engines=sampler.peak_engines,
         cpu_by_class=by_class,
         stdout=out,
