@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import importlib
 import json
 import os
 import re
@@ -202,6 +203,162 @@ def prepare_program_dir(settings: EngineSettings) -> Path:
         tmp.write_text(buffer.getvalue())
         tmp.replace(target)
     return settings.program_dir
+
+
+# --------------------------------------------------------------------------- inline program
+
+#: The packages of the project's program (stacks/ and components/).
+PROGRAM_PACKAGES = ("stacks", "components")
+_inline: tuple[tuple, Callable[[], Any]] | None = None  # (the sources it was imported from, the program)
+
+
+def _program_sources(project_dir: Path) -> tuple:
+    """What decides whether an imported program is still the one on disk: its
+    directory and each module's path, size and modification time."""
+    files = []
+    for folder in PROGRAM_PACKAGES:
+        for path in (project_dir / folder).rglob("*.py"):
+            if "__pycache__" not in path.parts:
+                stat = path.stat()
+                files.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return (str(project_dir), *sorted(files))
+
+
+def inline_program(project_dir: Path) -> Callable[[], Any] | None:
+    """The project's program (`stacks.program.main`, what Pulumi.yaml's `main`
+    runs) as an Automation API inline program: the engine runs it in this
+    process instead of starting the language host and a new interpreter that
+    imports pulumi and the components again (#17). Same code, so the same
+    resources, names and URNs: the plain `pulumi` CLI still sees no change.
+
+    Imported once per process (the warm parent imports it before it forks the
+    workers) and again when its sources changed on disk; `project_dir` (the
+    project, or an older commit's worktree) goes first on sys.path, so the
+    dynamic providers the program pickles by reference are the ones its
+    PYTHONPATH gives the provider processes. None when it cannot be imported:
+    the engine then runs it the usual way and reports the error itself."""
+    global _inline
+    project_dir = project_dir.resolve()
+    try:
+        sources = _program_sources(project_dir)
+    except OSError:
+        return None
+    if _inline is not None and _inline[0] == sources:
+        return _inline[1]
+    _inline = None
+    for name in [n for n in sys.modules if n.split(".")[0] in PROGRAM_PACKAGES]:
+        del sys.modules[name]
+    sys.path[:] = [str(project_dir), *(p for p in sys.path if p != str(project_dir))]
+    importlib.invalidate_caches()
+    try:
+        module = importlib.import_module("stacks.program")
+        importlib.import_module("components.local")  # the default platform's components, imported lazily by main
+    except Exception:  # noqa: BLE001 - the language host reports it with the program's own traceback
+        return None
+    if Path(module.__file__).resolve().parent.parent != project_dir:
+        return None
+    _inline = (sources, module.main)
+    return module.main
+
+
+#: The engine attaches to a provider already listening on a port named here instead of starting
+#: its plugin (pkg/resource/plugin/provider_plugin.go; pulumi/pulumi#8979, documented for debugging).
+ATTACH_VARIABLE = "PULUMI_DEBUG_PROVIDERS"
+DYNAMIC_PROVIDER = "pulumi-python"  # the package of Python dynamic providers
+
+
+class DynamicProvider:
+    """The program's dynamic providers served by a child forked from this warm
+    process (#17), for one operation of one stack: the engine attaches to it
+    instead of starting `pulumi-resource-pulumi-python`, a new interpreter that
+    imports pulumi, dill and the components again (~0.27 CPU-s a stack).
+
+    The child runs what that plugin runs (`python -m pulumi.dynamic`: a gRPC
+    server that prints its port), so the providers' code, their config
+    (Configure) and their errors reach the engine as before; only the process
+    start is saved. It leads its own process group as the engine's plugins
+    do (a Ctrl-C reaches the engine, which cancels, not the provider), dies
+    with this worker (PR_SET_PDEATHSIG), carries its mark (recovery), and is
+    ended by :meth:`close` (the engine leaves an attached provider running).
+    Fork before any gRPC thread or channel exists in this process.
+
+    `port` is None when the child did not start: the engine then starts the
+    plugin itself."""
+
+    def __init__(self, program_dir: Path):
+        self.port: int | None = None
+        port_r, port_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(port_r)
+            self._serve(program_dir, port_w)  # never returns
+        os.close(port_w)
+        with open(port_r, "rb") as answer:
+            line = answer.readline()
+        if line.strip().isdigit():
+            self.port = int(line)
+        else:
+            self.close()
+
+    @staticmethod
+    def _serve(program_dir: Path, port_w: int) -> None:
+        code = 1
+        try:
+            import ctypes
+            import runpy
+            import signal
+
+            from google.protobuf import empty_pb2
+            from pulumi.runtime.proto import provider_pb2_grpc
+
+            os.setpgid(0, 0)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(2, 1)  # not the worker's answer pipe: the target's log
+            os.close(devnull)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+            os.chdir(program_dir)  # where the engine starts its plugins
+            os.environ["PULUMI_PROJECT"] = PROJECT  # what the engine gives its plugin (Config reads it)
+
+            class PortLine:
+                """stdout until the server has printed its port (the plugin protocol), then the log."""
+
+                def write(self, data: bytes | str) -> int:
+                    os.write(port_w, data.encode() if isinstance(data, str) else data)
+                    os.close(port_w)
+                    sys.stdout = sys.stderr
+                    return len(data)
+
+                buffer = property(lambda self: self)
+
+                def flush(self) -> None:
+                    pass
+
+            sys.stdout = PortLine()
+            # An attached provider is sent Attach (the engine's address), which a launched one is not;
+            # the dynamic provider does not implement it (it needs nothing from it).
+            servicer = provider_pb2_grpc.ResourceProviderServicer
+            servicer.Attach = lambda self, request, context: empty_pb2.Empty()
+            runpy.run_module("pulumi.dynamic", run_name="__main__", alter_sys=True)
+        except BaseException as exc:  # noqa: BLE001 - to the target's log; the engine starts its own plugin
+            sys.stderr.write(f"[error] dynamic provider server: {type(exc).__name__}: {exc}\n")
+        finally:
+            os._exit(code)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {ATTACH_VARIABLE: f"{DYNAMIC_PROVIDER}:{self.port}"} if self.port else {}
+
+    def close(self) -> None:
+        import signal
+
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
 
 
 # --------------------------------------------------------------------------- environment
@@ -763,6 +920,7 @@ def run_operation(
     pythonpath: str | None = None,
     plan: str | None = None,
     review: Mapping[str, Any] | None = None,
+    program: Callable[[], Any] | None = None,
 ) -> OperationResult:
     """Run one operation on one stack. Raises an :class:`EngineError`.
 
@@ -775,7 +933,11 @@ def run_operation(
     PULUMI_EXPERIMENTAL is set for these operations only). `review` (up only)
     holds what the preview saw: `state_version`, and `steps` when the fresh
     preview must match them (see runner.review); a mismatch raises
-    :class:`StalePlan` and nothing is applied."""
+    :class:`StalePlan` and nothing is applied.
+
+    `program` (see :func:`inline_program`) runs the program in this process for
+    the operations that run it (up, preview, drift's preview); without it the
+    engine starts the language host on Pulumi.yaml's `main`."""
     from pulumi import automation as auto
 
     if plan is not None:
@@ -804,20 +966,21 @@ def run_operation(
         common = {"on_event": collector, "color": "never"}
         if log is not None:
             common["on_output"] = common["on_error"] = log
+        runs = {**common, "program": program}  # the operations that run the program
         if plan is not None and operation == "up" and review is not None:
-            _check_review(handle, review, common, collector)
+            _check_review(handle, review, runs, collector)
         if plan is not None and operation == "preview":
-            handle.preview(plan=plan, **common)
+            handle.preview(plan=plan, **runs)
             result.state_version = state_version(handle)
         elif operation == "up" and plan is not None and review is not None and review.get("engine_plan", True):
-            up = handle.up(show_secrets=False, plan=plan, **common)
+            up = handle.up(show_secrets=False, plan=plan, **runs)
             result.outputs = _masked_outputs(up.outputs)
         elif operation == "up":
             # refresh=True: read reality first, so the update repairs out-of-band changes
-            up = handle.up(show_secrets=False, refresh=refresh or None, **common)
+            up = handle.up(show_secrets=False, refresh=refresh or None, **runs)
             result.outputs = _masked_outputs(up.outputs)
         elif operation == "preview":
-            handle.preview(**common)
+            handle.preview(**runs)
         elif operation == "refresh":
             handle.refresh(show_secrets=False, **common)
         elif operation == "destroy":
@@ -830,7 +993,7 @@ def run_operation(
             result.drift = [s for s in collector.steps if _own_step(s)]
             result.behind = _reference_changes(collector.steps)
             collector.steps, collector.compare = [], "inputs"
-            handle.preview(**common)
+            handle.preview(**runs)
             result.pending = [s for s in collector.steps if _own_step(s)]
             if not result.behind:
                 result.behind = _reference_changes(collector.steps)

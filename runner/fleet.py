@@ -36,7 +36,7 @@ from runner import engine, health, recovery
 from runner import report as rpt
 from runner.bootstrap import ensure_engine
 from runner.names import RELEASE_OPERATIONS, SHARED_STACK
-from runner.protocol import WorkerProcess, WorkerRequest, WorkerResult
+from runner.protocol import WorkerProcess, WorkerRequest, WorkerResult, inline_programs
 from runner.registry.errors import SecretError
 
 if TYPE_CHECKING:
@@ -404,6 +404,7 @@ class Fleet:
             # review flow (#20): the update plan file to save or apply, and what the preview saw
             plan=job.plan_file,
             review=dict(job.review) if job.review is not None else None,
+            inline=inline_programs(),
         )
         env = engine.worker_environment(
             self.settings, job.stack, engine.stack_passphrase(self.master, job.stack), job.credentials

@@ -1,5 +1,6 @@
-"""A warm parent for workers (#17): one process that has imported the worker
-and the Automation API once, and forks one child per target.
+"""A warm parent for workers (#17): one process that has imported the worker,
+the Automation API and the project's program (engine.inline_program) once,
+and forks one child per target.
 
 Each child is what ``python -m runner.worker`` was: one process per target,
 leading its own session, with its own environment (engine.worker_environment:
@@ -85,12 +86,12 @@ class _Client:
                 if not future.done():
                     future.set_exception(RuntimeError("the warm worker parent exited"))
 
-    def spawn(self, *, env: Mapping[str, str], cwd: Path, fds: tuple[int, int, int]) -> int:
+    def spawn(self, *, env: Mapping[str, str], cwd: Path, fds: tuple[int, int, int], program: str | None) -> int:
         with self._futures:
             self._next += 1
             ident, started = self._next, Future()
             self._started[ident] = started
-        payload = json.dumps({"id": ident, "env": dict(env), "cwd": str(cwd)}).encode()
+        payload = json.dumps({"id": ident, "env": dict(env), "cwd": str(cwd), "program": program}).encode()
         with self._sending:
             socket.send_fds(self.sock, [payload], list(fds))
         return started.result()
@@ -118,15 +119,19 @@ def _shutdown() -> None:
         pass
 
 
-def spawn(*, env: Mapping[str, str], cwd: Path, stdin: int, stdout: int, stderr: int) -> tuple[int, Future]:
+def spawn(
+    *, env: Mapping[str, str], cwd: Path, stdin: int, stdout: int, stderr: int, program: str | None = None
+) -> tuple[int, Future]:
     """Fork a worker from the warm parent (started on first use); returns its pid
-    and a future of its exit status (a negative signal number when killed)."""
+    and a future of its exit status (a negative signal number when killed).
+    `program`: the project directory whose program the parent imports before
+    forking (engine.inline_program; again only when its sources changed)."""
     global _client
     with _client_lock:
         if _client is None or not _client.alive or _client.proc.poll() is not None:
             _client = _Client()
         client = _client
-    pid = client.spawn(env=env, cwd=cwd, fds=(stdin, stdout, stderr))
+    pid = client.spawn(env=env, cwd=cwd, fds=(stdin, stdout, stderr), program=program)
     return pid, client.exit_status(pid)
 
 
@@ -193,6 +198,8 @@ def serve(sock: socket.socket) -> None:
                         pass
                 continue
             message = json.loads(data)
+            if message.get("program"):
+                engine.inline_program(Path(message["program"]))
             ready_r, ready_w = os.pipe()
             pid = os.fork()
             if pid == 0:

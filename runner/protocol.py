@@ -40,6 +40,7 @@ class WorkerRequest:
     pythonpath: str | None = None  # the program's own tree first (stacks/, components/)
     plan: str | None = None  # review flow (#20): the update plan file to save or apply
     review: Mapping[str, Any] | None = None  # review flow: what the preview saw
+    inline: bool = True  # run the program in the worker (engine.inline_program), not in a language host
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -93,8 +94,11 @@ class WorkerProcess:
             stdin_r, stdin_w = os.pipe()
             stdout_r, stdout_w = os.pipe()
             try:
+                # the parent imports the project's program before it forks (an older commit's is
+                # imported by its worker)
+                preload = request.pythonpath if request.inline and request.program_name == "program" else None
                 self.pid, self._exited = pool.spawn(
-                    env=env, cwd=cwd, stdin=stdin_r, stdout=stdout_w, stderr=log.fileno()
+                    env=env, cwd=cwd, stdin=stdin_r, stdout=stdout_w, stderr=log.fileno(), program=preload
                 )
             finally:
                 os.close(stdin_r)
@@ -163,6 +167,12 @@ class WorkerProcess:
         if self._proc is None:
             return self._exited.result() if self._exited.done() else None
         return self._proc.returncode
+
+
+def inline_programs() -> bool:
+    """Workers run the program inline (engine.inline_program) unless RUNNER_INLINE_PROGRAM=0,
+    which has the engine start the language host on Pulumi.yaml's `main` (what the plain CLI does)."""
+    return os.environ.get("RUNNER_INLINE_PROGRAM", "1") != "0"
 
 
 def warm_workers() -> bool:

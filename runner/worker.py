@@ -89,9 +89,12 @@ class HolderRecorder:
             self.path.unlink(missing_ok=True)
 
 
+_answers = sys.stdout  # the pipe to the orchestrator; main() points sys.stdout at the log
+
+
 def _emit(kind: str, **data) -> None:
-    sys.stdout.write(json.dumps({"type": kind, **data}) + "\n")
-    sys.stdout.flush()
+    _answers.write(json.dumps({"type": kind, **data}) + "\n")
+    _answers.flush()
 
 
 def run(job: WorkerRequest) -> WorkerResult:
@@ -115,6 +118,11 @@ def run(job: WorkerRequest) -> WorkerResult:
     os.environ[recovery.WORKER_MARK] = recovery.worker_mark(
         recovery.identity()["boot_id"], os.getpid(), recovery.start_time(os.getpid())
     )
+    program = engine.inline_program(Path(job.pythonpath)) if job.inline and job.pythonpath else None
+    # forked before this process starts any thread or gRPC server; its providers are the program's
+    provider = engine.DynamicProvider(settings.program_dir) if program else None
+    if provider is not None:
+        os.environ.update(provider.env)
     recorder = HolderRecorder(recovery.holders_dir(Path(job.work_root)), job.stack)
     try:
         result = engine.run_operation(
@@ -130,12 +138,15 @@ def run(job: WorkerRequest) -> WorkerResult:
             pythonpath=job.pythonpath,
             plan=job.plan,
             review=job.review,
+            program=program,
         )
     except engine.EngineError as exc:
         log(f"[{exc.kind}] {exc.message}" + (f" ({exc.urn})" if exc.urn else ""))
         return WorkerResult(ok=False, error=exc.to_dict())
     finally:
         recorder.close()
+        if provider is not None:
+            provider.close()
     return WorkerResult(
         ok=True,
         changes=result.changes,
@@ -194,6 +205,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, _stop_engine)
     _stop_with_parent()
     request = WorkerRequest.from_json(sys.stdin.read())
+    global _answers
+    _answers, sys.stdout = sys.stdout, sys.stderr  # what an inline program prints goes to the log
     try:
         message = run(request).to_message()
         _emit(message.pop("type"), **message)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import textwrap
 from dataclasses import replace
 
@@ -142,3 +145,71 @@ def test_each_operation_on_a_deployed_stack_runs_one_cli_process(counted, tmp_pa
         calls = invocations()
         assert [c.split()[1] for c in calls] == [operation], calls
     assert result.changes.get("delete") == 2
+
+
+DRIVER = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    from runner import engine
+
+    settings = engine.EngineSettings(
+        bin_dir=Path(sys.argv[1]), project_dir=Path(sys.argv[2]), backend_url=sys.argv[3], work_root=Path(sys.argv[4])
+    )
+    inline = sys.argv[5] != "host"
+    namespace = {}
+    program = lambda: exec(Path(sys.argv[2], "__main__.py").read_text(), namespace)  # noqa: E731
+    provider = engine.DynamicProvider(settings.program_dir) if inline else None
+    if provider is not None:
+        os.environ.update(provider.env)
+    try:
+        result = engine.run_operation(
+            settings, stack=sys.argv[5], operation="up", config=json.loads(sys.argv[6]), secret_values={"token": "t"},
+            program=program if inline else None,
+        )
+    except engine.EngineError as exc:
+        print(json.dumps({"error": exc.message}))
+    else:
+        print(json.dumps({"outputs": result.outputs, "changes": result.changes}))
+    finally:
+        if provider is not None:
+            provider.close()
+    """
+)
+
+
+def test_an_inline_program_and_an_attached_provider_start_no_plugin(counted, tmp_path):
+    """#17: run like a worker does (the program inline, the dynamic provider served by a
+    child forked from the worker), the engine starts neither the language host nor the
+    dynamic provider's plugin; the result, and a provider's failure, are the same."""
+    settings, invocations = counted
+    launches = tmp_path / "launches.log"
+    for plugin in ("pulumi-language-python", "pulumi-resource-pulumi-python"):
+        wrapper = settings.bin_dir / plugin  # first on the engine's PATH: found before the one beside `pulumi`
+        real = wrapper.resolve()
+        wrapper.unlink()
+        wrapper.write_text(f'#!/bin/sh\necho {plugin} >> {launches}\nexec {real} "$@"\n')
+        wrapper.chmod(0o755)
+
+    def drive(stack: str, text: str) -> dict:  # stack "host": the engine starts the plugins itself
+        config = json.dumps({"path": str(tmp_path / f"{stack}.txt"), "text": text})
+        argv = [str(settings.bin_dir), str(settings.project_dir), settings.backend_url, str(settings.work_root)]
+        proc = subprocess.run(
+            [sys.executable, "-c", DRIVER, *argv, stack, config], capture_output=True, text=True, env=dict(os.environ)
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.splitlines()[-1])
+
+    launched = lambda: launches.read_text().split() if launches.exists() else []  # noqa: E731
+    plain = drive("host", "hello")
+    assert sorted(set(launched())) == ["pulumi-language-python", "pulumi-resource-pulumi-python"]
+    launches.unlink()
+    inline = drive("inline", "hello")  # stacks "host" and "inline", each with its own file
+    assert launched() == []
+    assert (tmp_path / "host.txt").read_text() == (tmp_path / "inline.txt").read_text() == "hello"
+    assert plain["outputs"]["path"] == str(tmp_path / "host.txt")
+    assert inline["outputs"]["path"] == str(tmp_path / "inline.txt")
+    failed = drive("inline-failing", "raise:ThrottlingException: Rate exceeded (simulated)")
+    assert "ThrottlingException: Rate exceeded (simulated)" in failed["error"]
+    assert launched() == []
+    invocations()
