@@ -66,12 +66,41 @@ def cli_version(pulumi: Path) -> str | None:
     return out.stdout.strip().removeprefix("v") or None
 
 
+def _verified_version(pulumi: Path) -> str | None:
+    """`pulumi version`, remembered per binary (its real path, size and
+    modification time) in the user's cache: every runner command checks its
+    engine, and each `pulumi version` costs ~0.2 CPU-s and ~0.4 s (#17). A
+    binary replaced or rebuilt is checked again."""
+    try:
+        real = pulumi.resolve()
+        stat = real.stat()
+    except OSError:
+        return None
+    key = f"{real}\t{stat.st_size}\t{stat.st_mtime_ns}"
+    memo = cache_dir().parent / "checked-engines"
+    try:
+        remembered = dict(line.rsplit("\t", 1) for line in memo.read_text().splitlines() if line.count("\t") == 3)
+    except OSError:
+        remembered = {}
+    if key in remembered:
+        return remembered[key]
+    version = cli_version(pulumi)
+    if version:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            with memo.open("a") as out:
+                out.write(f"{key}\t{version}\n")
+        except OSError:  # a read-only cache: checked again next time
+            pass
+    return version
+
+
 def _usable(bin_dir: Path) -> bool:
     pulumi = bin_dir / "pulumi"
     return (
         pulumi.is_file()
         and all((bin_dir / name).is_file() for name in COMPANIONS)
-        and cli_version(pulumi) == PULUMI_VERSION
+        and _verified_version(pulumi) == PULUMI_VERSION
     )
 
 

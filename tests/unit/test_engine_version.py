@@ -42,3 +42,23 @@ def test_an_engine_of_another_version_is_never_used(tmp_path, monkeypatch):
     assert not bootstrap._usable(old)
     found = bootstrap.find_engine()
     assert found is None or found[1] != old
+
+
+def test_the_engine_version_is_checked_once_per_binary(tmp_path, monkeypatch):
+    """`pulumi version` costs ~0.2 CPU-s a command (#17): remembered per binary, checked again when it changes."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for name in bootstrap.COMPANIONS:
+        (bin_dir / name).write_text("")
+
+    def binary(version: str) -> None:
+        (bin_dir / "pulumi").write_text(f"#!/bin/sh\necho x >> {calls}\necho v{version}\n")
+        (bin_dir / "pulumi").chmod(0o755)
+
+    binary(bootstrap.PULUMI_VERSION)
+    assert bootstrap._usable(bin_dir) and bootstrap._usable(bin_dir)
+    assert calls.read_text().count("x") == 1
+    binary("3.1.0")  # replaced: another size
+    assert not bootstrap._usable(bin_dir)
+    assert calls.read_text().count("x") == 2
