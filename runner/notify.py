@@ -20,17 +20,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
+if TYPE_CHECKING:  # httpx and tenacity are imported when a message is sent (~0.1 s a command otherwise)
+    import httpx
 
 __all__ = [
     "KINDS",
@@ -276,6 +270,8 @@ class _ServerError(Exception):
 
 
 def _retryable(exc: BaseException) -> bool:
+    import httpx
+
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, _ServerError))
 
 
@@ -288,6 +284,8 @@ def _describe(exc: BaseException, target: NotifyTarget) -> str:
 
 
 def _deliver(client: httpx.Client, target: NotifyTarget, body: bytes, wait: Callable[..., Any]) -> NotifyOutcome:
+    from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt
+
     attempts = 0
 
     def send() -> httpx.Response:
@@ -335,6 +333,9 @@ def notify(
     targets = list(targets)
     if not targets:
         return []
+    import httpx
+    from tenacity import wait_exponential
+
     wait = wait or wait_exponential(multiplier=0.25, min=0.25, max=2)
     outcomes: list[NotifyOutcome] = []
     try:
