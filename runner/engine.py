@@ -795,8 +795,12 @@ def stack_config_path(settings: EngineSettings, stack: str) -> Path:
     return settings.program_dir / "stacks" / f"Pulumi.{stack}.yaml"
 
 
-def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any], secret_values: Mapping[str, str]) -> None:
-    """Make the stack's config exactly the registry's.
+def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any], secret_values: Mapping[str, str]) -> Path:
+    """Make the stack's config exactly the registry's; returns a private copy
+    of it for this operation (`--config-file`), taken under the lock: two
+    runners on one stack (each with its own registry) share the stack file,
+    and the engine reads it only once it has started, by when the other
+    runner may have written its own config there.
 
     Plain values are written to the stack file directly (no CLI call); a
     secret goes through `pulumi config set --secret` with its value on stdin,
@@ -861,6 +865,9 @@ def _write_config(settings: EngineSettings, stack, config: Mapping[str, Any], se
                 raise OperationFailed(f"could not set secret config {name!r}: {_clean(proc.stderr)}")
         if digests != old_digests:
             sidecar.write_text(json.dumps(digests))
+        snapshot = private_dir(settings.work_area(stack.name) / "config") / f"Pulumi.{stack.name}.{os.getpid()}.yaml"
+        snapshot.write_bytes(path.read_bytes())
+    return snapshot
 
 
 def _clear_pending_operations(handle) -> list[Step]:
@@ -944,6 +951,7 @@ def run_operation(
         os.environ["PULUMI_EXPERIMENTAL"] = "true"  # this worker process runs this one operation only
 
     known = "encryptionsalt" in _read_text(stack_config_path(settings, stack))
+    snapshot = None
     # `stack select` only to find out whether a preview or up must create the stack; other
     # operations pass --stack, and the CLI itself reports a stack that does not exist
     workspace = _workspace(settings, stack, pythonpath, check_exists=operation in ("up", "preview") and not known)
@@ -961,9 +969,11 @@ def run_operation(
         else:
             handle = Stack(stack, workspace, collector)
         if config is not None and operation in ("up", "preview", "refresh", "drift"):
-            _write_config(settings, handle, config, secret_values or {})
+            snapshot = _write_config(settings, handle, config, secret_values or {})
         result = OperationResult()
         common = {"on_event": collector, "color": "never"}
+        if snapshot is not None:
+            common["config_file"] = str(snapshot)
         if log is not None:
             common["on_output"] = common["on_error"] = log
         runs = {**common, "program": program}  # the operations that run the program
@@ -1008,6 +1018,8 @@ def run_operation(
             log(f"[error] {type(exc).__name__}: {exc}")
         raise classify(exc, collector) from None
     finally:
+        if snapshot is not None:
+            snapshot.unlink(missing_ok=True)
         if created:  # a preview leaves no empty stack (nor its config) behind
             _remove_new_stack(settings, workspace, stack)
     result.changes = collector.changes or {}

@@ -213,3 +213,26 @@ def test_an_inline_program_and_an_attached_provider_start_no_plugin(counted, tmp
     assert "ThrottlingException: Rate exceeded (simulated)" in failed["error"]
     assert launched() == []
     invocations()
+
+
+def test_an_operation_applies_the_config_its_runner_wrote(counted, tmp_path):
+    """Two runners on one stack share its config file: one's write can land after the
+    other wrote its own and before that one's engine read it (seen in the two-runner race
+    test). Here the `pulumi` wrapper writes "another runner's" value just before `up`
+    starts: the engine still applies this operation's config (its private copy)."""
+    settings, invocations = counted
+    stack_file = engine.stack_config_path(settings, "dev")
+    wrapper = settings.bin_dir / "pulumi"
+    real = wrapper.read_text().split("exec ", 1)[1]
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *" up "*) sed -i "s/ours/theirs/" {stack_file};; esac\nexec {real}')
+    target = tmp_path / "greeting.txt"
+    engine.run_operation(
+        settings,
+        stack="dev",
+        operation="up",
+        config={"path": str(target), "text": "ours"},
+        secret_values={"token": "t"},
+    )
+    assert "theirs" in stack_file.read_text()  # the other runner's write did land in the shared file
+    assert target.read_text() == "ours"
+    invocations()
