@@ -700,7 +700,8 @@ def sdk():
       `version` (both public attributes) and runs no process.
     - ``Workspace``: a ``LocalWorkspace`` whose ``select_stack`` runs `stack
       select` only when asked to check that the stack exists: every command
-      passes `--stack`, and the CLI reports a missing stack itself.
+      passes `--stack`, and the CLI reports a missing stack itself; with
+      `create`, `stack select --create` creates a missing stack.
     - ``Stack``: a ``Stack`` whose ``outputs()`` and ``info()`` read the
       engine's events instead of running `stack output` twice and `stack
       history` after each operation (secrets arrive masked in the events).
@@ -720,12 +721,15 @@ def sdk():
             self.version = VersionInfo.parse(PULUMI_VERSION)
 
     class Workspace(auto.LocalWorkspace):
-        def __init__(self, *args, check_exists: bool = True, **kwargs):
+        def __init__(self, *args, check_exists: bool = True, create: bool = False, **kwargs):
             super().__init__(*args, **kwargs)
-            self.check_exists = check_exists
+            self.check_exists, self.create = check_exists, create
 
         def select_stack(self, stack_name: str) -> None:
-            if self.check_exists:
+            if self.create:  # one process where `stack select`, failing, then `stack init` were two (#17)
+                env = {"PULUMI_HOME": self.pulumi_home, **self.env_vars}
+                self.pulumi_command.run(["stack", "select", "--create", "--stack", stack_name], self.work_dir, env)
+            elif self.check_exists:
                 super().select_stack(stack_name)
 
     class Stack(auto.Stack):
@@ -778,7 +782,9 @@ def _unsecret(value):
     return value
 
 
-def _workspace(settings: EngineSettings, stack: str, pythonpath: str | None = None, *, check_exists: bool = True):
+def _workspace(
+    settings: EngineSettings, stack: str, pythonpath: str | None = None, *, check_exists: bool = True, create=False
+):
     (settings.work_area(stack) / "home").mkdir(parents=True, exist_ok=True)
     return sdk().Workspace(
         work_dir=str(settings.program_dir),
@@ -788,6 +794,7 @@ def _workspace(settings: EngineSettings, stack: str, pythonpath: str | None = No
         # the project being deployed (or an older commit's worktree), not the runner's install.
         env_vars={"PYTHONPATH": pythonpath} if pythonpath else None,
         check_exists=check_exists,
+        create=create,
     )
 
 
@@ -954,7 +961,13 @@ def run_operation(
     snapshot = None
     # `stack select` only to find out whether a preview or up must create the stack; other
     # operations pass --stack, and the CLI itself reports a stack that does not exist
-    workspace = _workspace(settings, stack, pythonpath, check_exists=operation in ("up", "preview") and not known)
+    workspace = _workspace(
+        settings,
+        stack,
+        pythonpath,
+        check_exists=operation in ("up", "preview") and not known,
+        create=operation == "up" and not known,
+    )
     collector = _Collector(on_progress, log)
     Stack = sdk().Stack
     created = False  # a preview of a stack that does not exist yet: removed again afterwards
@@ -964,8 +977,8 @@ def run_operation(
                 handle = Stack(stack, workspace, collector)
             except auto.StackNotFoundError:
                 handle, created = Stack(stack, workspace, collector, Stack.Mode.CREATE), True
-        elif operation in ("up", "preview") and not known:
-            handle = Stack(stack, workspace, collector, Stack.Mode.CREATE_OR_SELECT)  # first time here: init if new
+        elif operation == "up" and not known:  # first time here: `stack select --create`
+            handle = Stack(stack, workspace, collector, Stack.Mode.CREATE_OR_SELECT)
         else:
             handle = Stack(stack, workspace, collector)
         if config is not None and operation in ("up", "preview", "refresh", "drift"):

@@ -139,7 +139,9 @@ def test_each_operation_on_a_deployed_stack_runs_one_cli_process(counted, tmp_pa
     config = {"path": str(tmp_path / "greeting.txt"), "text": "hello"}
     secrets = {"token": "t0ken"}
     engine.run_operation(settings, stack="dev", operation="up", config=config, secret_values=secrets)
-    invocations()  # the first deploy creates the stack and sets its secret
+    # the first deploy creates the stack (one process: select --create), sets its secret, and ups
+    calls = [[w for w in c.split() if w != "--non-interactive"][:3] for c in invocations()]
+    assert calls == [["stack", "select", "--create"], ["config", "set", "--secret"], ["up", "--yes", "--skip-preview"]]
     for operation in ("up", "preview", "refresh", "destroy"):
         result = engine.run_operation(settings, stack="dev", operation=operation, config=config, secret_values=secrets)
         calls = invocations()
