@@ -611,23 +611,15 @@ def test_each_worker_environment_holds_only_its_own_target(sandbox):
         assert not {"ISO_A_DB_PASSWORD", "ISO_B_DB_PASSWORD"} & set(env), f"{stack}: a tenant's secret variable"
         assert env["PULUMI_HOME"].endswith(f"/work/{stack}/home")
     assert engine_envs, "no engine process observed"
-    own_config_holders = []
-    for pid, cmd, env in engine_envs:  # workers, engines, language hosts, dynamic providers
+    for pid, cmd, env in engine_envs:  # workers, engines, dynamic provider servers
         blob = "\0".join(f"{k}={v}" for k, v in env.items())
         home = Path(env.get("PULUMI_HOME", "/")).parent.name
         assert master not in blob, f"the master passphrase in the environment of {pid} {cmd}"
-        # never another tenant's secret, in any process
-        if home != "iso-a.staging":
-            assert secret_a not in blob, f"iso-a's secret in the environment of {pid} {cmd}"
-        if home != "iso-b.staging":
-            assert secret_b not in blob, f"iso-b's secret in the environment of {pid} {cmd}"
-        # its own secret: only in PULUMI_CONFIG of its own program (the engine hands the language
-        # host the decrypted config that way, upstream behaviour); never in the worker or the CLI
-        for value in (secret_a, secret_b):
-            if value in blob:
-                assert "pulumi-language-python-exec" in cmd and f"--stack {home}" in cmd, (pid, cmd)
-                assert value in env.get("PULUMI_CONFIG", "") and value not in blob.replace(env["PULUMI_CONFIG"], "")
-                own_config_holders.append(home)
+        # no tenant's secret in any process's environment, its own included: the program runs
+        # inline in its worker and gets its config over gRPC (a language host the engine starts
+        # gets it as PULUMI_CONFIG, the plain CLI's way; #17)
+        assert secret_a not in blob, f"iso-a's secret in the environment of {pid} {cmd}"
+        assert secret_b not in blob, f"iso-b's secret in the environment of {pid} {cmd}"
         if home in phrases:  # an engine process of a tenant stack: that stack's passphrase only
             assert env["PULUMI_CONFIG_PASSPHRASE"] == phrases[home], (pid, cmd)
     # on disk: each tenant's artifacts only in its own 0700 account dir (plus the shared git repos)
