@@ -21,6 +21,7 @@ Orchestrator side: :func:`spawn` (used by runner.protocol.WorkerProcess).
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import select
@@ -175,6 +176,7 @@ def serve(sock: socket.socket) -> None:
     from runner import engine, worker  # noqa: F401  the point of this process: imported once, before forking
 
     engine.sdk()  # pulumi.automation and the engine's classes (no thread, channel or server is created)
+    _freeze()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -200,6 +202,7 @@ def serve(sock: socket.socket) -> None:
             message = json.loads(data)
             if message.get("program"):
                 engine.inline_program(Path(message["program"]))
+                _freeze()
             ready_r, ready_w = os.pipe()
             pid = os.fork()
             if pid == 0:
@@ -224,6 +227,14 @@ def serve(sock: socket.socket) -> None:
             _, status = os.waitpid(pid, 0)
             children.discard(pid)
             _send(sock, {"pid": pid, "status": os.waitstatus_to_exitcode(status)})
+
+
+def _freeze() -> None:
+    """Move what this parent imported out of the collector's reach: a child's
+    full collection would otherwise touch every object, copying the pages it
+    shares with this parent (gc.freeze is meant for this: before fork)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _send(sock: socket.socket, message: dict) -> None:
