@@ -183,7 +183,7 @@ def fleet_options(f):
         "--concurrency",
         type=Concurrency(),
         metavar="N|auto",
-        help="Targets run at once, never exceeded; auto: the cores (x4 when the targets wait on a cloud API), bounded by free memory [default: CPU cores].",
+        help="Targets run at once, never exceeded; auto: 1.5 per core (4 when the targets wait on a cloud API), bounded by free memory [default: CPU cores].",
     )(f)
     f = click.option(
         "--lock-timeout",

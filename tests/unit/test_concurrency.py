@@ -14,8 +14,8 @@ def _jobs(n: int, **config) -> list[Job]:
     return [Job(f"t{i}", "staging", f"t{i}.staging", "up", {"platform": "local", **config}, {}) for i in range(n)]
 
 
-def test_cpu_bound_targets_run_one_per_core():
-    assert auto_concurrency(_jobs(50), cores=2, available=PLENTY)[0] == 2
+def test_cpu_bound_targets_run_one_and_a_half_per_core():
+    assert auto_concurrency(_jobs(50), cores=2, available=PLENTY)[0] == 3
 
 
 def test_targets_waiting_on_a_cloud_api_run_several_per_core():
