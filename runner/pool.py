@@ -183,6 +183,7 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the orchestrator's to handle
     children: set[int] = set()
+    imported = None  # the program imported (and frozen) last
     closing = False
     while children or not closing:
         ready, _, _ = select.select([wake_r] + ([] if closing else [sock]), [], [])
@@ -201,8 +202,10 @@ def serve(sock: socket.socket) -> None:
                 continue
             message = json.loads(data)
             if message.get("program"):
-                engine.inline_program(Path(message["program"]))
-                _freeze()
+                program = engine.inline_program(Path(message["program"]))
+                if program is not None and program is not imported:  # the first import, or its sources changed
+                    imported = program
+                    _freeze()
             ready_r, ready_w = os.pipe()
             pid = os.fork()
             if pid == 0:
