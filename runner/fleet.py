@@ -129,7 +129,9 @@ class Job:
 
 
 AUTO = "auto"  # --concurrency auto: chosen from the cores, free memory and what the targets wait on
-TARGET_RSS_BYTES = 350 * 2**20  # peak RSS of one target's processes (engine, program, providers), bench.fleet
+#: A target's memory: bench.fleet measured 240-262 MB of summed RSS per target running (an upper
+#: bound: forked workers share pages) and 126-173 MB of PSS at N=50 (#17)
+TARGET_RSS_BYTES = 256 * 2**20
 IO_BOUND_PER_CORE = 4  # targets that mostly wait on a cloud API run this many per core
 #: CPU-bound targets still wait between their processes (gRPC round trips, starts): 1.5 per core
 #: filled those gaps (no-change up of 6 tenants on 2 cores: 4.61 s at 2, 4.24 s at 3, 4.18 s at 4; #17)
