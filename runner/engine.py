@@ -302,7 +302,6 @@ class DynamicProvider:
 
     @staticmethod
     def _serve(program_dir: Path, port_w: int) -> None:
-        code = 1
         try:
             import ctypes
             import runpy
@@ -344,8 +343,8 @@ class DynamicProvider:
             runpy.run_module("pulumi.dynamic", run_name="__main__", alter_sys=True)
         except BaseException as exc:  # noqa: BLE001 - to the target's log; the engine starts its own plugin
             sys.stderr.write(f"[error] dynamic provider server: {type(exc).__name__}: {exc}\n")
-        finally:
-            os._exit(code)
+        finally:  # the server serves until it is killed: here only when it could not start
+            os._exit(1)
 
     @property
     def env(self) -> dict[str, str]:
@@ -783,7 +782,12 @@ def _unsecret(value):
 
 
 def _workspace(
-    settings: EngineSettings, stack: str, pythonpath: str | None = None, *, check_exists: bool = True, create=False
+    settings: EngineSettings,
+    stack: str,
+    pythonpath: str | None = None,
+    *,
+    check_exists: bool = True,
+    create: bool = False,
 ):
     (settings.work_area(stack) / "home").mkdir(parents=True, exist_ok=True)
     return sdk().Workspace(
