@@ -32,6 +32,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from runner.problems import UsageProblem
+from runner.protocol import die_with_parent
 
 PROJECT = "runner"
 SECRET_MASK = "[secret]"
@@ -303,7 +304,6 @@ class DynamicProvider:
     @staticmethod
     def _serve(program_dir: Path, port_w: int) -> None:
         try:
-            import ctypes
             import runpy
             import signal
 
@@ -317,7 +317,7 @@ class DynamicProvider:
             os.close(devnull)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+            die_with_parent(signal.SIGKILL)
             os.chdir(program_dir)  # where the engine starts its plugins
             os.environ["PULUMI_PROJECT"] = PROJECT  # what the engine gives its plugin (Config reads it)
 

@@ -181,6 +181,21 @@ def warm_workers() -> bool:
     return os.environ.get("RUNNER_WARM_WORKERS", "1") != "0"
 
 
+#: prctl(2) option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int) -> None:
+    """Have the kernel send this process `sig` when its parent dies (at once
+    when the parent died before the request took effect)."""
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+
+
 def end_session(sid: int, sig: int = SIGKILL) -> list[int]:
     """Send `sig` to every live process of session `sid`; returns their pids."""
     pids = session_processes(sid)

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from runner import engine, recovery
-from runner.protocol import WorkerRequest, WorkerResult, session_processes
+from runner.protocol import WorkerRequest, WorkerResult, die_with_parent, session_processes
 
 
 class HolderRecorder:
@@ -184,26 +184,12 @@ def _stop_engine(signum, frame) -> None:
     os.killpg(os.getpgrp(), signal.SIGINT)
 
 
-#: prctl(2) option: the signal this process gets when its parent dies.
-_PR_SET_PDEATHSIG = 1
-
-
-def _stop_with_parent() -> None:
-    """A runner killed outright (kill -9) cannot stop its workers, which lead
-    sessions of their own: ask the kernel for a SIGTERM then, so the engine
-    cancels gracefully instead of running on unobserved."""
-    import ctypes
-
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def main() -> int:
     signal.signal(signal.SIGTERM, _stop_engine)
     signal.signal(signal.SIGINT, _stop_engine)
-    _stop_with_parent()
+    # A runner killed outright (kill -9) cannot stop its workers, which lead sessions of their
+    # own: the kernel sends a SIGTERM then, so the engine cancels instead of running on unobserved.
+    die_with_parent(signal.SIGTERM)
     request = WorkerRequest.from_json(sys.stdin.read())
     global _answers
     _answers, sys.stdout = sys.stdout, sys.stderr  # what an inline program prints goes to the log
