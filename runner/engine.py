@@ -279,8 +279,10 @@ class DynamicProvider:
     (Configure) and their errors reach the engine as before; only the process
     start is saved. It leads its own process group as the engine's plugins
     do (a Ctrl-C reaches the engine, which cancels, not the provider), dies
-    with this worker (PR_SET_PDEATHSIG), carries its mark (recovery), and is
-    ended by :meth:`close` (the engine leaves an attached provider running).
+    with this worker (PR_SET_PDEATHSIG), is in the worker's holder record
+    (recovery; a forked child's /proc environ is its warm parent's, so it
+    does not show the worker's mark), and is ended by :meth:`close` (the
+    engine leaves an attached provider running).
     Fork before any gRPC thread or channel exists in this process.
 
     `port` is None when the child did not start: the engine then starts the

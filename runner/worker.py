@@ -39,8 +39,9 @@ class HolderRecorder:
     INTERVAL_S = 0.005
     TREE_S = 0.1
 
-    def __init__(self, directory: Path, stack: str):
+    def __init__(self, directory: Path, stack: str, own: tuple[int, ...] = ()):
         self.directory, self.stack, self.pids = directory, stack, {}
+        self.own = own  # the worker's own children (its provider server): recorded, but not the CLI
         self.path = recovery.write_holder_record(directory, stack, {})
         self._pid = os.getpid()
         self._stop = threading.Event()
@@ -50,7 +51,7 @@ class HolderRecorder:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            running = self._record(_thread_children(self._pid))
+            running = [pid for pid in self._record(_thread_children(self._pid)) if pid not in self.own]
             if not running:
                 self._stop.wait(self.INTERVAL_S)
                 continue
@@ -123,7 +124,9 @@ def run(job: WorkerRequest) -> WorkerResult:
     provider = engine.DynamicProvider(settings.program_dir) if program else None
     if provider is not None:
         os.environ.update(provider.env)
-    recorder = HolderRecorder(recovery.holders_dir(Path(job.work_root)), job.stack)
+    recorder = HolderRecorder(
+        recovery.holders_dir(Path(job.work_root)), job.stack, own=(provider.pid,) if provider is not None else ()
+    )
     try:
         result = engine.run_operation(
             settings,

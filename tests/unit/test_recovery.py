@@ -184,3 +184,31 @@ def _parent(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def test_the_workers_own_provider_server_is_recorded_but_not_taken_for_the_engine(tmp_path):
+    """The worker's provider server (engine.DynamicProvider) runs the whole operation: it is
+    recorded, but the recorder keeps polling for the CLI every few ms instead of switching to
+    the engine-running walk (a pidfd wait) because of it. In a process of its own: a test
+    process has other children (a warm worker parent), which are rightly taken for engines."""
+    script = f"""
+import json, subprocess, time
+from pathlib import Path
+from runner import recovery, worker
+own = subprocess.Popen(["sleep", "30"])
+waits, real_select = [], worker.select.select
+worker.select.select = lambda *a: waits.append(a) or real_select(*a)
+recorder = worker.HolderRecorder(Path({str(tmp_path / "holders")!r}), {STACK!r}, own=(own.pid,))
+for _ in range(500):
+    if str(own.pid) in json.loads(recorder.path.read_text())["pids"]:
+        break
+    time.sleep(0.02)
+recorded = json.loads(recorder.path.read_text())["pids"].get(str(own.pid)) == recovery.start_time(own.pid)
+time.sleep(0.3)
+print(json.dumps({{"recorded": recorded, "waits": len(waits)}}))
+recorder.close()
+own.kill()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"recorded": True, "waits": 0}
